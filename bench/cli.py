@@ -1,0 +1,159 @@
+"""Command line: ``recshrink datasets`` and ``recshrink train``.
+
+Machine-readable output (``--json``) uses stable names that scripts rely on:
+``datasets NAME --json`` prints ``name, n_users, n_items, n_train, n_valid, n_test`` and more;
+``train ... --json`` prints the test metrics ``recall@K, ndcg@K, precision@K, hit@K, mrr@K``,
+``epochs``, ``best_epoch`` and ``train_seconds_per_epoch`` (median), plus the configuration,
+the dataset fingerprint and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+METHODS = ("lightgcn",)
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="data root (default: $RECSHRINK_DATA, else ./datasets)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recshrink", description="Benchmark suite for compressing GNN recommenders."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list the dataset catalog, or show one dataset's statistics")
+    p.add_argument("name", nargs="?", help="dataset to load and describe")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_data_dir(p)
+
+    p = sub.add_parser("train", help="train one model and evaluate it on the test split")
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--method", default="lightgcn", help=f"one of {', '.join(METHODS)}")
+    _add_data_dir(p)
+    p.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
+    p.add_argument("--dim", type=int, default=64, help="embedding size (default 64)")
+    p.add_argument("--layers", type=int, default=2, help="propagation layers (default 2)")
+    p.add_argument("--batch-size", type=int, default=2048, help="BPR batch size (default 2048)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--reg", type=float, default=1e-4, help="L2 weight on batch rows (default 1e-4)")
+    p.add_argument("--reg-form", choices=("squared", "norm"), default="squared",
+                   help="L2 form: LightGCN paper 'squared' or RecBole 'norm' (default squared)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="validations without improvement before stopping (default 10)")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
+    p.add_argument("--ks", default="10,20,40", help="cut-offs, comma separated (default 10,20,40)")
+    p.add_argument("--valid-metric", default="recall@20", help="early-stopping metric")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from bench.data.catalog import catalog, data_root
+    from bench.data.loading import load_dataset
+    from bench.data.sources import availability
+
+    root = data_root(args.data_dir)
+    if args.name is None:
+        rows = [
+            {"name": s.name, "available": availability(s, root), "description": s.description,
+             "defined_in": s.origin}
+            for s in catalog(root).values()
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"data root: {root.resolve()}")
+            _print_table(rows, ["name", "available", "description"])
+        return 0
+    stats = load_dataset(args.name, root).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        for k, v in stats.items():
+            print(f"{k:32s} {v}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.data.loading import load_dataset
+    from bench.environment import environment
+    from bench.training import TrainConfig, config_dict, train_lightgcn
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
+    try:
+        ks = tuple(int(k) for k in args.ks.split(","))
+    except ValueError:
+        raise ValueError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
+    config = TrainConfig(
+        dim=args.dim, n_layers=args.layers, lr=args.lr, reg=args.reg, reg_form=args.reg_form,
+        batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
+        eval_every=args.eval_every, valid_metric=args.valid_metric, ks=ks, seed=args.seed,
+        device=args.device,
+    )
+    config.validate()
+    data = load_dataset(args.dataset, args.data_dir)
+    result = train_lightgcn(data, config, progress=not args.no_progress)
+    summary = result.summary()
+    device = next(iter(result.model.parameters())).device
+    out = {
+        **summary,
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint(),
+        "method": args.method,
+        "seed": args.seed,
+        "config": config_dict(config),
+        "environment": environment(device),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{data.name} / {args.method} / seed {args.seed}: stopped after {result.epochs} "
+              f"epochs, best epoch {result.best_epoch}, "
+              f"{result.train_seconds_per_epoch:.3f} s/epoch (median)")
+        for k in ks:
+            print(f"  test  recall@{k}={summary[f'recall@{k}']:.4f}  ndcg@{k}={summary[f'ndcg@{k}']:.4f}"
+                  f"  precision@{k}={summary[f'precision@{k}']:.4f}  hit@{k}={summary[f'hit@{k}']:.4f}"
+                  f"  mrr@{k}={summary[f'mrr@{k}']:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.data.catalog import CatalogError
+    from bench.data.readers import DataFormatError
+    from bench.data.sources import ChecksumError, DatasetUnavailableError
+    from bench.training import TrainingDivergedError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"datasets": cmd_datasets, "train": cmd_train}
+    try:
+        return handlers[args.command](args)
+    except (CatalogError, DataFormatError, DatasetUnavailableError, ChecksumError,
+            TrainingDivergedError, ValueError, RuntimeError) as exc:
+        print(f"recshrink: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recshrink: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: readers, catalog, preprocessing, caching and loading of interaction datasets."""

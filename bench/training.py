@@ -1,0 +1,246 @@
+"""The BPR training loop with validation early stopping, shared by every method.
+
+Protocol (LightGCN paper, §4.1 and Eq. 15): each epoch draws one uniform negative (never a
+training positive of the user) for every training interaction, shuffles the triples and
+takes Adam steps on mini-batches of BPR loss plus the L2 penalty of the batch's layer-0 rows.
+Every ``eval_every`` epochs the model is evaluated on the validation split by full ranking;
+the state with the best ``valid_metric`` is kept and restored at the end, and training stops
+after ``patience`` validations without improvement. Test metrics are computed once, on the
+restored state, masking training and validation items.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.data.dataset import EmptySplitError, InteractionData
+from bench.device import resolve_device, seed_everything
+from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
+from bench.sampling import NegativeSampler
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class BPRModel(Protocol):
+    """What the loop needs from a model."""
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def bpr_loss(
+        self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float, reg_form: str
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def parameters(self): ...
+
+    def state_dict(self): ...
+
+    def load_state_dict(self, state): ...
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a BPR training run (defaults: RecBole's LightGCN, batch 2048)."""
+
+    dim: int = 64
+    n_layers: int = 2
+    lr: float = 1e-3
+    reg: float = 1e-4
+    reg_form: str = "squared"
+    batch_size: int = 2048
+    epochs: int = 300
+    patience: int = 10
+    eval_every: int = 1
+    valid_metric: str = "recall@20"
+    ks: tuple[int, ...] = DEFAULT_KS
+    init: str = "xavier_uniform"
+    backend: str = "csr"
+    eval_memory_bytes: int = DEFAULT_EVAL_MEMORY_BYTES
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        checks = {
+            "dim": self.dim >= 1,
+            "n_layers": self.n_layers >= 0,
+            "lr": self.lr > 0,
+            "reg": self.reg >= 0,
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs >= 1,
+            "patience": self.patience >= 1,
+            "eval_every": self.eval_every >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "invalid training option(s): "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            )
+        _, _, k = self.valid_metric.partition("@")
+        if not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(
+                f"valid_metric {self.valid_metric!r} must be NAME@K with K in ks={self.ks}"
+            )
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a run: the restored best model and what happened."""
+
+    model: Any
+    config: TrainConfig
+    epochs: int
+    best_epoch: int
+    best_valid: float
+    valid: dict[str, float]
+    test: dict[str, float]
+    epoch_seconds: list[float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def train_seconds_per_epoch(self) -> float:
+        return statistics.median(self.epoch_seconds) if self.epoch_seconds else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.test)
+        out.update({f"valid_{k}": v for k, v in self.valid.items()})
+        out.update(
+            epochs=self.epochs,
+            best_epoch=self.best_epoch,
+            train_seconds_per_epoch=self.train_seconds_per_epoch,
+            train_seconds=sum(self.epoch_seconds),
+        )
+        return out
+
+
+def evaluate_split(
+    model: BPRModel, data: InteractionData, split: str, config: TrainConfig
+) -> EvalResult:
+    """Full-ranking metrics on ``valid`` (masking train) or ``test`` (masking train and valid)."""
+    with torch.no_grad():
+        users, items = model.propagate()
+    exclude = [data.matrix("train")] + ([data.matrix("valid")] if split == "test" else [])
+    return evaluate_embeddings(
+        users, items, data.matrix(split), exclude, ks=config.ks, memory_bytes=config.eval_memory_bytes
+    )
+
+
+def fit_bpr(
+    model: BPRModel,
+    data: InteractionData,
+    config: TrainConfig,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with BPR and validation early stopping; see the module docstring."""
+    config.validate()
+    if len(data.train) == 0:
+        raise EmptySplitError(f"{data.name}: the train split is empty")
+    if len(data.valid) == 0:
+        raise EmptySplitError(f"{data.name}: the validation split is empty (needed for early stopping)")
+    device = next(iter(model.parameters())).device
+    gen = torch.Generator().manual_seed(config.seed)
+    sampler = NegativeSampler(data.train, data.n_users, data.n_items)
+    train_users = torch.from_numpy(data.train[:, 0])
+    train_items = torch.from_numpy(data.train[:, 1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    n = len(data.train)
+    n_batches = math.ceil(n / config.batch_size)
+    best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
+    since_best = 0
+    epoch_seconds: list[float] = []
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
+               disable=not progress, leave=False)
+    epoch = 0
+    for epoch in bar:
+        t0 = time.perf_counter()
+        neg_all = sampler.sample(train_users, gen)
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for b in range(n_batches):
+            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+            u = train_users[idx].to(device)
+            p = train_items[idx].to(device)
+            q = neg_all[idx].to(device)
+            bpr, penalty = model.bpr_loss(u, p, q, config.reg, config.reg_form)
+            loss = bpr + penalty
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{data.name}: loss became {loss.item()} at epoch {epoch}, batch {b + 1}/{n_batches}"
+                    f" (lr={config.lr}, reg={config.reg})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        epoch_seconds.append(time.perf_counter() - t0)
+        row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1]}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            res = evaluate_split(model, data, "valid", config)
+            value = res.metrics[config.valid_metric]
+            row[f"valid_{config.valid_metric}"] = value
+            if value > best_value:
+                best_value, best_epoch, best_valid = value, epoch, res.metrics
+                best_state = copy.deepcopy(model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
+                            best=best_epoch)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if since_best >= config.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = evaluate_split(model, data, "test", config).metrics if len(data.test) else {}
+    return TrainResult(
+        model=model,
+        config=config,
+        epochs=epoch,
+        best_epoch=best_epoch,
+        best_valid=best_value,
+        valid=best_valid,
+        test=test,
+        epoch_seconds=epoch_seconds,
+        history=history,
+    )
+
+
+def train_lightgcn(
+    data: InteractionData, config: TrainConfig, progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Build the LightGCN backbone on the training graph and train it with :func:`fit_bpr`."""
+    from methods.graph import normalized_adjacency
+    from methods.lightgcn import LightGCN
+
+    config.validate()
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    graph = normalized_adjacency(
+        data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
+        backend=config.backend, device=device,
+    )
+    model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
+                     init=config.init).to(device)
+    return fit_bpr(model, data, config, progress=progress, on_epoch=on_epoch)
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["ks"] = list(config.ks)
+    return d

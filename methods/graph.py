@@ -1,0 +1,145 @@
+"""The user-item propagation graph: normalised bipartite adjacency and sparse products.
+
+Nodes are numbered users first (0..U-1), then items (U..U+I-1). The LightGCN adjacency
+(He et al., SIGIR 2020, Eq. 7) is ``Â = D^-1/2 A D^-1/2`` with ``A = [[0, R], [R^T, 0]]``,
+no self loops; a node of degree 0 gets a zero row and column.
+
+Backends for ``Â @ X`` (all give equal results; ``tests/test_graph.py`` checks it):
+``csr`` (torch sparse CSR, the default), ``coo`` (torch sparse COO) and ``torch_sparse``
+(the optional ``torch-sparse`` package, extra ``sparse``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BACKENDS = ("csr", "coo", "torch_sparse")
+
+
+@dataclass
+class NormalizedGraph:
+    """Symmetric normalised adjacency of a bipartite user-item graph, ready to multiply."""
+
+    n_users: int
+    n_items: int
+    rows: torch.Tensor  # int64 (nnz,), sorted by (row, col)
+    cols: torch.Tensor  # int64 (nnz,)
+    values: torch.Tensor  # float32 (nnz,)
+    backend: str = "csr"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown propagation backend {self.backend!r}; choose from {BACKENDS}")
+        n = self.n_nodes
+        with warnings.catch_warnings():
+            # torch warns that sparse CSR is "beta" and that invariant checks are off
+            warnings.simplefilter("ignore", UserWarning)
+            self._build(n)
+
+    def _build(self, n: int) -> None:
+        if self.backend == "csr":
+            self._mat = torch.sparse_coo_tensor(
+                torch.stack([self.rows, self.cols]), self.values, (n, n)
+            ).coalesce().to_sparse_csr()
+        elif self.backend == "coo":
+            self._mat = torch.sparse_coo_tensor(
+                torch.stack([self.rows, self.cols]), self.values, (n, n)
+            ).coalesce()
+        else:
+            try:
+                from torch_sparse import SparseTensor
+            except ImportError as exc:  # pragma: no cover - depends on the optional extra
+                raise ImportError(
+                    "backend 'torch_sparse' needs the optional package torch-sparse: "
+                    "pip install 'recshrink[sparse]'"
+                ) from exc
+            self._mat = SparseTensor(
+                row=self.rows, col=self.cols, value=self.values, sparse_sizes=(n, n)
+            )
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def n_edges(self) -> int:
+        """Undirected user-item edges (each stored twice in the symmetric matrix)."""
+        return self.nnz // 2
+
+    def to(self, device: torch.device | str) -> NormalizedGraph:
+        return NormalizedGraph(
+            self.n_users,
+            self.n_items,
+            self.rows.to(device),
+            self.cols.to(device),
+            self.values.to(device),
+            self.backend,
+        )
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``Â @ x`` with gradient to ``x`` (Â is symmetric, so the backward is ``Â @ grad``)."""
+        return _SymmetricSpMM.apply(x, self)
+
+    def _raw_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torch_sparse":
+            return self._mat @ x
+        return torch.sparse.mm(self._mat, x)
+
+
+class _SymmetricSpMM(torch.autograd.Function):
+    """``y = Â x`` for a constant symmetric sparse Â: the gradient is ``Â grad_y``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, graph: NormalizedGraph) -> torch.Tensor:  # type: ignore[override]
+        ctx.graph = graph
+        return graph._raw_matmul(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return ctx.graph._raw_matmul(grad.contiguous()), None
+
+
+def normalized_adjacency(
+    n_users: int,
+    n_items: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    backend: str = "csr",
+    device: torch.device | str = "cpu",
+) -> NormalizedGraph:
+    """Build ``Â = D^-1/2 A D^-1/2`` from (deduplicated) training pairs ``(users[k], items[k])``.
+
+    LightGCN Eq. 7. Degrees count distinct neighbours; zero-degree nodes get no entries.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.shape != items.shape:
+        raise ValueError("users and items must have the same length")
+    pairs = np.unique(users * n_items + items)
+    u = pairs // n_items
+    i = pairs % n_items + n_users
+    deg = np.bincount(np.concatenate([u, i]), minlength=n_users + n_items).astype(np.float64)
+    inv_sqrt = np.zeros_like(deg)
+    nz = deg > 0
+    inv_sqrt[nz] = deg[nz] ** -0.5
+    w = inv_sqrt[u] * inv_sqrt[i]
+    rows = np.concatenate([u, i])
+    cols = np.concatenate([i, u])
+    vals = np.concatenate([w, w])
+    order = np.lexsort((cols, rows))
+    return NormalizedGraph(
+        n_users,
+        n_items,
+        torch.from_numpy(rows[order]).to(device),
+        torch.from_numpy(cols[order]).to(device),
+        torch.from_numpy(vals[order].astype(np.float32)).to(device),
+        backend,
+    )

@@ -1,0 +1,100 @@
+"""LightGCN backbone (He et al., SIGIR 2020), shared by the reference method and every method.
+
+* Layer-0 tables ``E_u`` (U x d) and ``E_i`` (I x d).
+* Propagation (Eq. 7): ``E^{l+1} = Â E^l``; readout (Eq. 8): ``E = mean_{l=0..L} E^l``.
+* Score (Eq. 9): ``s(u, i) = <e_u, e_i>``.
+* Loss (Eq. 15): BPR ``-log sigmoid(s(u,i+) - s(u,i-))`` averaged over the batch plus an L2
+  penalty on the batch's layer-0 rows (see :func:`l2_penalty` for the two conventions).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from methods.graph import NormalizedGraph
+
+INITS = ("xavier_uniform", "xavier_normal", "normal")
+REG_FORMS = ("squared", "norm")
+
+
+def l2_penalty(*rows: torch.Tensor, form: str = "squared") -> torch.Tensor:
+    """L2 penalty of a batch's layer-0 rows, divided by the batch size B.
+
+    ``squared`` (LightGCN paper, Eq. 15): ``0.5 * sum_t ||rows_t||_F^2 / B``.
+    ``norm`` (RecBole 1.2.1 ``EmbLoss`` with ``require_pow=False``): ``sum_t ||rows_t||_F / B``.
+    """
+    b = rows[-1].shape[0]
+    if form == "squared":
+        return 0.5 * sum(r.pow(2).sum() for r in rows) / b
+    if form == "norm":
+        return sum(torch.linalg.vector_norm(r) for r in rows) / b
+    raise ValueError(f"unknown L2 form {form!r}; choose from {REG_FORMS}")
+
+
+class LightGCN(nn.Module):
+    """LightGCN with ``n_layers`` propagation layers over a fixed normalised graph."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        n_layers: int,
+        graph: NormalizedGraph,
+        init: str = "xavier_uniform",
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"embedding dimension must be >= 1, got {dim}")
+        if n_layers < 0:
+            raise ValueError(f"number of layers must be >= 0, got {n_layers}")
+        self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
+        self.graph = graph
+        self.user_emb = nn.Parameter(torch.empty(n_users, dim))
+        self.item_emb = nn.Parameter(torch.empty(n_items, dim))
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "xavier_uniform") -> None:
+        """Initialise both tables (RecBole and LightGNN: Xavier-uniform; LightGCN: N(0, 0.1))."""
+        for w in (self.user_emb, self.item_emb):
+            if init == "xavier_uniform":
+                nn.init.xavier_uniform_(w)
+            elif init == "xavier_normal":
+                nn.init.xavier_normal_(w)
+            elif init == "normal":
+                nn.init.normal_(w, std=0.1)
+            else:
+                raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+
+    def layer0(self) -> torch.Tensor:
+        """Concatenated layer-0 table (users first), ``(U + I) x d``."""
+        return torch.cat([self.user_emb, self.item_emb], dim=0)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item representations: mean of layers 0..L (Eq. 7-8)."""
+        x = self.layer0()
+        acc = x
+        for _ in range(self.n_layers):
+            x = self.graph.matmul(x)
+            acc = acc + x
+        out = acc / (self.n_layers + 1)
+        return out[: self.n_users], out[self.n_users :]
+
+    def bpr_loss(
+        self,
+        users: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        reg: float,
+        reg_form: str = "squared",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BPR loss and the weighted L2 term for a batch of (user, positive, negative) triples."""
+        u_all, i_all = self.propagate()
+        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        diff = (u * p).sum(dim=1) - (u * n).sum(dim=1)
+        bpr = F.softplus(-diff).mean()
+        penalty = reg * l2_penalty(self.user_emb[users], self.item_emb[pos], self.item_emb[neg],
+                                   form=reg_form)
+        return bpr, penalty

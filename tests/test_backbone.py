@@ -1,0 +1,115 @@
+"""LightGCN backbone: normalised adjacency, propagation backends, gradients, BPR/L2 terms."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from methods.graph import normalized_adjacency
+from methods.lightgcn import LightGCN, l2_penalty
+from tests.conftest import random_interactions
+
+
+def dense_adjacency(n_users: int, n_items: int, pairs: np.ndarray) -> np.ndarray:
+    n = n_users + n_items
+    a = np.zeros((n, n))
+    for u, i in pairs:
+        a[u, n_users + i] = a[n_users + i, u] = 1.0
+    deg = a.sum(1)
+    inv = np.zeros_like(deg)
+    inv[deg > 0] = deg[deg > 0] ** -0.5
+    return inv[:, None] * a * inv[None, :]
+
+
+@pytest.fixture
+def small_graph():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 9, 13
+    pairs = random_interactions(rng, n_users - 1, n_items, 3)  # last user has no edge
+    return n_users, n_items, pairs
+
+
+def test_normalized_adjacency_matches_dense_formula(small_graph):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    expected = dense_adjacency(n_users, n_items, pairs)
+    got = np.zeros_like(expected)
+    got[g.rows.numpy(), g.cols.numpy()] = g.values.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert g.nnz == 2 * len(pairs) and g.n_edges == len(pairs)
+
+
+def test_duplicate_pairs_do_not_change_the_graph(small_graph):
+    n_users, n_items, pairs = small_graph
+    doubled = np.concatenate([pairs, pairs[:5]])
+    a = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    b = normalized_adjacency(n_users, n_items, doubled[:, 0], doubled[:, 1])
+    assert torch.equal(a.values, b.values)
+
+
+BACKENDS = ["csr", "coo"] + (["torch_sparse"] if importlib.util.find_spec("torch_sparse") else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_agree_with_dense_product_and_gradient(small_graph, backend):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend=backend)
+    dense = torch.from_numpy(dense_adjacency(n_users, n_items, pairs)).float()
+    x = torch.randn(n_users + n_items, 4, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    w = torch.randn(n_users + n_items, 4)
+    (g.matmul(g.matmul(x)) * w).sum().backward()
+    (dense @ (dense @ x2) * w).sum().backward()
+    torch.testing.assert_close(g.matmul(x), dense @ x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_propagation_is_the_mean_of_adjacency_powers(small_graph):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    torch.manual_seed(0)
+    model = LightGCN(n_users, n_items, 5, 3, g)
+    users, items = model.propagate()
+    a = torch.from_numpy(dense_adjacency(n_users, n_items, pairs))
+    e0 = model.layer0().detach().double()
+    layers = [e0]
+    for _ in range(3):
+        layers.append(a @ layers[-1])
+    expected = torch.stack(layers).mean(0)
+    torch.testing.assert_close(torch.cat([users, items]).detach().double(), expected,
+                               rtol=1e-5, atol=1e-6)
+    # the isolated user keeps only its layer-0 embedding, divided by L + 1
+    torch.testing.assert_close(users[-1].detach(), model.user_emb[-1].detach() / 4)
+
+
+def test_bpr_loss_and_l2_forms(small_graph):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    torch.manual_seed(1)
+    model = LightGCN(n_users, n_items, 6, 2, g)
+    u, p, n = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), torch.tensor([5, 6, 7])
+    bpr, reg = model.bpr_loss(u, p, n, reg=0.1, reg_form="squared")
+    eu, ei = model.propagate()
+    expected = -torch.log(torch.sigmoid((eu[u] * ei[p]).sum(1) - (eu[u] * ei[n]).sum(1))).mean()
+    torch.testing.assert_close(bpr, expected)
+    rows = (model.user_emb[u], model.item_emb[p], model.item_emb[n])
+    sq = 0.5 * sum((r ** 2).sum() for r in rows) / 3
+    torch.testing.assert_close(reg, 0.1 * sq)
+    nrm = sum(torch.sqrt((r ** 2).sum()) for r in rows) / 3
+    torch.testing.assert_close(l2_penalty(*rows, form="norm"), nrm)
+    with pytest.raises(ValueError, match="unknown L2 form"):
+        l2_penalty(*rows, form="l1")
+
+
+def test_bad_backbone_arguments(small_graph):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    with pytest.raises(ValueError, match="dimension"):
+        LightGCN(n_users, n_items, 0, 2, g)
+    with pytest.raises(ValueError, match="unknown init"):
+        LightGCN(n_users, n_items, 4, 2, g, init="zeros")
+    with pytest.raises(ValueError, match="unknown propagation backend"):
+        normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend="dense")

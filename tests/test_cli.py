@@ -1,0 +1,79 @@
+"""The command line: stable JSON keys, training on a small dataset, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from tests.test_training import clustered_data
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    """A data root with one user dataset (edge-list files, given split)."""
+    data = clustered_data()
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        np.savetxt(folder / f"{split}.txt", getattr(data, split), fmt="%d")
+    (tmp_path / "tiny.toml").write_text(
+        'description = "two communities"\n'
+        'split = { protocol = "given" }\n'
+        '[[source]]\nkind = "local"\nformat = "edgelist"\ndir = "tiny"\n'
+        'files = { train = "train.txt", valid = "valid.txt", test = "test.txt" }\n'
+    )
+    return tmp_path
+
+
+def test_datasets_json_has_the_stable_keys(tiny_root, capsys):
+    assert main(["datasets", "tiny", "--json", "--data-dir", str(tiny_root)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    data = clustered_data()
+    assert stats["name"] == "tiny"
+    assert (stats["n_users"], stats["n_items"]) == (60, 40)
+    assert (stats["n_train"], stats["n_valid"], stats["n_test"]) == (
+        len(data.train), len(data.valid), len(data.test))
+
+
+def test_datasets_listing_shows_builtins_and_user_files(tiny_root, capsys):
+    assert main(["datasets", "--json", "--data-dir", str(tiny_root)]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"ml-100k", "yelp-lightgnn", "citeulike", "gowalla", "tiny"} <= set(rows)
+    assert rows["tiny"]["available"] == "present"
+    assert rows["yelp-lightgnn"]["available"] == "missing"  # not in this data root
+
+
+def test_train_json_has_the_stable_keys(tiny_root, capsys):
+    code = main(["train", "--dataset", "tiny", "--data-dir", str(tiny_root), "--epochs", "3",
+                 "--dim", "8", "--batch-size", "64", "--lr", "0.05", "--ks", "5,10",
+                 "--valid-metric", "recall@10", "--seed", "1", "--device", "cpu", "--json",
+                 "--no-progress"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    for m in ("recall", "ndcg", "precision", "hit", "mrr"):
+        for k in (5, 10):
+            assert 0.0 <= out[f"{m}@{k}"] <= 1.0
+    assert out["epochs"] == 3 and 1 <= out["best_epoch"] <= 3
+    assert out["train_seconds_per_epoch"] > 0
+    assert out["config"]["dim"] == 8 and out["seed"] == 1
+    assert out["environment"]["versions"]["torch"]
+    assert len(out["dataset_fingerprint"]) == 64
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["train", "--dataset", "tiny", "--method", "dsl"], "unknown method 'dsl'"),
+        (["train", "--dataset", "tiny", "--lr", "0"], "lr=0.0"),
+        (["train", "--dataset", "tiny", "--ks", "a,b"], "--ks must be"),
+        (["datasets", "yelp-lightgnn"], "is not available"),
+    ],
+)
+def test_errors_are_reported_without_traceback(tiny_root, capsys, args, message):
+    assert main([*args, "--data-dir", str(tiny_root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recshrink: error:") and message in err
