@@ -152,7 +152,8 @@ def resolve_files(spec: DatasetSpec, root: Path) -> tuple[Source, dict[str, Path
         paths = {k: folder / f for k, f in source.files.items()}
         if all(p.is_file() for p in paths.values()):
             for k, p in paths.items():
-                verify(p, source.sha256.get(k, ""), folder)
+                # download() records a sum in the SHA256SUMS beside the file it fetched
+                verify(p, source.sha256.get(k, ""), p.parent)
             return source, paths
         if source.kind != "download":
             continue
@@ -162,7 +163,7 @@ def resolve_files(spec: DatasetSpec, root: Path) -> tuple[Source, dict[str, Path
                 if not arch.is_file():
                     download(source.archive["url"], arch, source.archive.get("sha256", ""), spec.name)
                 else:
-                    verify(arch, source.archive.get("sha256", ""), folder)
+                    verify(arch, source.archive.get("sha256", ""), arch.parent)
                 with zipfile.ZipFile(arch) as z:
                     for member in source.files.values():
                         z.extract(member, folder)
