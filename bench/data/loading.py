@@ -177,14 +177,25 @@ def _build_given(
                            pairs["test"], info=info)
 
 
-def build_dataset(spec: DatasetSpec, root: Path) -> InteractionData:
-    """Read and preprocess a dataset from its files (no cache)."""
-    source, paths = resolve_files(spec, root)
+def build_dataset(
+    spec: DatasetSpec,
+    root: Path,
+    resolved: tuple[Source, dict[str, Path], dict[str, str]] | None = None,
+) -> InteractionData:
+    """Read and preprocess a dataset from its files (no cache).
+
+    ``resolved`` = (source, paths, sha256 digests) when the caller already resolved the files.
+    """
+    if resolved is None:
+        source, paths = resolve_files(spec, root)
+        digests = {k: sha256_file(p) for k, p in paths.items()}
+    else:
+        source, paths, digests = resolved
     raws = _read_all(source, paths)
     info: dict[str, Any] = {
         "source": source.kind,
         "format": source.format,
-        "files": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in paths.items()},
+        "files": {k: {"path": str(p), "sha256": digests[k]} for k, p in paths.items()},
         "split": dict(spec.split),
         "preprocess": dict(spec.preprocess),
     }
@@ -242,7 +253,7 @@ def load_dataset(
         except Exception as exc:  # any unreadable or inconsistent cache file is rebuilt
             warnings.warn(f"corrupt dataset cache {path} ({exc}); rebuilding it",
                           CorruptCacheWarning, stacklevel=2)
-    data = build_dataset(spec, root)
+    data = build_dataset(spec, root, (source, paths, digests))
     try:
         _save_cache(path, data)
     except OSError as exc:
