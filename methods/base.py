@@ -1,0 +1,286 @@
+"""The method contract (issue 3): what a compression method declares, receives and returns.
+
+A method is a subclass of :class:`Method` registered under a name with
+:func:`methods.registry.register_method`. It declares
+
+* ``axes``: which of :data:`AXES` it compresses (``emb`` embedding entries, ``edge`` edges
+  used in propagation, ``layers`` propagation depth, ``bits`` numeric precision);
+* ``knobs``: its hyperparameters, each with a default and a one-line description;
+* ``target_mapping``: one sentence on how a preservation :class:`Target` becomes knob values;
+
+and implements :meth:`Method.compress`, which gets a context (dataset, device, seed, training
+budget, progress, the shared base LightGCN checkpoint; see :mod:`bench.context`) and a target,
+and returns a :class:`CompressedModel`. The harness measures every returned model with the same
+code (:mod:`bench.measure`), so a method never reports its own accuracy, size or speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.context import MethodContext
+    from methods.graph import NormalizedGraph
+
+AXES: tuple[str, ...] = ("emb", "edge", "layers", "bits")
+AXIS_DESCRIPTIONS = {
+    "emb": "embedding entries stored",
+    "edge": "training edges used in propagation",
+    "layers": "propagation layers",
+    "bits": "bits per stored value (quantisation)",
+}
+ARTIFACT_KINDS: tuple[str, ...] = ("values", "indices", "codebook", "assignment", "mask", "scale", "graph")
+# kinds whose entries count as stored embedding parameters unless a part says otherwise
+_PARAM_KINDS = frozenset({"values", "codebook"})
+
+
+class MethodError(ValueError):
+    """A method was asked for something it cannot do (bad option, unsupported axis)."""
+
+
+class UnknownOptionError(MethodError):
+    """An option that the method does not declare as a knob."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A preservation target, relative to the uncompressed LightGCN of the same budget.
+
+    ``emb``: fraction of the uncompressed model's embedding parameters kept, ``0 < emb <= 1``.
+    ``edge``: fraction of training edges used in propagation, ``0 < edge <= 1`` (None: all).
+    ``layers``: number of propagation layers (None: the budget's).
+    """
+
+    emb: float = 1.0
+    edge: float | None = None
+    layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.emb, bool) or not isinstance(self.emb, int | float) or not (
+            0 < float(self.emb) <= 1
+        ):
+            raise MethodError(f"emb target must be a number in (0, 1], got {self.emb!r}")
+        if self.edge is not None and (
+            isinstance(self.edge, bool) or not isinstance(self.edge, int | float)
+            or not (0 < float(self.edge) <= 1)
+        ):
+            raise MethodError(f"edge target must be a number in (0, 1], got {self.edge!r}")
+        if self.layers is not None and (
+            isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0
+        ):
+            raise MethodError(f"layers target must be an integer >= 0, got {self.layers!r}")
+        object.__setattr__(self, "emb", float(self.emb))
+        if self.edge is not None:
+            object.__setattr__(self, "edge", float(self.edge))
+
+    def compressed_axes(self, base_layers: int | None = None) -> set[str]:
+        """The axes this target asks to compress (an axis kept whole is not compressed)."""
+        axes = set()
+        if self.emb < 1:
+            axes.add("emb")
+        if self.edge is not None and self.edge < 1:
+            axes.add("edge")
+        if self.layers is not None and self.layers != base_layers:
+            axes.add("layers")
+        return axes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"emb": self.emb, "edge": self.edge, "layers": self.layers}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A hyperparameter of a method: name, default, one-line description (and allowed values)."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[Any, ...] | None = None
+
+    def check(self, value: Any, owner: str) -> Any:
+        """``value`` converted to the default's type, or :class:`MethodError` naming the knob."""
+        where = f"{owner}.{self.name}"
+        default = self.default
+        if default is None:
+            pass
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise MethodError(f"option {where} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MethodError(f"option {where} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise MethodError(f"option {where} must be a finite number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise MethodError(f"option {where} must be a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise MethodError(f"option {where} must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "default": self.default, "description": self.description}
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        return d
+
+
+@dataclass
+class ArtifactPart:
+    """One component of a model's deployable state.
+
+    ``kind`` is one of :data:`ARTIFACT_KINDS`; ``bits_per_element`` defaults to the dtype's width
+    (1 for a ``bool`` mask, stored as a bitmap). ``param`` says whether its entries count as stored
+    embedding parameters (default: yes for ``values`` and ``codebook``, no otherwise).
+    """
+
+    name: str
+    kind: str
+    tensor: torch.Tensor
+    bits_per_element: int | None = None
+    param: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARTIFACT_KINDS:
+            raise MethodError(f"artifact part {self.name!r}: unknown kind {self.kind!r}; "
+                              f"choose from {ARTIFACT_KINDS}")
+        if self.bits_per_element is None:
+            self.bits_per_element = 1 if self.tensor.dtype == torch.bool else self.tensor.element_size() * 8
+        if self.bits_per_element < 1:
+            raise MethodError(f"artifact part {self.name!r}: bits_per_element must be >= 1")
+        if self.param is None:
+            self.param = self.kind in _PARAM_KINDS
+
+    @property
+    def numel(self) -> int:
+        return int(self.tensor.numel())
+
+    @property
+    def bits(self) -> int:
+        return self.numel * int(self.bits_per_element)
+
+
+@dataclass
+class TrainingCost:
+    """What producing the model cost: wall time, epochs and multiply-adds per epoch.
+
+    ``peak_mem_bytes`` is set only when the training happened outside the measured call (the
+    reference model is the shared base checkpoint, trained once); otherwise the harness measures it.
+    """
+
+    seconds: float = 0.0
+    epochs: int = 0
+    macs_per_epoch: float = float("nan")
+    peak_mem_bytes: int | None = None
+
+    def add(self, other: TrainingCost) -> TrainingCost:
+        """Two training stages in sequence: times and epochs add, MACs/epoch is epoch-weighted."""
+        parts = [(c.epochs, c.macs_per_epoch) for c in (self, other)
+                 if c.epochs > 0 and not math.isnan(c.macs_per_epoch)]
+        epochs = sum(e for e, _ in parts)
+        macs = sum(e * m for e, m in parts) / epochs if epochs else float("nan")
+        return TrainingCost(self.seconds + other.seconds, self.epochs + other.epochs, macs,
+                            self.peak_mem_bytes)
+
+
+@dataclass
+class CompressedModel:
+    """What a method returns.
+
+    ``module`` computes the final representations with ``propagate() -> (users, items)`` from its
+    stored state (optionally ``score(user_reps, item_reps)``; the default is the dot product).
+    ``graph`` is the propagation graph the module actually uses (None: no propagation) and
+    ``n_layers`` its depth. ``artifact`` is the deployable state, part by part. ``settings``
+    records how the method mapped the target to its knobs (e.g. the student dimension).
+    """
+
+    module: nn.Module
+    artifact: list[ArtifactPart]
+    graph: NormalizedGraph | None
+    n_layers: int
+    training: TrainingCost = field(default_factory=TrainingCost)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.artifact]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise MethodError(f"artifact part names must be unique, repeated: {sorted(dup)}")
+
+    @torch.no_grad()
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.module.eval()
+        return self.module.propagate()
+
+    def score(self, user_reps: torch.Tensor, item_reps: torch.Tensor) -> torch.Tensor:
+        fn = getattr(self.module, "score", None)
+        if fn is not None:
+            return fn(user_reps, item_reps)
+        return user_reps @ item_reps.T
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """The deployable state: every artifact part's tensor, by name."""
+        return {p.name: p.tensor.detach().cpu() for p in self.artifact}
+
+
+class Method:
+    """Base class of a compression method; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    axes: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    knobs: ClassVar[tuple[Knob, ...]] = ()
+    target_mapping: ClassVar[str] = ""
+    uses_base: ClassVar[bool] = False
+    simplifications: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        self.options = self.resolve_options(options)
+
+    @classmethod
+    def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by ``options``; an undeclared option is an error naming it."""
+        by_name = {k.name: k for k in cls.knobs}
+        unknown = sorted(set(options) - set(by_name))
+        if unknown:
+            known = ", ".join(by_name) or "none"
+            raise UnknownOptionError(
+                f"unknown option(s) for method {cls.name!r}: {', '.join(unknown)} (known: {known})"
+            )
+        out = {k.name: k.default for k in cls.knobs}
+        for key, value in options.items():
+            out[key] = by_name[key].check(value, cls.name)
+        return out
+
+    @classmethod
+    def check_target(cls, target: Target, base_layers: int | None = None) -> None:
+        """Refuse a target that compresses an axis the method does not support."""
+        extra = sorted(target.compressed_axes(base_layers) - set(cls.axes))
+        if extra:
+            raise MethodError(
+                f"method {cls.name!r} cannot compress {', '.join(extra)} "
+                f"(it compresses: {', '.join(cls.axes) or 'nothing; it is the reference'}); "
+                f"target was {target.as_dict()}"
+            )
+
+    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+        raise NotImplementedError
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "axes": list(cls.axes),
+            "description": cls.description,
+            "knobs": [k.as_dict() for k in cls.knobs],
+            "target_mapping": cls.target_mapping,
+            "uses_base": cls.uses_base,
+            "simplifications": list(cls.simplifications),
+        }

@@ -1,0 +1,45 @@
+"""``lightgcn``: the uncompressed reference, i.e. the shared base LightGCN checkpoint itself.
+
+Every compressed cell of a (dataset, seed) is compared with this model; because the reference
+*is* the base checkpoint that teacher- and checkpoint-based methods start from, the comparison
+starts from one and the same trained model (its hash is recorded with every cell).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from methods.base import ArtifactPart, CompressedModel, Method, Target
+from methods.registry import register_method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.context import MethodContext
+    from methods.lightgcn import LightGCN
+
+
+def dense_tables(model: LightGCN) -> list[ArtifactPart]:
+    """The artifact of a dense LightGCN: its two float32 layer-0 tables."""
+    return [
+        ArtifactPart("user_emb", "values", model.user_emb.detach()),
+        ArtifactPart("item_emb", "values", model.item_emb.detach()),
+    ]
+
+
+@register_method("lightgcn")
+class LightGCNReference(Method):
+    axes = ()
+    description = "Uncompressed LightGCN (He et al., SIGIR 2020): the reference every method is compared with"
+    target_mapping = "none: always the full model (all embedding entries, all edges, the budget's layers)"
+    uses_base = True
+
+    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+        base = context.base()
+        model = base.model
+        return CompressedModel(
+            module=model,
+            artifact=dense_tables(model),
+            graph=model.graph,
+            n_layers=model.n_layers,
+            training=base.training,
+            settings={"dim": model.dim, "n_layers": model.n_layers},
+        )
