@@ -1,0 +1,1 @@
+"""Measurements applied identically to every compressed model: FLOPs, peak memory and latency."""

@@ -1,0 +1,175 @@
+"""Peak memory of named phases (training, propagation, scoring, ...), reset between phases.
+
+What is measured, per phase: the highest memory in use at any moment of the phase, together
+with the memory in use when it began (``baseline``), so a report can show the increment.
+
+How, by device:
+
+* CUDA (``method = "cuda_max_memory_allocated"``): bytes held by tensors in torch's caching
+  allocator. The peak counter is reset with ``torch.cuda.reset_peak_memory_stats`` when a phase
+  begins and read with ``torch.cuda.max_memory_allocated`` when it ends, synchronising first.
+* CPU on Linux (``"cpu_peak_rss_vmhwm"``): the process's resident set size. Writing ``5`` to
+  ``/proc/self/clear_refs`` resets the kernel's RSS high-water mark (``VmHWM``) to the current
+  RSS when a phase begins; ``VmHWM`` from ``/proc/self/status`` is read when it ends. Exact: the
+  kernel updates the mark on every page fault.
+* CPU elsewhere (``"cpu_rss_sampler"``): where ``clear_refs`` is not writable, a daemon thread
+  samples the current RSS (``VmRSS``, else psutil, else ``getrusage``'s lifetime maximum as a
+  last resort) about every millisecond during the phase and keeps the maximum; a peak shorter
+  than the sampling interval can be missed. ``rss_source`` says which reading was used.
+
+RSS counts everything the process maps (the interpreter, libraries, the dataset), hence the
+baseline; a phase's increment is ``peaks[name] - baseline[name]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+METHODS = ("cuda_max_memory_allocated", "cpu_peak_rss_vmhwm", "cpu_rss_sampler")
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes, None if unreadable."""
+    try:
+        text = _STATUS.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the process's peak RSS (``VmHWM``) to its current RSS; False where impossible."""
+    try:
+        with open(_CLEAR_REFS, "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _status_bytes("VmHWM") is not None
+
+
+def _hwm_follows_rss(slack: int = 64 * 2**20) -> bool:
+    """Just after a reset, ``VmHWM`` must be close to ``VmRSS`` (a kernel that accepts the write
+    but ignores it, as some sandboxes may, would keep an older, higher mark)."""
+    hwm, rss = _status_bytes("VmHWM"), _status_bytes("VmRSS")
+    return hwm is not None and rss is not None and hwm <= rss + slack
+
+
+def _rss_reader() -> tuple[str, Callable[[], int]]:
+    """(name, function) reading the current RSS in bytes, by the best means available."""
+    if _status_bytes("VmRSS") is not None:
+        return "proc_status_vmrss", lambda: _status_bytes("VmRSS") or 0
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, kB elsewhere
+        return "getrusage_maxrss", lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    proc = psutil.Process()
+    return "psutil_rss", lambda: int(proc.memory_info().rss)
+
+
+class _Sampler:
+    """Daemon thread keeping the maximum of ``read()`` sampled every ``interval_s`` seconds."""
+
+    def __init__(self, read: Callable[[], int], interval_s: float) -> None:
+        self.read = read
+        self.interval_s = interval_s
+        self.peak = read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recshrink-rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.read())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.read())
+        return self.peak
+
+
+class PhaseMemory:
+    """Peak memory of named phases on ``device``; see the module docstring for the methods.
+
+    ``with mem.phase("training"): ...`` records ``peaks["training"]`` and ``baseline["training"]``
+    in bytes (a repeated name overwrites). Phases do not nest. ``force_sampler`` uses the
+    sampling thread on CPU even where the exact ``VmHWM`` reset works (for tests and comparison).
+    """
+
+    def __init__(self, device: torch.device | str, force_sampler: bool = False,
+                 interval_s: float = 0.001) -> None:
+        self.device = torch.device(device)
+        self.interval_s = interval_s
+        self.peaks: dict[str, int] = {}
+        self.baseline: dict[str, int] = {}
+        self.rss_source: str | None = None
+        self._active: str | None = None
+        if self.device.type == "cuda":
+            self.method = "cuda_max_memory_allocated"
+        elif not force_sampler and _reset_hwm() and _hwm_follows_rss():
+            self.method = "cpu_peak_rss_vmhwm"
+            self.rss_source = "proc_status_vmhwm"
+        else:
+            self.method = "cpu_rss_sampler"
+            self.rss_source, self._read_rss = _rss_reader()
+
+    def increments(self) -> dict[str, int]:
+        """``peak - baseline`` of every recorded phase, in bytes."""
+        return {name: self.peaks[name] - self.baseline[name] for name in self.peaks}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Measure the peak memory of the enclosed block as phase ``name``."""
+        if self._active is not None:
+            raise RuntimeError(f"phase {name!r} started inside phase {self._active!r}; phases do not nest")
+        self._active = name
+        try:
+            if self.method == "cuda_max_memory_allocated":
+                yield from self._cuda(name)
+            elif self.method == "cpu_peak_rss_vmhwm":
+                yield from self._vmhwm(name)
+            else:
+                yield from self._sampled(name)
+        finally:
+            self._active = None
+
+    def _cuda(self, name: str) -> Iterator[None]:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.baseline[name] = int(torch.cuda.memory_allocated(self.device))
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize(self.device)
+            self.peaks[name] = int(torch.cuda.max_memory_allocated(self.device))
+
+    def _vmhwm(self, name: str) -> Iterator[None]:
+        if not _reset_hwm():
+            raise RuntimeError("could not reset the peak RSS through /proc/self/clear_refs")
+        self.baseline[name] = _status_bytes("VmRSS") or 0
+        try:
+            yield
+        finally:
+            self.peaks[name] = max(_status_bytes("VmHWM") or 0, self.baseline[name])
+
+    def _sampled(self, name: str) -> Iterator[None]:
+        self.baseline[name] = self._read_rss()
+        sampler = _Sampler(self._read_rss, self.interval_s)
+        try:
+            yield
+        finally:
+            self.peaks[name] = max(sampler.stop(), self.baseline[name])

@@ -1,0 +1,99 @@
+"""Per-phase peak memory: an allocation shows up in its phase's peak and not in the next phase's."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bench.measure import memory
+from bench.measure.memory import METHODS, PhaseMemory
+
+MiB = 2**20
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+
+
+def touch(n_bytes: int) -> np.ndarray:
+    """An array of ``n_bytes`` whose every page is written (so it is resident)."""
+    return np.ones(n_bytes // 8, dtype=np.float64)
+
+
+@linux_only
+def test_cpu_phase_peak_sees_allocation_and_resets_for_next_phase():
+    mem = PhaseMemory("cpu")
+    assert mem.method in METHODS
+    with mem.phase("alloc"):
+        big = touch(200 * MiB)
+        del big
+    with mem.phase("idle"):
+        pass
+    assert mem.peaks["alloc"] >= mem.baseline["alloc"] + 190 * MiB
+    assert mem.peaks["idle"] < mem.peaks["alloc"] - 150 * MiB  # the peak counter was reset
+    assert 0 <= mem.increments()["idle"] < 20 * MiB
+    assert set(mem.peaks) == set(mem.baseline) == {"alloc", "idle"}
+
+
+@linux_only
+def test_vmhwm_is_used_where_clear_refs_is_writable():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert PhaseMemory("cpu").method == "cpu_peak_rss_vmhwm"
+
+
+@linux_only
+def test_sampler_catches_a_short_lived_allocation():
+    mem = PhaseMemory("cpu", force_sampler=True)
+    assert mem.method == "cpu_rss_sampler"
+    assert mem.rss_source == "proc_status_vmrss"
+    with mem.phase("alloc"):
+        block = touch(64 * MiB)
+        time.sleep(0.05)
+        del block
+    with mem.phase("idle"):
+        time.sleep(0.01)
+    assert mem.peaks["alloc"] >= mem.baseline["alloc"] + 60 * MiB
+    assert mem.increments()["idle"] < 20 * MiB
+
+
+@linux_only
+def test_falls_back_to_sampler_without_clear_refs(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
+    mem = PhaseMemory("cpu")
+    assert mem.method == "cpu_rss_sampler"
+    with mem.phase("alloc"):
+        block = touch(32 * MiB)
+        time.sleep(0.02)
+        del block
+    assert mem.peaks["alloc"] >= mem.baseline["alloc"] + 30 * MiB
+
+
+def test_phases_do_not_nest_and_exceptions_still_record():
+    mem = PhaseMemory("cpu", force_sampler=True)
+    with mem.phase("outer"), pytest.raises(RuntimeError, match="do not nest"), mem.phase("inner"):
+        pass
+    with pytest.raises(KeyError), mem.phase("failing"):
+        raise KeyError("boom")
+    assert "failing" in mem.peaks
+    assert "inner" not in mem.peaks
+    with mem.phase("after"):  # the failed phase released the slot
+        pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_phase_peak_and_reset():
+    device = torch.device("cuda")
+    mem = PhaseMemory(device)
+    assert mem.method == "cuda_max_memory_allocated"
+    with mem.phase("alloc"):
+        block = torch.ones(256 * MiB // 4, device=device)
+        del block
+    with mem.phase("idle"):
+        pass
+    assert mem.peaks["alloc"] >= mem.baseline["alloc"] + 256 * MiB
+    assert mem.peaks["idle"] < mem.peaks["alloc"] - 200 * MiB
