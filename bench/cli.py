@@ -1,10 +1,11 @@
-"""Command line: ``recshrink datasets`` and ``recshrink train``.
+"""Command line: ``recshrink run``, ``recshrink methods``, ``recshrink datasets``, ``recshrink train``.
 
 Machine-readable output (``--json``) uses stable names that scripts rely on:
 ``datasets NAME --json`` prints ``name, n_users, n_items, n_train, n_valid, n_test`` and more;
 ``train ... --json`` prints the test metrics ``recall@K, ndcg@K, precision@K, hit@K, mrr@K``,
 ``epochs``, ``best_epoch`` and ``train_seconds_per_epoch`` (median), plus the configuration,
-the dataset fingerprint and the environment.
+the dataset fingerprint and the environment; ``methods --json`` prints ``name``, ``axes``,
+``description``, ``knobs`` (and ``source``, ``target_mapping``) per method.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import json
 import sys
 from collections.abc import Sequence
 from typing import Any
-
-METHODS = ("lightgcn",)
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -29,6 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("run", help="run (or resume) a benchmark matrix; without CONFIG the quick matrix")
+    p.add_argument("config", nargs="?", default=None,
+                   help="matrix config TOML (README: 'Matrix configuration'); default: the built-in quick")
+    p.add_argument("--out", default=None, help="output folder (default reports/<config name>/)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
+    p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
+    ex = p.add_mutually_exclusive_group()
+    ex.add_argument("--workers", type=int, default=None, help="run cells in N local worker processes")
+    ex.add_argument("--dask-workers", type=int, default=None,
+                    help="run cells on a Dask LocalCluster of N worker processes")
+    ex.add_argument("--scheduler", default=None, help="run cells on the Dask scheduler at ADDRESS")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per cell (default: all cores; cores/N with workers)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+
+    p = sub.add_parser("methods", help="list the registered compression methods")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("datasets", help="list the dataset catalog, or show one dataset's statistics")
     p.add_argument("name", nargs="?", help="dataset to load and describe")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -36,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model and evaluate it on the test split")
     p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--method", default="lightgcn", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", default="lightgcn", help="only lightgcn (use `run` for the others)")
     _add_data_dir(p)
     p.add_argument("--epochs", type=int, default=300, help="maximum epochs (default 300)")
     p.add_argument("--dim", type=int, default=64, help="embedding size (default 64)")
@@ -97,8 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bench.environment import environment
     from bench.training import TrainConfig, config_dict, train_lightgcn
 
-    if args.method not in METHODS:
-        raise ValueError(f"unknown method {args.method!r}; available: {', '.join(METHODS)}")
+    if args.method != "lightgcn":
+        raise ValueError(f"`train` trains the lightgcn backbone only, not {args.method!r}; "
+                         "use `recshrink run` with a matrix config for compression methods")
     try:
         ks = tuple(int(k) for k in args.ks.split(","))
     except ValueError:
@@ -136,18 +155,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from methods.registry import describe_methods, plugin_errors
+
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        axes = ", ".join(r["axes"]) or "none (reference)"
+        print(f"{r['name']}: {r['description']}")
+        print(f"    compresses: {axes}")
+        print(f"    target: {r['target_mapping']}")
+        for k in r["knobs"]:
+            print(f"    --{k['name']} (default {k['default']!r}): {k['description']}")
+        print(f"    source: {r['source']}")
+    for name, err in plugin_errors().items():
+        print(f"plugin {name} failed to load: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.executors import DaskExecutor, ProcessExecutor, SequentialExecutor
+    from bench.runner import run_matrix
+
+    config = load_config(args.config)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.workers is not None:
+        executor = ProcessExecutor(args.workers, args.threads)
+    elif args.dask_workers is not None or args.scheduler is not None:
+        executor = DaskExecutor(args.scheduler, args.dask_workers, args.threads)
+    else:
+        executor = SequentialExecutor()
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    try:
+        summary = run_matrix(config, args.out, executor, retry_failed=args.retry_failed,
+                             device=args.device, progress=not args.no_progress, log=log)
+    except KeyboardInterrupt:
+        print("recshrink: interrupted; every finished cell is saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    return 1 if summary.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from bench.config import ConfigError
     from bench.data.catalog import CatalogError
     from bench.data.readers import DataFormatError
     from bench.data.sources import ChecksumError, DatasetUnavailableError
+    from bench.store import StoreError
     from bench.training import TrainingDivergedError
+    from methods.base import MethodError
 
     args = build_parser().parse_args(argv)
-    handlers = {"datasets": cmd_datasets, "train": cmd_train}
+    handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run}
     try:
         return handlers[args.command](args)
-    except (CatalogError, DataFormatError, DatasetUnavailableError, ChecksumError,
-            TrainingDivergedError, ValueError, RuntimeError) as exc:
+    except (CatalogError, ConfigError, MethodError, StoreError, DataFormatError, DatasetUnavailableError,
+            ChecksumError, TrainingDivergedError, ValueError, RuntimeError) as exc:
         print(f"recshrink: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,257 @@
+"""One cell of the matrix: (dataset, method, options, target, seed) trained, evaluated and measured.
+
+:func:`run_cell` is what every executor runs (in-process, in a worker process or on a Dask
+worker). It never raises for a failing method: an exception, a diverged loss or an out-of-memory
+error becomes a result with ``status = "failed"`` and the error, so that the matrix goes on.
+Only ``KeyboardInterrupt`` propagates.
+
+Order of work, the same for every method:
+
+1. load the dataset and check its checksum against the one the matrix was planned with;
+2. prepare the shared base checkpoint if the method uses one (outside every measured phase);
+3. phase ``training``: ``method.compress(context, target)``;
+4. phase ``propagation``: the final user and item representations;
+5. phase ``scoring``: full-ranking evaluation on the test split (then validation, unmeasured);
+6. measurements: sizes and achieved ratios, fvcore FLOPs, latency.
+
+Peak memory is reset at the start of each phase (:mod:`bench.measure.memory`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# a target missed by more than this (absolute, in ratio units) flags the cell
+FLAG_TOLERANCE = 0.02
+DEFAULT_MEASURE: dict[str, Any] = {
+    "flops": True,
+    "latency": True,
+    "latency_warmup": 3,
+    "latency_repeats": 20,
+    "latency_batches": [1, 64, 1024],
+    "flops_batch_users": 256,
+}
+
+
+class DatasetChangedError(RuntimeError):
+    """The dataset's content differs from the checksum the matrix was planned with."""
+
+
+@dataclass
+class CellSpec:
+    """Everything that defines a cell. :attr:`key` hashes all of it but the run name and paths."""
+
+    dataset: str
+    method: str
+    seed: int
+    emb_target: float = 1.0
+    edge_target: float | None = None
+    layers_target: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    measure: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MEASURE))
+    device: str = "cpu"
+    dataset_checksum: str = ""
+    code_version: str = ""
+    run: str = ""
+    data_dir: str | None = None
+    checkpoint_dir: str | None = None
+    progress: bool = False
+    threads: int | None = None  # torch CPU threads for this cell (None: leave as is)
+
+    def identity(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("run", "data_dir", "checkpoint_dir", "progress", "threads"):
+            d.pop(k)
+        return d
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def label(self) -> str:
+        t = f"emb={self.emb_target:g}"
+        if self.edge_target is not None:
+            t += f",edge={self.edge_target:g}"
+        if self.layers_target is not None:
+            t += f",layers={self.layers_target}"
+        return f"{self.dataset}/{self.method}[{t}]/seed{self.seed}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the kind of failure: diverged, out of memory, or the exception."""
+    from bench.training import TrainingDivergedError
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, TrainingDivergedError):
+        return f"diverged: {msg}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in msg.lower()
+    ):
+        return f"out of memory: {type(exc).__name__}: {msg}"
+    return f"{type(exc).__name__}: {msg}"
+
+
+def run_cell(spec: CellSpec) -> dict[str, Any]:
+    """Run one cell and return its result record (see the module docstring)."""
+    from bench.environment import environment
+
+    result: dict[str, Any] = {
+        "key": spec.key, "spec": dataclasses.asdict(spec), "status": "failed", "flagged": False,
+        "flag_reason": None, "error": None, "traceback": None, "metrics": {}, "measurements": {},
+        "settings": {}, "info": {}, "base_checkpoint": None, "timings": {}, "started_at": _now(),
+    }
+    t0 = time.perf_counter()
+    device = None
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    try:
+        device = _execute(spec, result)
+        result["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        result["error"] = describe_error(exc)
+        result["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
+    finally:
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()
+    result["timings"]["total"] = time.perf_counter() - t0
+    result["finished_at"] = _now()
+    env = environment(device or "cpu")
+    env["code_version"] = spec.code_version
+    result["environment"] = env
+    return result
+
+
+def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
+    from bench.context import BaseCheckpoints, MethodContext
+    from bench.data.loading import load_dataset
+    from bench.device import resolve_device, seed_everything
+    from bench.evaluation import evaluate_scores
+    from bench.measure.flops import count_inference_flops
+    from bench.measure.latency import latency_info, measure_latency
+    from bench.measure.memory import PhaseMemory
+    from bench.measure.size import achieved_compression
+    from bench.training import TrainConfig, TrainingDivergedError
+    from methods.base import Target
+    from methods.registry import get_method
+
+    timings = result["timings"]
+    t = time.perf_counter()
+    data = load_dataset(spec.dataset, spec.data_dir)
+    if spec.dataset_checksum and data.fingerprint() != spec.dataset_checksum:
+        raise DatasetChangedError(
+            f"dataset {spec.dataset!r} changed since the matrix was planned "
+            f"(checksum {data.fingerprint()[:12]} != {spec.dataset_checksum[:12]})"
+        )
+    timings["load"] = time.perf_counter() - t
+
+    device = resolve_device(spec.device)
+    config = TrainConfig(**{**spec.budget, "seed": spec.seed, "device": str(device)})
+    config.validate()
+    cls = get_method(spec.method)
+    method = cls(**spec.options)
+    target = Target(spec.emb_target, spec.edge_target, spec.layers_target)
+    cls.check_target(target, config.n_layers)
+    seed_everything(spec.seed)
+    checkpoints = BaseCheckpoints(Path(spec.checkpoint_dir) if spec.checkpoint_dir else None)
+    ctx = MethodContext(data=data, device=device, seed=spec.seed, budget=config,
+                        checkpoints=checkpoints, progress=spec.progress,
+                        log=lambda msg: None)
+    if cls.uses_base:
+        t = time.perf_counter()
+        ctx.base()
+        timings["base"] = time.perf_counter() - t
+        seed_everything(spec.seed)
+
+    memory = PhaseMemory(device)
+    t = time.perf_counter()
+    with memory.phase("training"):
+        compressed = method.compress(ctx, target)
+    timings["compress"] = time.perf_counter() - t
+    cost = compressed.training if (compressed.training.epochs or compressed.training.seconds) else ctx.cost
+    compressed.module.eval()
+
+    t = time.perf_counter()
+    with memory.phase("propagation"):
+        users, items = compressed.representations()
+    if not (torch.isfinite(users).all() and torch.isfinite(items).all()):
+        raise TrainingDivergedError(f"{spec.method} produced non-finite representations")
+    item_t = items
+
+    def score_rows(u: torch.Tensor) -> torch.Tensor:
+        return compressed.score(users[u], item_t)
+
+    train_m, valid_m, test_m = (data.matrix(s) for s in ("train", "valid", "test"))
+    with torch.no_grad(), memory.phase("scoring"):
+        test = evaluate_scores(score_rows, test_m, [train_m, valid_m], ks=config.ks,
+                               memory_bytes=config.eval_memory_bytes, device=device).metrics
+    with torch.no_grad():
+        valid = evaluate_scores(score_rows, valid_m, [train_m], ks=config.ks,
+                                memory_bytes=config.eval_memory_bytes, device=device).metrics
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m: dict[str, Any] = achieved_compression(compressed, data.n_users, data.n_items, len(data.train),
+                                             config.dim)
+    measure = {**DEFAULT_MEASURE, **spec.measure}
+    if measure["flops"]:
+        m.update(count_inference_flops(compressed, data.n_users, measure["flops_batch_users"]))
+    if measure["latency"]:
+        m.update(measure_latency(compressed, batches=tuple(measure["latency_batches"]),
+                                 warmup=measure["latency_warmup"], repeats=measure["latency_repeats"],
+                                 seed=spec.seed))
+        result["info"]["latency"] = latency_info(device)
+    m["train_seconds"] = cost.seconds
+    m["train_epochs"] = cost.epochs
+    m["train_macs_per_epoch"] = cost.macs_per_epoch
+    peaks = dict(memory.peaks)
+    if cost.peak_mem_bytes is not None:
+        peaks["training"] = cost.peak_mem_bytes
+    for phase, value in peaks.items():
+        m[f"peak_mem_{phase}_bytes"] = value
+        if phase in memory.baseline:
+            m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
+    m["peak_mem_method"] = memory.method
+    base = ctx.base_info
+    if base is not None:
+        m["base_train_seconds"] = base.training.seconds
+        result["base_checkpoint"] = base.state_hash
+    timings["measure"] = time.perf_counter() - t
+
+    result["metrics"] = {**test, **{f"valid_{k}": v for k, v in valid.items()}}
+    # numbers are measurements; descriptions (units, skipped ops, how memory was read) are info
+    for k in [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, int | float)]:
+        result["info"][k] = m.pop(k)
+    result["measurements"] = m
+    result["settings"] = compressed.settings
+    reasons = []
+    if abs(m["emb_achieved"] - spec.emb_target) > FLAG_TOLERANCE:
+        reasons.append(f"emb achieved {m['emb_achieved']:.4f} vs target {spec.emb_target:g}")
+    if spec.edge_target is not None and not math.isnan(m["edge_achieved"]) and (
+        abs(m["edge_achieved"] - spec.edge_target) > FLAG_TOLERANCE
+    ):
+        reasons.append(f"edge achieved {m['edge_achieved']:.4f} vs target {spec.edge_target:g}")
+    if spec.layers_target is not None and m["layers"] != spec.layers_target:
+        reasons.append(f"layers {m['layers']} vs target {spec.layers_target}")
+    if reasons:
+        result["flagged"] = True
+        result["flag_reason"] = "; ".join(reasons)
+    return device

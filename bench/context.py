@@ -1,0 +1,224 @@
+"""What a method receives: dataset, device, seed, budget, progress and the shared base checkpoint.
+
+The **base checkpoint** is the LightGCN trained with the matrix's shared budget on a (dataset,
+seed). It is trained once, cached on disk under ``<cache>/checkpoints/`` (the dataset cache
+directory, see :func:`bench.data.loading.cache_dir`) keyed by (dataset fingerprint, backbone
+configuration, seed, torch version), and reused by every method that starts from a trained model
+or a teacher, and by the ``lightgcn`` reference itself. The sha256 of its tensors is recorded with
+every cell, so a report can show that all methods started from the same model. A file lock makes
+concurrent workers train it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.data.dataset import InteractionData
+from bench.device import seed_everything
+from bench.training import TrainConfig, TrainResult, config_dict, fit_bpr
+from methods.base import TrainingCost
+from methods.graph import NormalizedGraph, normalized_adjacency
+from methods.lightgcn import LightGCN
+
+CHECKPOINT_VERSION = 1
+# options that change where or how fast a model trains, not what it learns
+_NON_MODEL_KEYS = ("device", "eval_memory_bytes")
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class BaseModel:
+    """A freshly loaded copy of the base checkpoint (safe to modify) and its provenance."""
+
+    model: LightGCN
+    key: str
+    state_hash: str
+    training: TrainingCost
+    valid: dict[str, float]
+    test: dict[str, float]
+    best_epoch: int
+    path: Path | None
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class BaseCheckpoints:
+    """Trains, caches and hands out base LightGCN checkpoints (see the module docstring)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._memory: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+
+    @staticmethod
+    def key(data: InteractionData, config: TrainConfig) -> str:
+        backbone = {k: v for k, v in config_dict(config).items() if k not in _NON_MODEL_KEYS}
+        blob = json.dumps({"dataset": data.fingerprint(), "backbone": backbone,
+                           "torch": torch.__version__.split("+")[0], "version": CHECKPOINT_VERSION},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, data: InteractionData, config: TrainConfig, device: torch.device,
+            progress: bool = False, log: Callable[[str], None] | None = None) -> BaseModel:
+        key = self.key(data, config)
+        if key not in self._memory:
+            self._memory[key] = self._load_or_train(key, data, config, device, progress, log)
+        state, meta = self._memory[key]
+        graph = normalized_adjacency(data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
+                                     backend=config.backend, device=device)
+        model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
+                         init=config.init).to(device)
+        model.load_state_dict(copy.deepcopy(state))
+        path = self._path(data, key)
+        return BaseModel(
+            model=model, key=key, state_hash=meta["state_hash"],
+            training=TrainingCost(**meta["training"]), valid=meta["valid"], test=meta["test"],
+            best_epoch=meta["best_epoch"], path=path,
+        )
+
+    def _path(self, data: InteractionData, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / f"{data.name}-lightgcn-{key[:20]}.pt"
+
+    def _load_or_train(self, key: str, data: InteractionData, config: TrainConfig,
+                       device: torch.device, progress: bool, log: Callable[[str], None] | None):
+        path = self._path(data, key)
+        if path is None:
+            return self._train(data, config, device, progress)
+        with _file_lock(path.with_suffix(".lock")):
+            if path.is_file():
+                try:
+                    blob = torch.load(path, map_location="cpu", weights_only=True)
+                    state, meta = blob["state"], json.loads(blob["meta"])
+                    if state_hash(state) != meta["state_hash"]:
+                        raise ValueError("state hash mismatch")
+                    return state, meta
+                except Exception as exc:  # unreadable or tampered: retrain
+                    if log:
+                        log(f"base checkpoint {path} is unusable ({exc}); retraining it")
+            if log:
+                log(f"training the base LightGCN for {data.name} (seed {config.seed})")
+            state, meta = self._train(data, config, device, progress)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"state": state, "meta": json.dumps(meta)}, tmp)
+            os.replace(tmp, path)
+            return state, meta
+
+    @staticmethod
+    def _train(data: InteractionData, config: TrainConfig, device: torch.device, progress: bool):
+        from bench.measure.flops import count_train_macs_per_epoch
+        from bench.measure.memory import PhaseMemory
+
+        seed_everything(config.seed)
+        graph = normalized_adjacency(data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
+                                     backend=config.backend, device=device)
+        model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
+                         init=config.init).to(device)
+        memory = PhaseMemory(device)
+        t0 = time.perf_counter()
+        with memory.phase("training"):
+            result = fit_bpr(model, data, config, progress=progress)
+        seconds = time.perf_counter() - t0
+        macs = count_train_macs_per_epoch(model, len(data.train), config.batch_size,
+                                          data.n_users, data.n_items)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        meta = {
+            "state_hash": state_hash(state),
+            "training": {"seconds": seconds, "epochs": result.epochs, "macs_per_epoch": macs,
+                         "peak_mem_bytes": memory.peaks["training"]},
+            "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,
+            "config": config_dict(config), "dataset": data.name,
+            "dataset_fingerprint": data.fingerprint(),
+        }
+        return state, meta
+
+
+@dataclass
+class MethodContext:
+    """Everything a method's ``compress`` may use; see :mod:`methods.base` for the contract."""
+
+    data: InteractionData
+    device: torch.device
+    seed: int
+    budget: TrainConfig
+    checkpoints: BaseCheckpoints
+    progress: bool = False
+    log: Callable[[str], None] = print
+    cost: TrainingCost = field(default_factory=TrainingCost)
+    _base: BaseModel | None = None
+
+    def base(self) -> BaseModel:
+        """A fresh copy of the shared base LightGCN (trained with the budget on first use)."""
+        self._base = self.checkpoints.get(self.data, self.budget, self.device, self.progress, self.log)
+        return self._base
+
+    @property
+    def base_info(self) -> BaseModel | None:
+        """The base checkpoint used by this cell, if any (its hash goes into the results)."""
+        return self._base
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The shared budget with ``overrides`` (validated)."""
+        cfg = dataclasses.replace(self.budget, **overrides)
+        cfg.validate()
+        return cfg
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A CPU generator seeded from (seed, ``stream``): one independent stream per purpose."""
+        digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+    def numpy_rng(self, stream: str) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def training_graph(self, pairs: np.ndarray | None = None, backend: str | None = None) -> NormalizedGraph:
+        """Normalised adjacency of ``pairs`` (default: all training interactions) on the device."""
+        pairs = self.data.train if pairs is None else pairs
+        return normalized_adjacency(self.data.n_users, self.data.n_items, pairs[:, 0], pairs[:, 1],
+                                    backend=backend or self.budget.backend, device=self.device)
+
+    def fit(self, model: Any, config: TrainConfig | None = None) -> TrainResult:
+        """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``."""
+        from bench.measure.flops import count_train_macs_per_epoch
+
+        config = config or self.budget
+        t0 = time.perf_counter()
+        result = fit_bpr(model, self.data, config, progress=self.progress)
+        seconds = time.perf_counter() - t0
+        macs = count_train_macs_per_epoch(model, len(self.data.train), config.batch_size,
+                                          self.data.n_users, self.data.n_items)
+        self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs))
+        return result

@@ -1,0 +1,188 @@
+"""Where cells run: in-process, local worker processes, or a Dask cluster.
+
+Every executor takes the planned :class:`~bench.cell.CellSpec` list and yields result records
+as cells finish (in any order). Workers only compute: the client writes the store.
+
+* :class:`SequentialExecutor`: one cell after another in this process (the default).
+* :class:`ProcessExecutor`: ``--workers N`` spawned processes. A worker that dies (killed by the
+  out-of-memory killer, a segfault) breaks the pool; the cells that were running are retried once
+  in a fresh pool and then recorded as failed, the others are resubmitted.
+* :class:`DaskExecutor`: ``--scheduler ADDRESS`` (an existing cluster) or ``--dask-workers N``
+  (a LocalCluster of N single-threaded worker processes). Cells on CUDA are annotated with the
+  resource ``GPU=1``, so a scheduler places at most one per GPU (start workers with
+  ``--resources GPU=<count>``; the LocalCluster declares the GPUs it sees).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.cell import CellSpec, _now, run_cell
+
+MAX_ATTEMPTS_AFTER_CRASH = 2
+
+
+def failed_result(spec: CellSpec, error: str) -> dict[str, Any]:
+    """A failed record for a cell whose worker never returned a result."""
+    import dataclasses
+
+    from bench.environment import environment
+
+    env = environment("cpu")
+    env["code_version"] = spec.code_version
+    return {
+        "key": spec.key, "spec": dataclasses.asdict(spec), "status": "failed", "flagged": False,
+        "flag_reason": None, "error": error, "traceback": None, "metrics": {}, "measurements": {},
+        "settings": {}, "info": {}, "base_checkpoint": None, "timings": {}, "started_at": _now(),
+        "finished_at": _now(), "environment": env,
+    }
+
+
+class SequentialExecutor:
+    name = "sequential"
+
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+        for spec in specs:
+            yield run_cell(spec)
+
+    def close(self) -> None:
+        pass
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_marked(spec: CellSpec, marker_dir: str) -> dict[str, Any]:
+    marker = Path(marker_dir) / spec.key
+    marker.write_text(str(os.getpid()))
+    try:
+        return run_cell(spec)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+class ProcessExecutor:
+    """Local worker processes (``spawn``), each with ``threads`` torch threads."""
+
+    name = "processes"
+
+    def __init__(self, workers: int, threads: int | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+        remaining = {s.key: s for s in specs}
+        attempts: dict[str, int] = {}
+        with tempfile.TemporaryDirectory(prefix="recshrink-markers-") as markers:
+            while remaining:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=min(self.workers, len(remaining)),
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker, initargs=(self.threads,),
+                )
+                futures: dict[Future, str] = {
+                    self._pool.submit(_run_marked, s, markers): k for k, s in remaining.items()
+                }
+                broken = False
+                try:
+                    pending = set(futures)
+                    while pending and not broken:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in done:
+                            key = futures[fut]
+                            try:
+                                result = fut.result()
+                            except BrokenProcessPool:
+                                broken = True
+                                continue
+                            remaining.pop(key, None)
+                            yield result
+                finally:
+                    self._pool.shutdown(wait=True, cancel_futures=True)
+                    self._pool = None
+                if broken:
+                    running = [p.name for p in Path(markers).iterdir()]
+                    for key in running:
+                        (Path(markers) / key).unlink(missing_ok=True)
+                        if key not in remaining:
+                            continue
+                        attempts[key] = attempts.get(key, 0) + 1
+                        if attempts[key] >= MAX_ATTEMPTS_AFTER_CRASH:
+                            spec = remaining.pop(key)
+                            yield failed_result(spec, "worker process died while running this cell "
+                                                      "(killed, e.g. out of memory, or crashed)")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Dask distributed: an existing scheduler or a LocalCluster of ``n_workers`` processes."""
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, n_workers: int | None = None,
+                 threads: int | None = None) -> None:
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as exc:  # pragma: no cover - depends on the optional extra
+            raise RuntimeError("the Dask executor needs dask.distributed: "
+                               "pip install 'recshrink[dask]'") from exc
+        if address is None and (n_workers is None or n_workers < 1):
+            raise ValueError("give a scheduler address or --dask-workers N >= 1")
+        self.cluster = None
+        self.threads = threads
+        if address is not None:
+            self.client = Client(address)
+        else:
+            n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            self.cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                resources={"GPU": max(1, n_gpus // n_workers)} if n_gpus else None,
+            )
+            self.client = Client(self.cluster)
+            if self.threads is None:
+                self.threads = max(1, (os.cpu_count() or 1) // n_workers)
+
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+        from dask.distributed import as_completed
+
+        futures = {}
+        for spec in specs:
+            if self.threads is not None and spec.threads is None:
+                spec = _with_threads(spec, self.threads)
+            on_gpu = spec.device.startswith("cuda")
+            fut = self.client.submit(run_cell, spec, key=f"cell-{spec.key}", pure=False,
+                                     resources={"GPU": 1} if on_gpu else None)
+            futures[fut] = spec
+        for fut in as_completed(list(futures)):
+            spec = futures[fut]
+            try:
+                yield fut.result()
+            except Exception as exc:  # the worker died or the task was lost
+                yield failed_result(spec, f"dask worker failed: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def _with_threads(spec: CellSpec, threads: int) -> CellSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, threads=threads)

@@ -1,0 +1,188 @@
+"""The matrix runner behind ``recshrink run``: plan, skip finished cells, run the rest, store, report.
+
+1. **Plan** (before any training): validate the config (:mod:`bench.config`), load every dataset
+   once to get its checksum, resolve the device, expand the cells and their keys
+   (:attr:`bench.cell.CellSpec.key` hashes the cell config, the dataset checksum and the code
+   version).
+2. **Resume**: cells whose key is stored with status ``ok`` are skipped; failed cells are skipped
+   too unless ``retry_failed``.
+3. **Run** the remaining cells on an executor (:mod:`bench.executors`) and store each result the
+   moment it arrives, in one transaction (:mod:`bench.store`). A progress bar shows the cell count
+   and ETA, and a log line reports every finished cell.
+4. **Report**: ``cells.csv`` (and the HTML report) from the store, also after an interruption.
+
+Ctrl-C stops the run; every finished cell is already stored and no partial row exists, so running
+the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bench.cell import CellSpec
+from bench.config import MatrixConfig
+from bench.store import ResultStore
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    total: int
+    already_done: int
+    skipped_failed: int
+    ran: int = 0
+    ok: int = 0
+    failed: int = 0
+    flagged: int = 0
+    wall_seconds: float = 0.0
+    cell_seconds: float = 0.0
+    measure_seconds: float = 0.0
+    store_seconds: float = 0.0
+    interrupted: bool = False
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def overhead_share(self) -> float:
+        """Harness overhead (measurement + storage) as a share of the cells' own time."""
+        return (self.measure_seconds + self.store_seconds) / self.cell_seconds if self.cell_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "keys"}
+        d["out_dir"] = str(self.out_dir)
+        d["overhead_share"] = self.overhead_share
+        return d
+
+
+def code_version() -> str:
+    """Package version and source commit: part of every cell key."""
+    from importlib import metadata
+
+    from bench.environment import git_sha
+
+    try:
+        version = metadata.version("recshrink")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        version = "unknown"
+    sha = git_sha()
+    return f"{version}+{sha.split('+')[0][:12]}" if sha else version
+
+
+def plan(config: MatrixConfig, device: str | None = None, checkpoint_dir: Path | None = None,
+         progress: bool = False, log: Callable[[str], None] = print) -> list[CellSpec]:
+    """Expand a validated config into cells (loads each dataset once for its checksum)."""
+    from bench.data.loading import load_dataset
+    from bench.device import resolve_device
+
+    dev = str(resolve_device(device or config.device))
+    checksums = {}
+    for name in config.datasets:
+        data = load_dataset(name, config.data_dir)
+        checksums[name] = data.fingerprint()
+    return config.cells(dev, checksums, code_version(),
+                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, progress=progress)
+
+
+def default_checkpoint_dir(config: MatrixConfig) -> Path:
+    from bench.data.catalog import data_root
+    from bench.data.loading import cache_dir
+
+    return cache_dir(data_root(config.data_dir)) / "checkpoints"
+
+
+def _fmt_cell(result: dict[str, Any]) -> str:
+    spec = CellSpec(**{k: v for k, v in result["spec"].items()})
+    head = f"{spec.label()}: {result['status']}"
+    if result["status"] != "ok":
+        return f"{head} ({result['error']})"
+    m, x = result["metrics"], result["measurements"]
+    parts = [f"recall@20={m.get('recall@20', float('nan')):.4f}",
+             f"ndcg@20={m.get('ndcg@20', float('nan')):.4f}",
+             f"emb={x.get('emb_achieved', float('nan')):.3f}",
+             f"{result['timings'].get('total', 0):.1f}s"]
+    flag = f"  FLAGGED: {result['flag_reason']}" if result.get("flagged") else ""
+    return f"{head}  " + "  ".join(parts) + flag
+
+
+def run_matrix(
+    config: MatrixConfig,
+    out_dir: Path | str | None = None,
+    executor: Any = None,
+    retry_failed: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    command: str | None = None,
+    report: bool = True,
+) -> RunSummary:
+    """Run (or resume) a matrix; see the module docstring. Returns what happened."""
+    from bench.environment import environment
+    from bench.executors import SequentialExecutor
+    from bench.report import write_run_outputs
+
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
+    ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
+    cells = plan(config, device, ckpt, progress=False, log=log)
+    executor = executor or SequentialExecutor()
+    store = ResultStore(out / "results.sqlite")
+    statuses = store.statuses()
+    done = [c for c in cells if statuses.get(c.key) == "ok"]
+    failed_before = [c for c in cells if statuses.get(c.key) == "failed"]
+    todo = [c for c in cells if statuses.get(c.key) != "ok" and (retry_failed or c.key not in statuses)]
+    summary = RunSummary(out_dir=out, total=len(cells), already_done=len(done),
+                         skipped_failed=0 if retry_failed else len(failed_before),
+                         keys=[c.key for c in cells])
+    log(f"{config.name}: {len(cells)} cells ({len(done)} done, {len(failed_before)} failed before"
+        f"{'' if retry_failed else ', not retried (--retry-failed)'}); running {len(todo)} "
+        f"on {executor.name}; results in {out / 'results.sqlite'}")
+    run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
+                             environment(cells[0].device if cells else "cpu"))
+    outcome = "finished"
+    bar = tqdm(total=len(todo), desc=f"{config.name}", unit="cell", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for result in executor.run(todo):
+            t = time.perf_counter()
+            store.put(result)
+            summary.store_seconds += time.perf_counter() - t
+            summary.ran += 1
+            summary.cell_seconds += result.get("timings", {}).get("total", 0.0)
+            summary.measure_seconds += result.get("timings", {}).get("measure", 0.0)
+            if result["status"] == "ok":
+                summary.ok += 1
+                summary.flagged += int(bool(result.get("flagged")))
+            else:
+                summary.failed += 1
+            bar.update(1)
+            (bar.write if progress else log)(_fmt_cell(result))
+            if on_result is not None:
+                on_result(result)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        summary.interrupted = True
+        raise
+    except BaseException:
+        outcome = "crashed"
+        raise
+    finally:
+        bar.close()
+        executor.close()
+        summary.wall_seconds = time.perf_counter() - t_start
+        store.finish_run(run_id, outcome)
+        if report:
+            write_run_outputs(store, out, summary.keys, config)
+        store.close()
+        log(f"{config.name}: {outcome}; ran {summary.ran} cells ({summary.ok} ok, {summary.failed} failed, "
+            f"{summary.flagged} flagged) in {summary.wall_seconds:.1f}s; harness overhead "
+            f"(measurement + storage) {100 * summary.overhead_share:.1f}% of cell time; outputs in {out}")
+    return summary
