@@ -142,8 +142,11 @@ def run_matrix(
     summary = RunSummary(out_dir=out, total=len(cells), already_done=len(done),
                          skipped_failed=0 if retry_failed else len(failed_before),
                          keys=[c.key for c in cells])
-    log(f"{config.name}: {len(cells)} cells ({len(done)} done, {len(failed_before)} failed before"
-        f"{'' if retry_failed else ', not retried (--retry-failed)'}); running {len(todo)} "
+    failed_note = ""
+    if failed_before:
+        failed_note = (f", {len(failed_before)} failed before" +
+                       (" (rerun)" if retry_failed else " (skipped; --retry-failed reruns them)"))
+    log(f"{config.name}: {len(cells)} cells, {len(done)} already done{failed_note}; running {len(todo)} "
         f"on {executor.name}; results in {out / 'results.sqlite'}")
     run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
                              environment(cells[0].device if cells else "cpu"))
