@@ -82,6 +82,14 @@ class Raises(Method):
         raise RuntimeError("toy failure on purpose")
 
 
+class OutOfMemory(Method):
+    axes = ("emb",)
+    description = "runs out of memory (as torch reports it on CPU)"
+
+    def compress(self, context, target):
+        raise MemoryError("cannot allocate 40 GiB")
+
+
 class Diverges(Method):
     axes = ("emb",)
     description = "trains a model whose loss is NaN (a diverging method)"
@@ -99,6 +107,7 @@ TOY_ENTRY_POINTS = """\
 toy-truncate = recshrink_toyplugin:TruncateBase
 toy-raise = recshrink_toyplugin:Raises
 toy-nan = recshrink_toyplugin:Diverges
+toy-oom = recshrink_toyplugin:OutOfMemory
 """
 
 

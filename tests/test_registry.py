@@ -94,7 +94,7 @@ def test_target_range(bad):
 
 def test_plugin_is_discovered_through_its_entry_point(toy_plugin, capsys):
     methods = registry.available_methods()
-    assert {"toy-truncate", "toy-raise", "toy-nan"} <= set(methods)
+    assert {"toy-truncate", "toy-raise", "toy-nan", "toy-oom"} <= set(methods)
     assert registry.method_source("toy-truncate").startswith(
         "entry point toy-truncate = recshrink_toyplugin:TruncateBase (recshrink-toyplugin 0.1)")
     assert main(["methods", "--json"]) == 0

@@ -101,17 +101,18 @@ def test_interrupted_matrix_resumes_with_exactly_the_missing_cells(tiny_root, to
 
 
 def test_failures_are_stored_and_the_matrix_goes_on(tiny_root, toy_plugin, tmp_path):
-    cfg = matrix(tiny_root, methods='["lightgcn", "toy-raise", "toy-nan", "toy-truncate"]', targets="[0.5]",
-                 seeds="[0]")
+    cfg = matrix(tiny_root, methods='["lightgcn", "toy-raise", "toy-nan", "toy-oom", "toy-truncate"]',
+                 targets="[0.5]", seeds="[0]")
     out = tmp_path / "out"
     summary = run_matrix(cfg, out, **QUIET)
-    assert (summary.ran, summary.ok, summary.failed) == (4, 2, 2)
+    assert (summary.ran, summary.ok, summary.failed) == (5, 2, 3)
     by_method = {c["method"]: c for c in stored(out).values()}
     assert by_method["toy-raise"]["status"] == "failed"
     assert by_method["toy-raise"]["error"] == "RuntimeError: toy failure on purpose"
     assert "Traceback" in by_method["toy-raise"]["traceback"]
     assert by_method["toy-nan"]["status"] == "failed"
     assert by_method["toy-nan"]["error"].startswith("diverged: tiny: loss became nan at epoch 1")
+    assert by_method["toy-oom"]["error"] == "out of memory: MemoryError: cannot allocate 40 GiB"
     assert by_method["toy-truncate"]["status"] == by_method["lightgcn"]["status"] == "ok"
     frame = pd.read_csv(out / "cells.csv")
     failed = frame[frame["method"] == "toy-raise"]
@@ -122,8 +123,8 @@ def test_failures_are_stored_and_the_matrix_goes_on(tiny_root, toy_plugin, tmp_p
     run_matrix(cfg, out, on_result=lambda r: ran.append(r["spec"]["method"]), **QUIET)
     assert ran == []
     run_matrix(cfg, out, retry_failed=True, on_result=lambda r: ran.append(r["spec"]["method"]), **QUIET)
-    assert sorted(ran) == ["toy-nan", "toy-raise"]
-    assert len(stored(out)) == 4
+    assert sorted(ran) == ["toy-nan", "toy-oom", "toy-raise"]
+    assert len(stored(out)) == 5
 
 
 def test_missed_target_is_flagged_not_hidden(tiny_root, toy_plugin, tmp_path):
