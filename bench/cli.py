@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
 
+    p = sub.add_parser("report", help="build the report (CSVs, HTML) from one or more result stores")
+    p.add_argument("results", nargs="+", help="results.sqlite files (or folders holding one); merged")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--latex", action="store_true", help="also write the summary tables as LaTeX")
+    p.add_argument("--title", default=None, help="page title")
+
     p = sub.add_parser("methods", help="list the registered compression methods")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -175,6 +181,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    paths = build_report(args.results, args.out, latex=args.latex, title=args.title)
+    for p in paths.values():
+        print(p)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.executors import DaskExecutor, ProcessExecutor, SequentialExecutor
@@ -219,11 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from methods.base import MethodError
 
     args = build_parser().parse_args(argv)
-    handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run}
+    handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run,
+                "report": cmd_report}
     try:
         return handlers[args.command](args)
     except (CatalogError, ConfigError, MethodError, StoreError, DataFormatError, DatasetUnavailableError,
-            ChecksumError, TrainingDivergedError, ValueError, RuntimeError) as exc:
+            ChecksumError, TrainingDivergedError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"recshrink: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -183,7 +183,11 @@ def run_matrix(
         summary.wall_seconds = time.perf_counter() - t_start
         store.finish_run(run_id, outcome)
         if report:
-            write_run_outputs(store, out, summary.keys, config)
+            try:
+                write_run_outputs(store, out, summary.keys, config)
+            except Exception as exc:  # a report problem must not hide the run's own outcome
+                log(f"{config.name}: could not write the report: {type(exc).__name__}: {exc} "
+                    f"(the results are stored; rebuild it with `recshrink report {out}`)")
         store.close()
         log(f"{config.name}: {outcome}; ran {summary.ran} cells ({summary.ok} ok, {summary.failed} failed, "
             f"{summary.flagged} flagged) in {summary.wall_seconds:.1f}s; harness overhead "

@@ -1,0 +1,146 @@
+"""Reports built from result stores alone: ``cells.csv``, ``summary.csv``, ``index.html`` (and LaTeX).
+
+``recshrink report RESULTS... -o DIR`` builds a report from one or several stores (merged; see
+:func:`bench.report.tables.load_cells`), without rerunning anything; ``recshrink run`` builds one
+for its own cells when it ends. Modules: :mod:`~bench.report.tables` (the two CSVs),
+:mod:`~bench.report.stats` (paired tests, Holm), :mod:`~bench.report.plots` (seaborn figures),
+:mod:`~bench.report.html` (the page), :mod:`~bench.report.latex`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.report.stats import add_to_summary, comparisons
+from bench.report.tables import cells_frame, load_cells, summary_frame
+from bench.store import ResultStore
+
+
+def _method_info(names: Iterable[str]) -> list[dict[str, Any]]:
+    from methods.registry import available_methods
+
+    known = available_methods()
+    out = []
+    for name in sorted(set(names)):
+        cls = known.get(name)
+        if cls is None:
+            out.append({"name": name, "axes": [], "description": "(not registered in this installation)",
+                        "target_mapping": "", "simplifications": []})
+        else:
+            info = cls.info()
+            out.append({k: info[k] for k in ("name", "axes", "description", "target_mapping",
+                                             "simplifications")})
+    return out
+
+
+def _environments(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    counter: Counter = Counter()
+    for c in cells:
+        e = c["environment"]
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(e.get("versions", {}).items()) if v)
+        row = (f"{e.get('device', '')} ({e.get('device_name', '')})", e.get("torch_threads", ""),
+               e.get("git_sha") or "", e.get("code_version") or "", versions, e.get("platform", ""))
+        counter[row] += 1
+    return [{"n": n, "device": r[0], "threads": r[1], "git_sha": r[2], "code_version": r[3],
+             "versions": r[4], "platform": r[5]} for r, n in counter.most_common()]
+
+
+def _problems(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from bench.report.tables import variant_label
+
+    out = []
+    for c in cells:
+        if c["status"] == "ok" and not c["flagged"]:
+            continue
+        target = f"{c['emb_target']:g}"
+        if c["edge_target"] is not None:
+            target += f" / edge {c['edge_target']:g}"
+        variant = variant_label(c["method"], c["spec"].get("options", {}))
+        out.append({"dataset": c["dataset"], "variant": variant,
+                    "target": target, "seed": c["seed"], "status": c["status"],
+                    "reason": c["error"] if c["status"] != "ok" else f"flagged: {c['flag_reason']}"})
+    return out
+
+
+def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
+                 keys: Iterable[str] | None = None, latex: bool = False, title: str | None = None,
+                 figures: bool = True) -> dict[str, Path]:
+    """Write ``cells.csv``, ``summary.csv``, ``index.html`` (and ``summary-<dataset>.tex``) to ``out``."""
+    from bench.report.html import dataset_table, headline_metrics, render
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opened = [s if isinstance(s, ResultStore) else ResultStore(_existing(s)) for s in stores]
+    try:
+        cells = load_cells(opened, keys)
+        runs = [r for s in opened for r in s.runs()]
+        sources = [str(s.path) for s in opened]
+    finally:
+        for s, given in zip(opened, stores, strict=True):
+            if not isinstance(given, ResultStore):
+                s.close()
+    if keys is not None:
+        names = {c["run"] for c in cells}
+        runs = [r for r in runs if r["name"] in names]
+    frame = cells_frame(cells)
+    paths = {"cells": out / "cells.csv", "summary": out / "summary.csv", "html": out / "index.html"}
+    frame.to_csv(paths["cells"], index=False)
+    names = sorted(frame["name"].dropna().unique()) if not frame.empty else []
+    metrics = headline_metrics(names)
+    all_metrics = [n for n in names if n.split("@")[0] in ("recall", "ndcg", "precision", "hit", "mrr")]
+    summary = summary_frame(frame) if not frame.empty else pd.DataFrame()
+    if not frame.empty:
+        summary = add_to_summary(summary, comparisons(frame, all_metrics))
+    summary.to_csv(paths["summary"], index=False)
+
+    datasets = []
+    for dataset in sorted(frame["dataset"].unique()) if not frame.empty else []:
+        sub = summary[summary["dataset"] == dataset]
+        figs = []
+        if figures:
+            from bench.report.plots import figures_for_dataset
+
+            ok = frame[(frame["status"] == "ok") & frame["name"].notna()]
+            figs = figures_for_dataset(ok.assign(method=ok["variant"]), dataset, metrics=tuple(metrics))
+        datasets.append({"name": dataset, "table": dataset_table(sub, metrics), "figures": figs})
+    per_cell = {c["key"]: c for c in cells}
+    counts = {"cells": len(per_cell), "ok": sum(c["status"] == "ok" for c in cells),
+              "failed": sum(c["status"] == "failed" for c in cells),
+              "flagged": sum(bool(c["flagged"]) for c in cells)}
+    run_names = sorted({c["run"] for c in cells})
+    page = render(title or f"recshrink report: {', '.join(run_names) or 'no cells'}", sources, datasets,
+                  _problems(cells), _method_info(c["method"] for c in cells), _environments(cells),
+                  [{**r, "config": r["config"]} for r in runs], counts)
+    paths["html"].write_text(page, encoding="utf-8")
+    if latex and not summary.empty:
+        from bench.report.latex import summary_latex
+
+        for dataset in sorted(summary["dataset"].unique()):
+            p = out / f"summary-{dataset}.tex"
+            p.write_text(summary_latex(summary[summary["dataset"] == dataset], metrics, dataset),
+                         encoding="utf-8")
+            paths[f"latex-{dataset}"] = p
+    return paths
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.sqlite"
+    if not p.is_file():
+        raise FileNotFoundError(f"no results store at {p}")
+    return p
+
+
+def write_run_outputs(store: ResultStore, out: Path, keys: Iterable[str] | None, config: Any = None) -> None:
+    """The report of one run's cells (called by the runner at the end, also after an interruption)."""
+    title = f"recshrink: {config.name}" if config is not None else None
+    build_report([store], out, keys=keys, title=title)
+
+
+__all__ = ["build_report", "cells_frame", "load_cells", "summary_frame", "write_run_outputs"]

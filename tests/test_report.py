@@ -1,0 +1,178 @@
+"""Reports from a fixed, generated results store: both CSVs checked exactly, statistics, merging."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.cli import main
+from bench.report import build_report
+from bench.report.stats import holm
+from bench.store import ResultStore
+
+SEEDS = (0, 1, 2)
+PLAN = {"lightgcn": (1.0,), "random-drop": (0.5, 0.2), "toy-a": (0.5, 0.2)}
+FAILED = ("toy-a", 0.2, 2)
+FLAGGED = ("random-drop", 0.5, 1)
+MEASURES = ("bits", "emb_achieved", "flops")
+
+
+def value(method: str, target: float, seed: int, name: str) -> float:
+    """A fixed, irregular but deterministic value for every (cell, name)."""
+    base = {"lightgcn": 0.30, "random-drop": 0.22, "toy-a": 0.27}[method]
+    wobble = ((seed * 7 + int(target * 10) * 3 + len(method)) % 5) / 200
+    if name == "recall@20":
+        return base * (0.6 + 0.4 * target) + wobble
+    if name == "ndcg@20":
+        return 0.8 * base * (0.7 + 0.3 * target) + wobble / 2
+    if name == "emb_achieved":
+        return 0.55 if (method, target, seed) == FLAGGED else target
+    if name == "bits":
+        return 1000.0 * 32 * target
+    return 5e6 * target + 1e5
+
+
+def result(method: str, target: float, seed: int) -> dict:
+    key = f"k-{method}-{target}-{seed}"
+    failed = (method, target, seed) == FAILED
+    flagged = (method, target, seed) == FLAGGED
+    spec = {"dataset": "toyset", "method": method, "emb_target": target, "edge_target": None,
+            "layers_target": None, "seed": seed, "options": {}, "budget": {"epochs": 5}, "device": "cpu",
+            "dataset_checksum": "c0ffee", "code_version": "0.1.0+abc", "run": "gen"}
+    metrics = {} if failed else {n: value(method, target, seed, n) for n in ("recall@20", "ndcg@20")}
+    measurements = {} if failed else {n: value(method, target, seed, n) for n in MEASURES}
+    return {
+        "key": key, "spec": spec, "status": "failed" if failed else "ok", "flagged": flagged,
+        "flag_reason": "emb achieved 0.5500 vs target 0.5" if flagged else None,
+        "error": "RuntimeError: boom" if failed else None, "traceback": None, "metrics": metrics,
+        "measurements": measurements, "settings": {}, "info": {}, "timings": {"total": 1.0},
+        "environment": {"device": "cpu", "versions": {"torch": "2.13.0"}, "git_sha": "abc"},
+        "base_checkpoint": None if method == "toy-a" else "b" * 8,
+        "started_at": "2026-11-21T10:00:00+00:00", "finished_at": f"2026-11-21T10:00:{seed:02d}+00:00",
+    }
+
+
+def cells_plan():
+    return [(m, t, s) for m, ts in PLAN.items() for t, s in itertools.product(ts, SEEDS)]
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        store.start_run("gen", 'name = "gen"\n', "recshrink run gen.toml", {})
+        for m, t, s in cells_plan():
+            store.put(result(m, t, s))
+    return path
+
+
+def expected_cells() -> pd.DataFrame:
+    rows = []
+    order = sorted(cells_plan(), key=lambda c: (c[0], -c[1], c[2]))
+    for m, t, s in order:
+        r = result(m, t, s)
+        base = {"run": "gen", "key": r["key"], "dataset": "toyset", "method": m, "variant": m,
+                "emb_target": t, "edge_target": math.nan, "layers_target": math.nan, "seed": s,
+                "status": r["status"], "flagged": r["flagged"], "flag_reason": r["flag_reason"],
+                "error": r["error"], "emb_achieved": r["measurements"].get("emb_achieved", math.nan),
+                "edge_achieved": math.nan, "options": "{}", "budget": '{"epochs": 5}', "device": "cpu",
+                "base_checkpoint": r["base_checkpoint"], "dataset_checksum": "c0ffee",
+                "code_version": "0.1.0+abc", "finished_at": r["finished_at"]}
+        if r["status"] == "failed":
+            rows.append({**base, "name": math.nan, "value": math.nan})
+            continue
+        for name in ("ndcg@20", "recall@20", *MEASURES):
+            rows.append({**base, "name": name, "value": value(m, t, s, name)})
+    frame = pd.DataFrame(rows)
+    frame["edge_achieved"] = frame["edge_achieved"].astype(float)
+    return frame
+
+
+def test_cells_csv_exactly(store_path, tmp_path):
+    paths = build_report([store_path], tmp_path / "rep", figures=False)
+    got = pd.read_csv(paths["cells"])
+    pd.testing.assert_frame_equal(got, expected_cells(), check_exact=True)
+
+
+def test_summary_csv_exactly(store_path, tmp_path):
+    paths = build_report([store_path], tmp_path / "rep", figures=False)
+    got = pd.read_csv(paths["summary"])
+    names = ["bits", "emb_achieved", "flops", "ndcg@20", "recall@20"]
+    rows = []
+    for m, ts in sorted(PLAN.items()):
+        for t in sorted(ts, reverse=True):
+            seeds = [s for s in SEEDS if (m, t, s) != FAILED]
+            row = {"dataset": "toyset", "variant": m, "emb_target": t, "edge_target": math.nan,
+                   "layers_target": math.nan, "method": m, "n_seeds": len(seeds),
+                   "n_failed": len(SEEDS) - len(seeds),
+                   "n_flagged": int(any((m, t, s) == FLAGGED for s in seeds))}
+            for n in names:
+                v = np.array([value(m, t, s, n) for s in seeds])
+                ref = np.array([value("lightgcn", 1.0, s, n) for s in seeds])
+                row[f"{n}_mean"] = v.mean()
+                row[f"{n}_std"] = v.std(ddof=1)
+                row[f"{n}_rel"] = (v / ref - 1).mean()
+            rows.append(row)
+    expected = pd.DataFrame(rows)
+    base_cols = list(expected.columns)
+    assert list(got.columns[: len(base_cols)]) == base_cols
+    pd.testing.assert_frame_equal(got[base_cols], expected, check_exact=False, rtol=1e-12, atol=1e-15)
+
+    # statistics: paired t-tests on the common seeds, Holm within (dataset, metric, reference)
+    stat_cols = [c for c in got.columns if c not in base_cols]
+    assert stat_cols == ["ndcg@20_p_lightgcn", "ndcg@20_p_random-drop", "recall@20_p_lightgcn",
+                         "recall@20_p_random-drop", "ndcg@20_sig_lightgcn", "ndcg@20_sig_random-drop",
+                         "recall@20_sig_lightgcn", "recall@20_sig_random-drop"]
+    family = [(m, t) for m in ("random-drop", "toy-a") for t in PLAN[m]]
+    raw = []
+    for m, t in family:
+        seeds = [s for s in SEEDS if (m, t, s) != FAILED]
+        a = [value(m, t, s, "recall@20") for s in seeds]
+        b = [value("lightgcn", 1.0, s, "recall@20") for s in seeds]
+        raw.append(stats.ttest_rel(a, b).pvalue)
+    adjusted = holm(raw)
+    for (m, t), p in zip(family, adjusted, strict=True):
+        row = got[(got["variant"] == m) & (got["emb_target"] == t)]
+        assert row["recall@20_p_lightgcn"].item() == pytest.approx(p, rel=1e-12)
+    # toy-a against random drop: only toy-a rows have a random-drop p-value
+    assert got.loc[got["method"] != "toy-a", "recall@20_p_random-drop"].isna().all()
+    assert got.loc[got["method"] == "toy-a", "recall@20_p_random-drop"].notna().all()
+
+
+def test_holm_by_hand():
+    assert holm([0.01, 0.04, 0.03, math.nan]) == pytest.approx([0.03, 0.06, 0.06, math.nan], nan_ok=True)
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_html_report_has_the_sections(store_path, tmp_path):
+    paths = build_report([store_path], tmp_path / "rep", latex=True)
+    page = paths["html"].read_text()
+    assert page.count("<table") == 4  # the toyset summary, problems, methods, environment
+    assert "RuntimeError: boom" in page and "flagged: emb achieved 0.5500 vs target 0.5" in page
+    assert "recshrink run gen.toml" in page and '<pre>name = &#34;gen&#34;' in page
+    assert page.count("data:image/png;base64,") >= 6
+    assert "http://" not in page and "https://" not in page  # self-contained
+    tex = (tmp_path / "rep" / "summary-toyset.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and r"random-drop & 0.5" in tex
+
+
+def test_reports_merge_several_stores(tmp_path):
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    with ResultStore(a) as sa, ResultStore(b) as sb:
+        for i, (m, t, s) in enumerate(cells_plan()):
+            (sa if i % 2 else sb).put(result(m, t, s))
+        sb.put(result("lightgcn", 1.0, 0))  # the same cell in both stores counts once
+    code = main(["report", str(a), str(tmp_path), "-o", str(tmp_path / "rep")])
+    assert code == 2  # tmp_path holds no results.sqlite: a clear error
+    assert main(["report", str(a), str(b), "-o", str(tmp_path / "rep")]) == 0
+    got = pd.read_csv(tmp_path / "rep" / "cells.csv")
+    assert got["key"].nunique() == len(cells_plan())
+    summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert len(summary) == 5 and summary["n_seeds"].sum() == len(cells_plan()) - 1
+    assert json.loads(got["budget"].iloc[0]) == {"epochs": 5}

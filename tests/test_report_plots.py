@@ -1,0 +1,231 @@
+"""Report figures (``bench/report/plots.py``) on a synthetic long frame of successful cells."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.report.plots import (
+    ACCURACY,
+    COSTS,
+    Figure,
+    accuracy_vs_cost,
+    accuracy_vs_ratio,
+    cost_vs_ratio,
+    figures_for_dataset,
+    method_style,
+    pareto_front,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATASETS = ("ml-100k", "yelp-mini")
+METHODS = ("lightgcn", "hashing", "pruning", "quant")
+TARGETS = (0.5, 0.2, 0.1)
+SEEDS = (0, 1, 2)
+NAMES = ("recall@20", "ndcg@20", "flops", "bits", "peak_mem_scoring_bytes", "latency_scoring_b64_p50_ms")
+
+
+def synthetic_cells(datasets: tuple[str, ...] = DATASETS, methods: tuple[str, ...] = METHODS,
+                    targets: tuple[float, ...] = TARGETS, seeds: tuple[int, ...] = SEEDS,
+                    names: tuple[str, ...] = NAMES, seed: int = 0) -> pd.DataFrame:
+    """A tidy long frame like ``cells.csv`` (successful cells only): lightgcn at emb_target 1.0,
+    every other method at each target; one flagged cell per dataset (the first method, smallest
+    target, first seed)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d, dataset in enumerate(datasets):
+        base = 0.25 - 0.05 * d
+        for m, method in enumerate(methods):
+            for target in [1.0] if method == "lightgcn" else targets:
+                for s in seeds:
+                    loss = 0.0 if method == "lightgcn" else (0.2 + 0.15 * m) * (1 - target)
+                    recall = base * (1 - loss) + rng.normal(0, 0.004)
+                    values = {
+                        "recall@20": recall,
+                        "ndcg@20": 0.8 * recall + rng.normal(0, 0.003),
+                        "flops": 2e9 * (0.3 + 0.7 * target) * (1 + 0.1 * m),
+                        "bits": 32 * 1e6 * target * (1 + 0.5 * m) / (1 + 2 * (method == "quant")),
+                        "peak_mem_scoring_bytes": 5e8 * (0.5 + target) + rng.normal(0, 1e6),
+                        "latency_scoring_b64_p50_ms": 3.0 * (0.6 + target) + rng.normal(0, 0.05),
+                        "emb_achieved": target,
+                    }
+                    flagged = m == 1 and target == min(targets) and s == seeds[0]
+                    for name in names:
+                        rows.append({"dataset": dataset, "method": method, "emb_target": target,
+                                     "edge_target": math.nan, "layers_target": math.nan, "seed": s,
+                                     "flagged": flagged, "name": name, "value": values[name]})
+    return pd.DataFrame(rows)
+
+
+def check_png(fig: Figure) -> tuple[int, int]:
+    raw = base64.b64decode(fig.png_base64, validate=True)
+    assert raw.startswith(PNG_SIGNATURE), fig.key
+    img = mpimg.imread(io.BytesIO(raw), format="png")
+    height, width = img.shape[:2]
+    assert width > 0 and height > 0
+    assert fig.size() == (width, height)
+    assert fig.title and fig.caption.endswith(".")
+    return width, height
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return synthetic_cells()
+
+
+@pytest.fixture(scope="module")
+def figures(cells: pd.DataFrame) -> dict[str, list[Figure]]:
+    """All default figures of the first dataset; a cheaper subset (one metric, one cost) of the second."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning / UserWarning leaks out of the plotting
+        return {DATASETS[0]: figures_for_dataset(cells, DATASETS[0]),
+                DATASETS[1]: figures_for_dataset(cells, DATASETS[1], metrics=["ndcg@20"], costs=["bits"])}
+
+
+def expected_keys(dataset: str, metrics: tuple[str, ...] | list[str] = ACCURACY,
+                  costs: tuple[str, ...] | list[str] = tuple(COSTS)) -> list[str]:
+    return ([f"{dataset}-{m}-vs-emb" for m in metrics] + [f"{dataset}-{c}-vs-emb" for c in costs]
+            + [f"{dataset}-{m}-vs-{c}" for m in metrics for c in costs])
+
+
+def test_figures_for_dataset_count_keys_and_pngs(figures: dict[str, list[Figure]]) -> None:
+    assert len(figures[DATASETS[0]]) == 2 + 4 + 2 * 4
+    assert [f.key for f in figures[DATASETS[0]]] == expected_keys(DATASETS[0])  # stable order
+    assert [f.key for f in figures[DATASETS[1]]] == expected_keys(DATASETS[1], ["ndcg@20"], ["bits"])
+    for dataset in DATASETS:
+        for f in figures[dataset]:
+            width, height = check_png(f)
+            assert (width, height) == (640, 400)  # 6.4 x 4 in at 100 dpi
+            assert dataset in f.title
+            assert "std across seeds" in f.caption
+            assert len(f.png_base64) < 200_000  # small enough for ~20 figures in a few MB
+    assert plt.get_fignums() == []  # nothing left open in pyplot
+
+
+def test_captions_mention_reference_flagged_and_front(figures: dict[str, list[Figure]]) -> None:
+    by_key = {f.key: f for f in figures["ml-100k"]}
+    recall = by_key["ml-100k-recall@20-vs-emb"].caption
+    assert "lightgcn (uncompressed)" in recall and "flagged" in recall and "3 seeds per point" in recall
+    assert "Pareto front" in by_key["ml-100k-recall@20-vs-flops"].caption
+    assert "(ms)" in by_key["ml-100k-latency_scoring_b64_p50_ms-vs-emb"].caption
+
+
+def test_figures_are_deterministic(cells: pd.DataFrame) -> None:
+    a = accuracy_vs_ratio(cells, "ml-100k", "recall@20")
+    b = accuracy_vs_ratio(cells, "ml-100k", "recall@20")
+    assert a == b
+
+
+def _colours_in(fig: Figure) -> set[str]:
+    img = mpimg.imread(io.BytesIO(fig.png_bytes()), format="png")
+    rgb = np.round(img[..., :3].reshape(-1, 3) * 255).astype(int)
+    return {"#{:02x}{:02x}{:02x}".format(*p) for p in np.unique(rgb, axis=0)}
+
+
+def test_palette_is_global_and_stable(cells: pd.DataFrame) -> None:
+    style = method_style(cells)
+    assert list(style) == sorted(METHODS)
+    assert len({c for c, _ in style.values()}) == len(METHODS)
+    assert method_style(cells) == method_style(cells.sample(frac=1.0, random_state=1))
+    # a dataset lacking a method keeps the colours of the whole frame: pruning and quant are drawn
+    # in their global colours, hashing's colour is absent
+    df = cells.loc[~((cells["dataset"] == "yelp-mini") & (cells["method"] == "hashing"))
+                   & cells["name"].isin(["recall@20"])]
+    colours = _colours_in(accuracy_vs_ratio(df, "yelp-mini", "recall@20"))
+    assert {style["pruning"][0], style["quant"][0], style["lightgcn"][0]} <= colours
+    assert style["hashing"][0] not in colours
+
+
+def test_flagged_read_back_as_strings(cells: pd.DataFrame) -> None:
+    df = cells.loc[cells["name"] == "recall@20"].copy()
+    df["flagged"] = df["flagged"].map({True: "True", False: "False"})
+    df.loc[df.index[:3], "flagged"] = None
+    fig = accuracy_vs_ratio(df, "ml-100k", "recall@20")
+    assert "flagged cells" in fig.caption
+    df["flagged"] = "False"
+    assert "flagged" not in accuracy_vs_ratio(df, "ml-100k", "recall@20").caption
+
+
+@pytest.mark.parametrize(("points", "expected"), [
+    ([], []),
+    ([(1.0, 0.5)], [0]),
+    # 1 dominated by 0 (same cost, lower acc); 3 dominated by 2 (more cost, same acc)
+    ([(1.0, 0.5), (1.0, 0.4), (2.0, 0.6), (3.0, 0.6), (0.5, 0.1)], [0, 2, 4]),
+    # exact duplicates do not dominate each other; both stay on the front
+    ([(1.0, 0.5), (1.0, 0.5), (2.0, 0.4)], [0, 1]),
+    # duplicates that are dominated are both off the front
+    ([(2.0, 0.4), (2.0, 0.4), (1.0, 0.5)], [2]),
+    # NaN or infinite points are never on the front and dominate nothing
+    ([(math.nan, 0.9), (1.0, math.nan), (2.0, 0.3), (math.inf, 1.0), (0.1, -math.inf), (3.0, 0.2)], [2]),
+    ([(math.nan, math.nan)], []),
+    # a chain where each point trades cost for accuracy
+    ([(4.0, 0.4), (1.0, 0.1), (3.0, 0.3), (2.0, 0.2)], [0, 1, 2, 3]),
+])
+def test_pareto_front(points: list[tuple[float, float]], expected: list[int]) -> None:
+    assert pareto_front(points) == expected
+
+
+def test_single_seed_and_single_target(cells: pd.DataFrame) -> None:
+    one = synthetic_cells(datasets=("d",), targets=(0.25,), seeds=(7,), names=("recall@20", "bits"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figs = figures_for_dataset(one, "d")
+    assert [f.key for f in figs] == ["d-recall@20-vs-emb", "d-bits-vs-emb", "d-recall@20-vs-bits"]
+    for f in figs:
+        check_png(f)
+    assert "1 seed per point" in figs[0].caption and "\u00b11 std band" not in figs[0].caption
+
+
+def test_missing_names_nan_values_and_absent_data(cells: pd.DataFrame) -> None:
+    df = cells.loc[cells["name"].isin(["recall@20", "ndcg@20", "bits", "latency_scoring_b64_p50_ms"])].copy()
+    # quant has no latency at all; hashing's ndcg is all NaN; bits is NaN everywhere
+    df = df.loc[~((df["method"] == "quant") & (df["name"] == "latency_scoring_b64_p50_ms"))]
+    df.loc[(df["method"] == "hashing") & (df["name"] == "ndcg@20"), "value"] = math.nan
+    df.loc[df["name"] == "bits", "value"] = math.nan
+    figs = figures_for_dataset(df, "ml-100k")
+    keys = [f.key for f in figs]
+    latency = "latency_scoring_b64_p50_ms"
+    assert keys == ["ml-100k-recall@20-vs-emb", "ml-100k-ndcg@20-vs-emb", f"ml-100k-{latency}-vs-emb",
+                    f"ml-100k-recall@20-vs-{latency}", f"ml-100k-ndcg@20-vs-{latency}"]
+    for f in figs:
+        check_png(f)
+    # absent data: direct calls draw a "no data" figure instead of raising
+    for fig in (accuracy_vs_ratio(df, "ml-100k", "bits"), cost_vs_ratio(df, "nope", "flops"),
+                accuracy_vs_cost(df, "ml-100k", "recall@20", "bits"),
+                accuracy_vs_cost(df, "ml-100k", "recall@20", "unknown")):
+        check_png(fig)
+        assert fig.caption.startswith("No data")
+    assert figures_for_dataset(df, "nope") == []
+    only_reference = df.loc[df["method"] == "lightgcn"]
+    assert figures_for_dataset(only_reference, "ml-100k") == []
+
+
+def test_variants_and_custom_costs() -> None:
+    df = synthetic_cells(datasets=("d",), methods=("lightgcn", "sparse"), names=("recall@20", "flops"))
+    other = df.loc[df["method"] == "sparse"].copy()
+    df.loc[df["method"] == "sparse", "edge_target"] = 0.5
+    other["edge_target"] = 0.25
+    other["value"] *= 0.9
+    df = pd.concat([df, other], ignore_index=True)
+    figs = figures_for_dataset(df, "d", metrics=["recall@20", "hit@20"], costs={"flops": "mult-adds (#)"})
+    assert [f.key for f in figs] == ["d-recall@20-vs-emb", "d-flops-vs-emb", "d-recall@20-vs-flops"]
+    assert "mult-adds (#)" in figs[1].caption
+    for f in figs:
+        check_png(f)
+
+
+def test_img_tag_escapes_alt() -> None:
+    fig = accuracy_vs_ratio(synthetic_cells(datasets=('<b>"x"&y</b>',)), '<b>"x"&y</b>', "recall@20")
+    tag = fig.img_tag()
+    assert tag.startswith('<img alt="&lt;b&gt;&quot;x&quot;&amp;y&lt;/b&gt;: recall@20 vs embedding ratio"')
+    assert f'src="data:image/png;base64,{fig.png_base64}"' in tag
+    assert 'width="640" height="400"' in tag
+    assert "<b>" not in tag
