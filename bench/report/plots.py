@@ -24,9 +24,11 @@ import html
 import io
 import math
 import struct
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -276,6 +278,15 @@ def _empty_figure(key: str, title: str, message: str) -> Figure:
     return Figure(key, title, f"No data: {message}.", png)
 
 
+def _lineplot(points: pd.DataFrame, order: list[str], series: dict[str, Any], ax: Any) -> None:
+    sns.lineplot(data=points, x="emb_target", y="value", hue="series", style="series",
+                 hue_order=order, style_order=order,
+                 palette={s: series[s].colour for s in order},
+                 markers={s: series[s].marker for s in order}, dashes=False,
+                 estimator="mean", errorbar="sd", err_style="bars",
+                 err_kws={"capsize": 3, "elinewidth": 1}, legend=False, ax=ax)
+
+
 # --- figures --------------------------------------------------------------------------------------
 
 def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, title: str, ylabel: str,
@@ -297,12 +308,11 @@ def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, tit
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
-        sns.lineplot(data=points, x="emb_target", y="value", hue="series", style="series",
-                     hue_order=order, style_order=order,
-                     palette={s: series[s].colour for s in order},
-                     markers={s: series[s].marker for s in order}, dashes=False,
-                     estimator="mean", errorbar="sd", err_style="bars",
-                     err_kws={"capsize": 3, "elinewidth": 1}, legend=False, ax=ax)
+        with warnings.catch_warnings():
+            # seaborn 0.13 + pandas 2.x: matplotlib's errorbar calls float() on a one-element
+            # Series (a FutureWarning inside those libraries, not in our data)
+            warnings.simplefilter("ignore", FutureWarning)
+            _lineplot(points, order, series, ax)
         handles: list[Line2D] = [Line2D([], [], color=series[s].colour, marker=series[s].marker, label=s)
                                  for s in order]
         if math.isfinite(ref_mean):
