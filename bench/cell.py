@@ -108,15 +108,27 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def run_cell(spec: CellSpec) -> dict[str, Any]:
-    """Run one cell and return its result record (see the module docstring)."""
-    from bench.environment import environment
-
-    result: dict[str, Any] = {
+def new_result(spec: CellSpec) -> dict[str, Any]:
+    """An empty result record for ``spec``, started now, failed until filled in."""
+    return {
         "key": spec.key, "spec": dataclasses.asdict(spec), "status": "failed", "flagged": False,
         "flag_reason": None, "error": None, "traceback": None, "metrics": {}, "measurements": {},
         "settings": {}, "info": {}, "base_checkpoint": None, "timings": {}, "started_at": _now(),
     }
+
+
+def finish_result(result: dict[str, Any], spec: CellSpec, device: torch.device | str) -> dict[str, Any]:
+    """Stamp the finish time and the environment (with the code version) on a result record."""
+    from bench.environment import environment
+
+    result["finished_at"] = _now()
+    result["environment"] = {**environment(device), "code_version": spec.code_version}
+    return result
+
+
+def run_cell(spec: CellSpec) -> dict[str, Any]:
+    """Run one cell and return its result record (see the module docstring)."""
+    result = new_result(spec)
     t0 = time.perf_counter()
     device = None
     if spec.threads is not None:
@@ -133,11 +145,7 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
     result["timings"]["total"] = time.perf_counter() - t0
-    result["finished_at"] = _now()
-    env = environment(device or "cpu")
-    env["code_version"] = spec.code_version
-    result["environment"] = env
-    return result
+    return finish_result(result, spec, device or "cpu")
 
 
 def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
@@ -177,7 +185,7 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
                         log=lambda msg: None)
     if cls.uses_base:
         t = time.perf_counter()
-        ctx.base()
+        ctx.prepare_base()
         timings["base"] = time.perf_counter() - t
         seed_everything(spec.seed)
 
@@ -232,8 +240,8 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     m["peak_mem_method"] = memory.method
     base = ctx.base_info
     if base is not None:
-        m["base_train_seconds"] = base.training.seconds
-        result["base_checkpoint"] = base.state_hash
+        m["base_train_seconds"] = base["training"].seconds
+        result["base_checkpoint"] = base["state_hash"]
     timings["measure"] = time.perf_counter() - t
 
     result["metrics"] = {**test, **{f"valid_{k}": v for k, v in valid.items()}}

@@ -29,7 +29,7 @@ import torch
 
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
-from bench.training import TrainConfig, TrainResult, config_dict, fit_bpr
+from bench.training import TrainConfig, TrainResult, build_lightgcn, config_dict, fit_bpr
 from methods.base import TrainingCost
 from methods.graph import NormalizedGraph, normalized_adjacency
 from methods.lightgcn import LightGCN
@@ -89,23 +89,28 @@ class BaseCheckpoints:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def get(self, data: InteractionData, config: TrainConfig, device: torch.device,
-            progress: bool = False, log: Callable[[str], None] | None = None) -> BaseModel:
+    def prepare(self, data: InteractionData, config: TrainConfig, device: torch.device,
+                progress: bool = False, log: Callable[[str], None] | None = None) -> str:
+        """Load (or train and save) the checkpoint's state into memory; returns its key."""
         key = self.key(data, config)
         if key not in self._memory:
             self._memory[key] = self._load_or_train(key, data, config, device, progress, log)
-        state, meta = self._memory[key]
-        graph = normalized_adjacency(data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
-                                     backend=config.backend, device=device)
-        model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
-                         init=config.init).to(device)
+        return key
+
+    def get(self, data: InteractionData, config: TrainConfig, device: torch.device,
+            progress: bool = False, log: Callable[[str], None] | None = None) -> BaseModel:
+        key = self.prepare(data, config, device, progress, log)
+        state, _ = self._memory[key]
+        model = build_lightgcn(data, config, device)
         model.load_state_dict(copy.deepcopy(state))
-        path = self._path(data, key)
-        return BaseModel(
-            model=model, key=key, state_hash=meta["state_hash"],
-            training=TrainingCost(**meta["training"]), valid=meta["valid"], test=meta["test"],
-            best_epoch=meta["best_epoch"], path=path,
-        )
+        return BaseModel(model=model, **self.provenance(data, key))
+
+    def provenance(self, data: InteractionData, key: str) -> dict[str, Any]:
+        """What a prepared checkpoint is: hash, training cost, its metrics, where it is stored."""
+        meta = self._memory[key][1]
+        return {"key": key, "state_hash": meta["state_hash"], "training": TrainingCost(**meta["training"]),
+                "valid": meta["valid"], "test": meta["test"], "best_epoch": meta["best_epoch"],
+                "path": self._path(data, key)}
 
     def _path(self, data: InteractionData, key: str) -> Path | None:
         if self.directory is None:
@@ -142,10 +147,7 @@ class BaseCheckpoints:
         from bench.measure.memory import PhaseMemory
 
         seed_everything(config.seed)
-        graph = normalized_adjacency(data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
-                                     backend=config.backend, device=device)
-        model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
-                         init=config.init).to(device)
+        model = build_lightgcn(data, config, device)
         memory = PhaseMemory(device)
         t0 = time.perf_counter()
         with memory.phase("training"):
@@ -177,17 +179,23 @@ class MethodContext:
     progress: bool = False
     log: Callable[[str], None] = print
     cost: TrainingCost = field(default_factory=TrainingCost)
-    _base: BaseModel | None = None
+    _base_key: str | None = None
+
+    def prepare_base(self) -> None:
+        """Train or load the shared base checkpoint now (the harness does it before measuring)."""
+        self._base_key = self.checkpoints.prepare(self.data, self.budget, self.device, self.progress,
+                                                  self.log)
 
     def base(self) -> BaseModel:
         """A fresh copy of the shared base LightGCN (trained with the budget on first use)."""
-        self._base = self.checkpoints.get(self.data, self.budget, self.device, self.progress, self.log)
-        return self._base
+        model = self.checkpoints.get(self.data, self.budget, self.device, self.progress, self.log)
+        self._base_key = model.key
+        return model
 
     @property
-    def base_info(self) -> BaseModel | None:
-        """The base checkpoint used by this cell, if any (its hash goes into the results)."""
-        return self._base
+    def base_info(self) -> dict[str, Any] | None:
+        """Provenance of the base checkpoint this cell used, if any (its hash goes into the results)."""
+        return None if self._base_key is None else self.checkpoints.provenance(self.data, self._base_key)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The shared budget with ``overrides`` (validated)."""
@@ -199,10 +207,6 @@ class MethodContext:
         """A CPU generator seeded from (seed, ``stream``): one independent stream per purpose."""
         digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-    def numpy_rng(self, stream: str) -> np.random.Generator:
-        digest = hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def training_graph(self, pairs: np.ndarray | None = None, backend: str | None = None) -> NormalizedGraph:
         """Normalised adjacency of ``pairs`` (default: all training interactions) on the device."""

@@ -15,6 +15,7 @@ as cells finish (in any order). Workers only compute: the client writes the stor
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import tempfile
@@ -26,25 +27,16 @@ from typing import Any
 
 import torch
 
-from bench.cell import CellSpec, _now, run_cell
+from bench.cell import CellSpec, finish_result, new_result, run_cell
 
 MAX_ATTEMPTS_AFTER_CRASH = 2
 
 
 def failed_result(spec: CellSpec, error: str) -> dict[str, Any]:
     """A failed record for a cell whose worker never returned a result."""
-    import dataclasses
-
-    from bench.environment import environment
-
-    env = environment("cpu")
-    env["code_version"] = spec.code_version
-    return {
-        "key": spec.key, "spec": dataclasses.asdict(spec), "status": "failed", "flagged": False,
-        "flag_reason": None, "error": error, "traceback": None, "metrics": {}, "measurements": {},
-        "settings": {}, "info": {}, "base_checkpoint": None, "timings": {}, "started_at": _now(),
-        "finished_at": _now(), "environment": env,
-    }
+    result = new_result(spec)
+    result["error"] = error
+    return finish_result(result, spec, "cpu")
 
 
 class SequentialExecutor:
@@ -183,6 +175,4 @@ class DaskExecutor:
 
 
 def _with_threads(spec: CellSpec, threads: int) -> CellSpec:
-    import dataclasses
-
     return dataclasses.replace(spec, threads=threads)

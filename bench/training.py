@@ -220,23 +220,28 @@ def fit_bpr(
     )
 
 
+def build_lightgcn(data: InteractionData, config: TrainConfig, device: torch.device):
+    """The LightGCN backbone over the full training graph, initialised from the global generator."""
+    from methods.graph import normalized_adjacency
+    from methods.lightgcn import LightGCN
+
+    graph = normalized_adjacency(
+        data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
+        backend=config.backend, device=device,
+    )
+    return LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
+                    init=config.init).to(device)
+
+
 def train_lightgcn(
     data: InteractionData, config: TrainConfig, progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Build the LightGCN backbone on the training graph and train it with :func:`fit_bpr`."""
-    from methods.graph import normalized_adjacency
-    from methods.lightgcn import LightGCN
-
     config.validate()
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    graph = normalized_adjacency(
-        data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
-        backend=config.backend, device=device,
-    )
-    model = LightGCN(data.n_users, data.n_items, config.dim, config.n_layers, graph,
-                     init=config.init).to(device)
+    model = build_lightgcn(data, config, device)
     return fit_bpr(model, data, config, progress=progress, on_epoch=on_epoch)
 
 
