@@ -76,7 +76,7 @@ def code_version() -> str:
 
 
 def plan(config: MatrixConfig, device: str | None = None, checkpoint_dir: Path | None = None,
-         progress: bool = False, log: Callable[[str], None] = print) -> list[CellSpec]:
+         progress: bool = False) -> list[CellSpec]:
     """Expand a validated config into cells (loads each dataset once for its checksum)."""
     from bench.data.loading import load_dataset
     from bench.device import resolve_device
@@ -132,7 +132,7 @@ def run_matrix(
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
-    cells = plan(config, device, ckpt, progress=False, log=log)
+    cells = plan(config, device, ckpt)
     executor = executor or SequentialExecutor()
     store = ResultStore(out / "results.sqlite")
     statuses = store.statuses()

@@ -151,19 +151,24 @@ def _metrics(out):
     return {k: (c["status"], c["metrics"]) for k, c in stored(out).items()}
 
 
-def test_dask_local_cluster_gives_the_sequential_metrics(tiny_root, toy_plugin, tmp_path):
-    pytest.importorskip("dask.distributed")
+def run_single_threaded(cfg, out, checkpoint_dir):
+    """The sequential run with one torch thread, as every worker below uses."""
     import torch
 
-    from bench.executors import DaskExecutor
-
-    cfg = matrix(tiny_root)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_matrix(cfg, tmp_path / "seq", checkpoint_dir=tmp_path / "ck-seq", **QUIET)
+        run_matrix(cfg, out, checkpoint_dir=checkpoint_dir, **QUIET)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_dask_local_cluster_gives_the_sequential_metrics(tiny_root, toy_plugin, tmp_path):
+    pytest.importorskip("dask.distributed")
+    from bench.executors import DaskExecutor
+
+    cfg = matrix(tiny_root)
+    run_single_threaded(cfg, tmp_path / "seq", tmp_path / "ck-seq")
     executor = DaskExecutor(n_workers=2, threads=1)
     summary = run_matrix(cfg, tmp_path / "dask", executor=executor, checkpoint_dir=tmp_path / "ck-dask",
                          **QUIET)
@@ -172,17 +177,10 @@ def test_dask_local_cluster_gives_the_sequential_metrics(tiny_root, toy_plugin, 
 
 
 def test_worker_processes_give_the_sequential_metrics(tiny_root, toy_plugin, tmp_path):
-    import torch
-
     from bench.executors import ProcessExecutor
 
     cfg = matrix(tiny_root, seeds="[0]")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_matrix(cfg, tmp_path / "seq", checkpoint_dir=tmp_path / "ck-seq", **QUIET)
-    finally:
-        torch.set_num_threads(threads)
+    run_single_threaded(cfg, tmp_path / "seq", tmp_path / "ck-seq")
     summary = run_matrix(cfg, tmp_path / "proc", executor=ProcessExecutor(2, threads=1),
                          checkpoint_dir=tmp_path / "ck-proc", **QUIET)
     assert summary.ok == 3

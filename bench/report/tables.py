@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,14 +110,6 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=CELL_COLUMNS)
     frame = frame.astype({c: object for c in _TEXT})
     return _canonical(frame)
-
-
-def write_cells_csv(frame: pd.DataFrame, path: Path) -> None:
-    frame.to_csv(path, index=False)
-
-
-def _group_key(frame: pd.DataFrame) -> list[str]:
-    return [c for c in IDENTITY if c in frame.columns]
 
 
 def summary_frame(cells: pd.DataFrame) -> pd.DataFrame:
