@@ -238,6 +238,10 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
         if phase in memory.baseline:
             m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
     m["peak_mem_method"] = memory.method
+    clash = sorted(set(compressed.measurements) & (set(m) | {"base_train_seconds"}))
+    if clash:
+        raise ValueError(f"method {spec.method!r} reports measurements the harness owns: {clash}")
+    m.update(compressed.measurements)
     base = ctx.base_info
     if base is not None:
         m["base_train_seconds"] = base["training"].seconds

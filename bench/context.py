@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,14 @@ import torch
 
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
-from bench.training import TrainConfig, TrainResult, build_lightgcn, config_dict, fit_bpr
+from bench.training import TrainConfig, TrainHook, TrainResult, build_lightgcn, config_dict, fit_bpr
 from methods.base import TrainingCost
 from methods.graph import NormalizedGraph, normalized_adjacency
 from methods.lightgcn import LightGCN
 
 CHECKPOINT_VERSION = 1
+# numpy stream ids of MethodContext.rng (spec unkd-and-baselines.md §0; dsl its own)
+STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4}
 # options that change where or how fast a model trains, not what it learns
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
@@ -214,15 +216,30 @@ class MethodContext:
         return normalized_adjacency(self.data.n_users, self.data.n_items, pairs[:, 0], pairs[:, 1],
                                     backend=backend or self.budget.backend, device=self.device)
 
-    def fit(self, model: Any, config: TrainConfig | None = None) -> TrainResult:
-        """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``."""
+    def rng(self, stream: str) -> np.random.Generator:
+        """``numpy.random.default_rng([seed, STREAMS[stream]])``: the spec's per-purpose streams.
+
+        Specs (unkd-and-baselines.md §0): edge mask ``[s, 1]``, embedding mask ``[s, 2]``, UnKD
+        pairs ``[s, 3]``; a mask never changes when another component consumes randomness.
+        """
+        if stream not in STREAMS:
+            raise KeyError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
+        return np.random.default_rng([self.seed, STREAMS[stream]])
+
+    def fit(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
+            extra_macs_per_epoch: float = 0.0) -> TrainResult:
+        """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``.
+
+        MACs per epoch are counted by fvcore on the model's BPR forward (x3 for the backward),
+        plus ``extra_macs_per_epoch`` for work the hooks do outside it (counted by the method).
+        """
         from bench.measure.flops import count_train_macs_per_epoch
 
         config = config or self.budget
         t0 = time.perf_counter()
-        result = fit_bpr(model, self.data, config, progress=self.progress)
+        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks)
         seconds = time.perf_counter() - t0
         macs = count_train_macs_per_epoch(model, len(self.data.train), config.batch_size,
                                           self.data.n_users, self.data.n_items)
-        self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs))
+        self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs + extra_macs_per_epoch))
         return result

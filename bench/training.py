@@ -15,7 +15,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,22 @@ class BPRModel(Protocol):
     def state_dict(self): ...
 
     def load_state_dict(self, state): ...
+
+
+class TrainHook:
+    """Method-specific steps inside :func:`fit_bpr` (no-ops by default).
+
+    ``epoch_start(epoch)`` runs before an epoch's negatives are drawn (e.g. UnKD redraws its
+    distillation pairs); ``step_end(step, optimizer)`` runs right after each optimiser step, with
+    the step's gradients still on the parameters (``step`` counts completed steps from 1; e.g.
+    re-zeroing masked entries, DSL's prune-and-grow).
+    """
+
+    def epoch_start(self, epoch: int) -> None:
+        pass
+
+    def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        pass
 
 
 @dataclass
@@ -141,8 +157,13 @@ def fit_bpr(
     config: TrainConfig,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    hooks: Sequence[TrainHook] = (),
 ) -> TrainResult:
-    """Train ``model`` with BPR and validation early stopping; see the module docstring."""
+    """Train ``model`` with BPR and validation early stopping; see the module docstring.
+
+    ``hooks`` add method-specific steps (:class:`TrainHook`); the optimiser is Adam over the
+    model's parameters that require a gradient.
+    """
     config.validate()
     if len(data.train) == 0:
         raise EmptySplitError(f"{data.name}: the train split is empty")
@@ -153,7 +174,7 @@ def fit_bpr(
     sampler = NegativeSampler(data.train, data.n_users, data.n_items)
     train_users = torch.from_numpy(data.train[:, 0])
     train_items = torch.from_numpy(data.train[:, 1])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     n = len(data.train)
     n_batches = math.ceil(n / config.batch_size)
     best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
@@ -162,9 +183,11 @@ def fit_bpr(
     history: list[dict[str, float]] = []
     bar = tqdm(range(1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
                disable=not progress, leave=False)
-    epoch = 0
+    epoch = step = 0
     for epoch in bar:
         t0 = time.perf_counter()
+        for hook in hooks:
+            hook.epoch_start(epoch)
         neg_all = sampler.sample(train_users, gen)
         perm = torch.randperm(n, generator=gen)
         total = 0.0
@@ -183,6 +206,9 @@ def fit_bpr(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            step += 1
+            for hook in hooks:
+                hook.step_end(step, optimizer)
             total += loss.item() * len(idx)
         epoch_seconds.append(time.perf_counter() - t0)
         row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1]}

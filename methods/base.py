@@ -199,6 +199,9 @@ class CompressedModel:
     ``graph`` is the propagation graph the module actually uses (None: no propagation) and
     ``n_layers`` its depth. ``artifact`` is the deployable state, part by part. ``settings``
     records how the method mapped the target to its knobs (e.g. the student dimension).
+    ``measurements`` are extra numbers computed from the stored state by shared helpers (e.g. the
+    bytes of a sparse table in each storage format, sparse-aware multiply-adds); they are stored
+    beside the harness's measurements and may not replace any of them.
     """
 
     module: nn.Module
@@ -207,6 +210,7 @@ class CompressedModel:
     n_layers: int
     training: TrainingCost = field(default_factory=TrainingCost)
     settings: dict[str, Any] = field(default_factory=dict)
+    measurements: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.artifact]

@@ -144,10 +144,13 @@ def normalized_adjacency(
     items: np.ndarray,
     backend: str = "csr",
     device: torch.device | str = "cpu",
+    degree_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NormalizedGraph:
     """Build ``Â = D^-1/2 A D^-1/2`` from (deduplicated) training pairs ``(users[k], items[k])``.
 
     LightGCN Eq. 7. Degrees count distinct neighbours; zero-degree nodes get no entries.
+    ``degree_pairs`` (users, items): take the degrees from this graph instead (a pruned graph
+    that keeps the full graph's coefficients ``1/sqrt(d_u d_i)`` on its kept edges).
     """
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
@@ -156,7 +159,13 @@ def normalized_adjacency(
     pairs = np.unique(users * n_items + items)
     u = pairs // n_items
     i = pairs % n_items + n_users
-    deg = np.bincount(np.concatenate([u, i]), minlength=n_users + n_items).astype(np.float64)
+    if degree_pairs is None:
+        du, di = u, i
+    else:
+        full = np.unique(np.asarray(degree_pairs[0], dtype=np.int64) * n_items
+                         + np.asarray(degree_pairs[1], dtype=np.int64))
+        du, di = full // n_items, full % n_items + n_users
+    deg = np.bincount(np.concatenate([du, di]), minlength=n_users + n_items).astype(np.float64)
     inv_sqrt = np.zeros_like(deg)
     nz = deg > 0
     inv_sqrt[nz] = deg[nz] ** -0.5

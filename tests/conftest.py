@@ -217,3 +217,17 @@ def tiny_config(root: Path, body: str, name: str = "m") -> Path:
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "data")
+
+
+def method_context(seed: int = 0, data=None, checkpoint_dir: Path | None = None, **budget):
+    """A :class:`bench.context.MethodContext` on ``data`` (default: the clustered toy dataset,
+    60 users x 40 items) with a tiny CPU budget (dim 8, 2 layers, 6 epochs) and ``budget`` overrides."""
+    import torch
+
+    from bench.context import BaseCheckpoints, MethodContext
+    from tests.test_training import clustered_data, small_config
+
+    data = data if data is not None else clustered_data()
+    config = small_config(**{"epochs": 6, "eval_every": 2, "seed": seed, **budget})
+    return MethodContext(data=data, device=torch.device("cpu"), seed=seed, budget=config,
+                         checkpoints=BaseCheckpoints(checkpoint_dir), log=lambda msg: None)

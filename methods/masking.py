@@ -1,0 +1,244 @@
+"""Unstructured masks over the LightGCN embedding table, shared by every entry-pruning method.
+
+Used by ``random-drop`` (random mask), ``magnitude`` (OMP and MagPrune) and ``dsl`` (dynamic
+mask). Conventions (specs ``unkd-and-baselines.md`` §0, §2.2, §3 and ``dsl.md`` §2, §6):
+
+* the mask covers the concatenated ``(U + I) x d`` layer-0 table (users first), one global mask
+  over both tables unless a method says otherwise;
+* a budget of ``k = round(r (U + I) d)`` entries is kept exactly;
+* masked entries are exactly 0 after every optimiser step (:class:`KeepMasked`), so the stored
+  table is what the model computes with;
+* the artifact stores only kept entries, in the smallest of the sparse formats of
+  :func:`sparse_table_parts` (dsl.md §6.4), and reports the dense-with-zeros size beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.training import TrainHook
+from methods.base import ArtifactPart, MethodError
+from methods.graph import NormalizedGraph
+from methods.lightgcn import LightGCN
+
+
+def kept_count(ratio: float, n: int) -> int:
+    """``round(ratio * n)`` (Python rounds half to even), the exact budget of a kept fraction."""
+    if not 0 <= ratio <= 1:
+        raise MethodError(f"kept fraction must lie in [0, 1], got {ratio}")
+    return round(ratio * n)
+
+
+def exact_random_mask(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A flat boolean mask with exactly ``k`` of ``n`` entries set, uniform without replacement."""
+    if not 0 <= k <= n:
+        raise MethodError(f"cannot keep {k} of {n} entries")
+    mask = np.zeros(n, dtype=bool)
+    mask[rng.choice(n, size=k, replace=False)] = True
+    return mask
+
+
+def per_row_random_mask(n_rows: int, dim: int, k_row: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_rows x dim`` mask keeping exactly ``k_row`` uniformly chosen entries in every row."""
+    if not 0 <= k_row <= dim:
+        raise MethodError(f"cannot keep {k_row} of {dim} entries per row")
+    order = np.argsort(rng.random((n_rows, dim)), axis=1)
+    mask = np.zeros((n_rows, dim), dtype=bool)
+    np.put_along_axis(mask, order[:, :k_row], True, axis=1)
+    return mask
+
+
+def magnitude_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask (same shape) of the ``k`` largest ``|values|``; ties go to the lower flat index.
+
+    Spec unkd-and-baselines.md §3.1: stable sort of ``-|E|`` over the flattened table.
+    """
+    flat = values.detach().reshape(-1)
+    if not 0 <= k <= flat.numel():
+        raise MethodError(f"cannot keep {k} of {flat.numel()} entries")
+    order = torch.argsort(-flat.abs(), stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[order[:k]] = True
+    return mask.reshape(values.shape)
+
+
+class MaskedLightGCN(LightGCN):
+    """LightGCN whose layer-0 tables carry fixed-shape boolean masks (buffers ``user_mask``,
+    ``item_mask``, saved with the state).
+
+    ``mask_in_forward=True`` computes the forward on ``E * M`` (masked entries get zero gradient:
+    static masks, spec §2.2/§3.1). ``False`` computes it on ``E`` itself, whose masked entries are
+    kept at 0 by :class:`KeepMasked`; then masked entries receive their true gradient, which DSL's
+    growth step needs (dsl.md §3.2, step 1).
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, graph: NormalizedGraph,
+                 mask: torch.Tensor, mask_in_forward: bool = True, init: str = "xavier_uniform") -> None:
+        super().__init__(n_users, n_items, dim, n_layers, graph, init=init)
+        if tuple(mask.shape) != (n_users + n_items, dim):
+            raise MethodError(f"mask shape {tuple(mask.shape)} != table shape {(n_users + n_items, dim)}")
+        self.mask_in_forward = mask_in_forward
+        mask = mask.to(torch.bool)
+        self.register_buffer("user_mask", mask[:n_users].clone())
+        self.register_buffer("item_mask", mask[n_users:].clone())
+        self.apply_mask_()
+
+    @classmethod
+    def from_lightgcn(cls, model: LightGCN, mask: torch.Tensor, mask_in_forward: bool = True,
+                      graph: NormalizedGraph | None = None) -> MaskedLightGCN:
+        """A masked copy of ``model``'s tables (same graph unless ``graph`` is given)."""
+        out = cls(model.n_users, model.n_items, model.dim, model.n_layers, graph or model.graph,
+                  mask.to(model.user_emb.device), mask_in_forward)
+        with torch.no_grad():
+            out.user_emb.copy_(model.user_emb)
+            out.item_emb.copy_(model.item_emb)
+        out.apply_mask_()
+        return out.to(model.user_emb.device)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The ``(U + I) x d`` mask, users first."""
+        return torch.cat([self.user_mask, self.item_mask], dim=0)
+
+    def set_mask_(self, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.user_mask.copy_(mask[: self.n_users])
+            self.item_mask.copy_(mask[self.n_users :])
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the masked entries of both tables in place."""
+        self.user_emb.mul_(self.user_mask)
+        self.item_emb.mul_(self.item_mask)
+
+    def layer0(self) -> torch.Tensor:
+        if self.mask_in_forward:
+            return torch.cat([self.user_emb * self.user_mask, self.item_emb * self.item_mask], dim=0)
+        return super().layer0()
+
+    def nnz(self) -> int:
+        return int(self.user_mask.sum() + self.item_mask.sum())
+
+
+class KeepMasked(TrainHook):
+    """After every optimiser step, multiply the tables by their masks (no drift from Adam)."""
+
+    def __init__(self, model: MaskedLightGCN) -> None:
+        self.model = model
+
+    def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        self.model.apply_mask_()
+
+
+def sparse_storage_bits(n_rows: int, dim: int, k: int, value_bits: int = 32) -> dict[str, int]:
+    """Bits of a ``n_rows x dim`` table with ``k`` kept entries in each storage format (dsl.md §6.4).
+
+    ``dense``: every entry, zeros included; ``bitmap``: a 1-bit mask plus the kept values;
+    ``csr8`` / ``csr32``: kept values, their column (uint8 when ``dim <= 256``, else not offered /
+    int32) and ``n_rows + 1`` int32 row offsets.
+    """
+    n = n_rows * dim
+    out = {
+        "dense": n * value_bits,
+        "bitmap": n + k * value_bits,
+        "csr32": k * (value_bits + 32) + 32 * (n_rows + 1),
+    }
+    if dim <= 256:
+        out["csr8"] = k * (value_bits + 8) + 32 * (n_rows + 1)
+    return out
+
+
+def sparse_table_parts(table: torch.Tensor, mask: torch.Tensor, prefix: str = "emb"
+                       ) -> tuple[list[ArtifactPart], dict[str, Any]]:
+    """Artifact of a masked table in its smallest format, and the sizes of all formats.
+
+    Returns the parts and ``{"storage_format": name, "bytes_<format>": ...,
+    "bytes_nominal": 4 k}`` (``nominal`` is the paper-style figure: kept values only, no index).
+    The kept values are ``param`` parts (``k`` parameters); masks and offsets are not. The dense
+    format is used only when every entry is kept, so stored parameters always equal kept entries.
+    """
+    table = table.detach()
+    mask = mask.detach().to(torch.bool)
+    n_rows, dim = table.shape
+    k = int(mask.sum())
+    bits = sparse_storage_bits(n_rows, dim, k, table.element_size() * 8)
+    # dense only when nothing is pruned: stored parameters then equal kept entries (spec M3)
+    candidates = ["dense"] if k == mask.numel() else [f for f in bits if f != "dense"]
+    fmt = min(candidates, key=lambda f: (bits[f], f))
+    values = table[mask]  # row-major order of the kept entries
+    if fmt == "dense":
+        parts = [ArtifactPart(f"{prefix}_table", "values", table)]
+    elif fmt == "bitmap":
+        parts = [ArtifactPart(f"{prefix}_values", "values", values),
+                 ArtifactPart(f"{prefix}_mask", "mask", mask.reshape(-1))]
+    else:
+        cols = mask.nonzero()[:, 1]
+        offsets = torch.zeros(n_rows + 1, dtype=torch.int32)
+        offsets[1:] = torch.cumsum(mask.sum(dim=1).cpu(), 0).to(torch.int32)
+        col_dtype, col_bits = (torch.uint8, 8) if fmt == "csr8" else (torch.int32, 32)
+        parts = [ArtifactPart(f"{prefix}_values", "values", values),
+                 ArtifactPart(f"{prefix}_columns", "indices", cols.to(col_dtype), col_bits),
+                 ArtifactPart(f"{prefix}_row_offsets", "indices", offsets, 32)]
+    info: dict[str, Any] = {"storage_format": fmt, "bytes_nominal": k * table.element_size()}
+    info.update({f"bytes_{f}": b // 8 + (b % 8 > 0) for f, b in bits.items()})
+    return parts, info
+
+
+def masked_model_parts(model: MaskedLightGCN) -> tuple[list[ArtifactPart], dict[str, Any]]:
+    """:func:`sparse_table_parts` of a masked LightGCN's concatenated table."""
+    return sparse_table_parts(model.layer0(), model.mask)
+
+
+def masked_model_report(model: MaskedLightGCN) -> tuple[list[ArtifactPart], dict[str, Any], dict[str, float]]:
+    """Artifact, settings and extra measurements of a masked LightGCN, the same for every method.
+
+    Measurements: ``emb_bytes_sparse`` (the chosen format), ``emb_bytes_dense_with_zeros`` (what a
+    dense implementation stores), ``emb_bytes_nominal`` (kept values only, paper style) and
+    ``flops_propagation_sparse_aware`` (:func:`sparse_aware_propagation_macs`; fvcore's
+    ``flops_propagation`` is the dense count). Settings: kept entries and the storage format.
+    """
+    parts, storage = masked_model_parts(model)
+    fmt = storage["storage_format"]
+    settings = {"kept_entries": model.nnz(), "table_entries": model.mask.numel(), "storage_format": fmt}
+    measurements = {
+        "emb_bytes_sparse": float(storage[f"bytes_{fmt}"]),
+        "emb_bytes_dense_with_zeros": float(storage["bytes_dense"]),
+        "emb_bytes_nominal": float(storage["bytes_nominal"]),
+        "flops_propagation_sparse_aware": float(
+            sparse_aware_propagation_macs(model.graph, model.mask, model.n_layers)),
+    }
+    return parts, settings, measurements
+
+
+@torch.no_grad()
+def sparse_aware_propagation_macs(graph: NormalizedGraph | None, support: torch.Tensor, n_layers: int) -> int:
+    """Multiply-adds of ``L`` propagation layers that skip zero entries of each layer's input.
+
+    dsl.md §6.3: layer ``l`` costs ``sum_c deg(c) * nnz(row c of E^(l-1))``. The support of
+    ``E^(l)`` is that of ``A_bin E^(l-1)`` (no cancellation assumed), so every layer's count is
+    exact for the given layer-0 support. The dense count is ``L * nnz(A) * d``.
+    """
+    if graph is None or n_layers == 0 or graph.nnz == 0:
+        return 0
+    rows, cols = graph.rows.cpu(), graph.cols.cpu()
+    n = graph.n_nodes
+    s = support.detach().to(torch.float32).cpu()
+    total = 0
+    for layer in range(n_layers):
+        row_nnz = (s > 0).sum(dim=1).to(torch.float64)
+        total += int(row_nnz[cols].sum().item())
+        if layer + 1 < n_layers:
+            nxt = torch.zeros(n, s.shape[1])
+            nxt.index_add_(0, rows, (s[cols] > 0).to(torch.float32))
+            s = nxt
+    return total
+
+
+def dense_propagation_macs(graph: NormalizedGraph | None, dim: int, n_layers: int) -> int:
+    """``L * nnz(Â) * d``: what the dense computation (and fvcore's count) charges."""
+    return 0 if graph is None else n_layers * graph.nnz * dim
+
