@@ -109,11 +109,22 @@ class MaskedLightGCN(LightGCN):
             self.item_mask.copy_(mask[self.n_users :])
         self.apply_mask_()
 
+    def _float_mask(self, name: str) -> torch.Tensor:
+        """``name``'s mask as the table's dtype, cached until the mask changes (multiplying by a
+        float mask is several times faster than by a bool one on CPU)."""
+        mask = getattr(self, name)
+        cache = self.__dict__.setdefault("_float_masks", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] is not mask or hit[1] != mask._version:
+            hit = (mask, mask._version, mask.to(self.user_emb.dtype))
+            cache[name] = hit
+        return hit[2]
+
     @torch.no_grad()
     def apply_mask_(self) -> None:
         """Zero the masked entries of both tables in place."""
-        self.user_emb.mul_(self.user_mask)
-        self.item_emb.mul_(self.item_mask)
+        self.user_emb.mul_(self._float_mask("user_mask"))
+        self.item_emb.mul_(self._float_mask("item_mask"))
 
     def layer0(self) -> torch.Tensor:
         if self.mask_in_forward:
@@ -236,9 +247,4 @@ def sparse_aware_propagation_macs(graph: NormalizedGraph | None, support: torch.
             nxt.index_add_(0, rows, (s[cols] > 0).to(torch.float32))
             s = nxt
     return total
-
-
-def dense_propagation_macs(graph: NormalizedGraph | None, dim: int, n_layers: int) -> int:
-    """``L * nnz(Â) * d``: what the dense computation (and fvcore's count) charges."""
-    return 0 if graph is None else n_layers * graph.nnz * dim
 

@@ -22,7 +22,9 @@ from typing import Any
 from methods.base import AXES, Method, MethodError
 
 ENTRY_POINT_GROUP = "recshrink.methods"
-BUILTIN_MODULES: tuple[str, ...] = ("methods.reference", "methods.random_drop", "methods.magnitude")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "methods.reference", "methods.random_drop", "methods.magnitude", "methods.dsl",
+)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -1,0 +1,427 @@
+"""``dsl``: Dynamic Sparse Learning (Wang et al., WSDM 2024) on the LightGCN embedding table.
+
+Spec ``shared/specs/dsl.md`` §9 "faithful mode": train LightGCN from scratch with a fixed budget of
+``K`` nonzero entries of the joint ``(U + I) x d`` layer-0 table (one global unstructured mask, §2).
+
+* Init (§3.1, §6.1): an exact random subset of ``K = round(r (U + I) d)`` entries, drawn with
+  ``ctx.rng("emb_mask")`` by :func:`methods.masking.exact_random_mask`, i.e. the same mask as
+  ``random-drop``'s embedding mask for the same seed; ``E <- E * M``.
+* Every iteration (§3.2): forward on the table itself (masked entries are 0, the mask is not in the
+  autograd graph, so inactive entries get their true dense gradient), dense Adam step (moments of
+  inactive entries keep accumulating, never reset), ``E <- E * M``, then at ``t % dT == 0`` an
+  exploration with this step's gradient (:class:`DSLHook`).
+* Exploration (§3.3, paper Alg. 1): prune the ``R = ceil(rho_t K)`` active entries of smallest
+  ``|E|`` and grow the ``R`` entries of largest ``|grad|`` among the inactive ones (old inactive and
+  just pruned), exactly ``R`` each (:func:`prune_and_grow`); grown entries that were inactive start
+  at 0, an entry pruned and regrown keeps its value.
+* Schedule (§3.4, paper Eq. 2): ``rho_t = eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2`` with the
+  code's floor ``eta = 0.005`` (:func:`update_ratio_at`), on the planned ``T_end``.
+
+Cost accounting (§6): the trainer stores and computes densely (dense table, dense gradient, dense
+Adam moments, plus a boolean mask), so the harness's fvcore count of the dense BPR step is the
+honest training MAC figure and the peak-RSS it measures is the honest memory. Beside them the
+method reports the storage of the final table dense-with-zeros and in the smallest sparse format
+(:func:`methods.masking.masked_model_report`), sparse-aware propagation MACs, the analytic
+training-state bytes (§6.4) and the paper's own MAC bookkeeping, labelled ``paper_style_`` (§6.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from bench.training import TrainHook, build_lightgcn
+from methods.base import CompressedModel, Knob, Method, MethodError, Target
+from methods.masking import (
+    MaskedLightGCN,
+    exact_random_mask,
+    kept_count,
+    masked_model_report,
+)
+from methods.registry import register_method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.context import MethodContext
+
+DECAYS = ("cosine", "linear", "constant")
+# dsl.md §9: the auto exploration interval is this many epochs (the reference's dT = 3000 iterations
+# is 2.48 epochs of Yelp2018 at batch 1024).
+AUTO_INTERVAL_EPOCHS = 2.5
+
+
+# --- schedule (dsl.md §3.4, paper Eq. 2) ------------------------------------------------------------
+
+def update_ratio_at(t: int, t_end: int, rho0: float, eta_min: float = 0.005, decay: str = "cosine") -> float:
+    """``rho_t``, the fraction of the active entries replaced by an exploration at iteration ``t``.
+
+    ``cosine`` (code: ``CosineAnnealingLR`` with ``T_max = T_end`` stepped once per iteration):
+    ``eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2``; ``eta_min = 0`` is the paper's Eq. 2.
+    ``linear``: ``eta + (rho0 - eta)(1 - t / T_end)`` (with ``eta_min = 0`` the spec's §9 form
+    ``rho0 (1 - t / T_end)``; broken in the released code). ``constant``: ``rho0`` ("no decay",
+    Table 4). The floor is capped at ``rho0`` (``eta = min(eta_min, rho0)``), so ``rho0 = 0`` never
+    explores (RP, §6.1) instead of ramping up to the floor. ``t`` is clamped to ``[0, T_end]``.
+    """
+    if decay not in DECAYS:
+        raise MethodError(f"unknown decay {decay!r}; choose from {DECAYS}")
+    if t_end < 1:
+        raise MethodError(f"T_end must be >= 1, got {t_end}")
+    if decay == "constant":
+        return float(rho0)
+    eta = min(eta_min, rho0)
+    frac = min(max(t, 0), t_end) / t_end
+    if decay == "cosine":
+        return eta + (rho0 - eta) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return eta + (rho0 - eta) * (1.0 - frac)
+
+
+def exploration_interval(iterations_per_epoch: int, update_interval: int = 0) -> int:
+    """``dT`` in optimiser iterations: ``update_interval`` if > 0, else the auto rule.
+
+    Auto rule (dsl.md §9): ``dT = max(1, floor(2.5 x iterations_per_epoch + 0.5))``, i.e. one
+    exploration every 2.5 epochs as in the reference (3000 iterations = 2.48 Yelp2018 epochs).
+    The alternative of §9, ``T_end / dT ~ 400``, is meant for the reference's 1000-epoch runs; on a
+    short budget (40 epochs x 45 batches = 1800 iterations) it would give ``dT = 4``, i.e. pruning
+    up to half of all entries every 4 steps, far below the paper's "too frequent" limit (Fig. 3,
+    ``dT < 1000`` iterations = 0.8 epoch), whereas 2.5 epochs keeps the time a grown entry trains
+    before it is judged (yelp-lightgnn: dT = 113, 15 explorations in 40 epochs).
+    """
+    if update_interval < 0:
+        raise MethodError(f"update_interval must be >= 0, got {update_interval}")
+    if update_interval > 0:
+        return int(update_interval)
+    return max(1, math.floor(AUTO_INTERVAL_EPOCHS * iterations_per_epoch + 0.5))
+
+
+# --- exploration (dsl.md §3.3) --------------------------------------------------------------------
+
+def smallest_exact(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted positions of the ``k`` smallest entries of the 1-D ``x``; ties at the threshold go to
+    the lowest positions (a deterministic rule). Linear-time selection (``kthvalue``), no sort."""
+    n = x.numel()
+    if not 0 <= k <= n:
+        raise MethodError(f"cannot select {k} of {n} entries")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    if k == n:
+        return torch.arange(n, device=x.device)
+    tau = torch.kthvalue(x, k).values
+    below = (x < tau).nonzero().squeeze(1)
+    ties = (x == tau).nonzero().squeeze(1)
+    return torch.sort(torch.cat([below, ties[: k - below.numel()]])).values
+
+
+def largest_exact(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """Sorted positions of the ``k`` largest entries of the 1-D ``x``; the entries tied at the
+    threshold that do not all fit are chosen uniformly at random with ``rng`` (consumed only then)."""
+    n = x.numel()
+    if not 0 <= k <= n:
+        raise MethodError(f"cannot select {k} of {n} entries")
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    if k == n:
+        return torch.arange(n, device=x.device)
+    tau = torch.kthvalue(x, n - k + 1).values
+    above = (x > tau).nonzero().squeeze(1)
+    ties = (x == tau).nonzero().squeeze(1)
+    need = k - above.numel()
+    if need < ties.numel():
+        pick = np.sort(rng.choice(ties.numel(), size=need, replace=False))
+        ties = ties[torch.from_numpy(pick).to(ties.device)]
+    return torch.sort(torch.cat([above, ties])).values
+
+
+@dataclass
+class Exploration:
+    """Result of one prune-and-grow on a flat table: the new mask and the changed entries.
+
+    ``pruned`` (flat indices, sorted) left the old active set; ``grown`` (sorted) entered the new one.
+    An index in both was pruned and regrown in the same exploration (it keeps its value, §3.3).
+    """
+
+    mask: torch.Tensor
+    pruned: torch.Tensor
+    grown: torch.Tensor
+
+
+@torch.no_grad()
+def prune_and_grow(values: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor, n_update: int,
+                   rng: np.random.Generator) -> Exploration:
+    """One DSL exploration (dsl.md §3.3) on flat tensors, with exact counts.
+
+    Prune: the ``R = min(n_update, nnz(mask))`` active entries of smallest ``|values|`` (ties at the
+    threshold: lowest flat index first). Grow: the ``R`` entries of largest ``|grads|`` among the
+    candidates = every entry inactive after pruning (old inactive and just pruned); ties at the
+    threshold broken uniformly at random with ``rng``. So ``nnz`` is unchanged and
+    ``#pruned == #grown == R`` (the §3.3 exact-K recommendation; the reference drops all ties at
+    the threshold and may grow fewer when few candidates have a nonzero gradient).
+    """
+    values, grads, mask = values.reshape(-1), grads.reshape(-1), mask.reshape(-1).to(torch.bool)
+    if not (values.numel() == grads.numel() == mask.numel()):
+        raise MethodError("values, grads and mask must have the same number of entries")
+    if n_update < 0:
+        raise MethodError(f"n_update must be >= 0, got {n_update}")
+    active = mask.nonzero().squeeze(1)
+    r = min(int(n_update), active.numel())
+    empty = torch.zeros(0, dtype=torch.long, device=mask.device)
+    if r == 0:
+        return Exploration(mask.clone(), empty, empty)
+    pruned = active[smallest_exact(values[active].abs(), r)]
+    new_mask = mask.clone()
+    new_mask[pruned] = False
+    candidates = (~new_mask).nonzero().squeeze(1)
+    grown = candidates[largest_exact(grads[candidates].abs(), r, rng)]
+    new_mask[grown] = True
+    return Exploration(new_mask, pruned, grown)
+
+
+class DSLHook(TrainHook):
+    """The per-iteration part of DSL inside :func:`bench.training.fit_bpr` (dsl.md §3.2 steps 3-5).
+
+    After every Adam step: ``E <- E * M``; at ``t % interval == 0`` (``t`` = completed iterations),
+    unless ``fix_mask``, an exploration with ``rho_t = update_ratio_at(t, t_end, ...)`` and
+    ``R = ceil(rho_t K)`` on this step's gradient, then ``E <- E * M_new``. ``reset_adam_on_grow``
+    zeroes the Adam moments of entries that were inactive before and are grown (not in the
+    reference). ``on_explore(t, values, grads, old_mask, exploration)`` (flat, pre-exploration
+    values and gradients) is for tests and diagnostics.
+
+    Counters (over the whole run, including iterations after the state that early stopping
+    restores): ``explorations``, ``pruned_total``, ``grown_total``, ``fired`` (OR of every mask seen,
+    the ITOP-style "ever active" set), ``history`` (one small dict per exploration), ``last_step``.
+    """
+
+    def __init__(self, model: MaskedLightGCN, t_end: int, interval: int, rho0: float = 0.5,
+                 eta_min: float = 0.005, decay: str = "cosine", rng: np.random.Generator | None = None,
+                 reset_adam_on_grow: bool = False, fix_mask: bool = False,
+                 on_explore: Callable[..., None] | None = None) -> None:
+        if interval < 1:
+            raise MethodError(f"exploration interval must be >= 1, got {interval}")
+        update_ratio_at(0, t_end, rho0, eta_min, decay)  # validates t_end and decay
+        self.model, self.t_end, self.interval = model, int(t_end), int(interval)
+        self.rho0, self.eta_min, self.decay = float(rho0), float(eta_min), decay
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.reset_adam_on_grow, self.fix_mask, self.on_explore = reset_adam_on_grow, fix_mask, on_explore
+        self.budget = model.nnz()
+        self.fired = model.mask.reshape(-1).clone()
+        self.explorations = self.pruned_total = self.grown_total = self.last_step = 0
+        self.history: list[dict[str, float]] = []
+
+    def rho(self, t: int) -> float:
+        return update_ratio_at(t, self.t_end, self.rho0, self.eta_min, self.decay)
+
+    def n_update(self, t: int) -> int:
+        """``R = ceil(rho_t K)``, at most ``K``."""
+        return min(self.budget, math.ceil(self.rho(t) * self.budget))
+
+    @torch.no_grad()
+    def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        self.last_step = step
+        self.model.apply_mask_()  # §3.2 step 3
+        if self.fix_mask or step % self.interval != 0:
+            return
+        self.explore(step, optimizer)
+
+    @torch.no_grad()
+    def explore(self, t: int, optimizer: torch.optim.Optimizer | None = None) -> Exploration:
+        m = self.model
+        shape = (m.n_users + m.n_items, m.dim)
+        values = m.layer0().detach().reshape(-1)
+        grads = torch.cat([_grad(m.user_emb), _grad(m.item_emb)], dim=0).reshape(-1)
+        old = m.mask.reshape(-1)
+        rho, r = self.rho(t), self.n_update(t)
+        ex = prune_and_grow(values, grads, old, r, self.rng)
+        if self.on_explore is not None:
+            self.on_explore(t, values.clone(), grads.clone(), old.clone(), ex)
+        m.set_mask_(ex.mask.reshape(shape))
+        if self.reset_adam_on_grow and optimizer is not None:
+            newly = torch.zeros_like(old)
+            newly[ex.grown] = True
+            newly &= ~old
+            _reset_moments(optimizer, m, newly.reshape(shape))
+        self.fired |= ex.mask
+        self.explorations += 1
+        self.pruned_total += int(ex.pruned.numel())
+        self.grown_total += int(ex.grown.numel())
+        self.history.append({"t": t, "rho": rho, "n_update": r, "pruned": int(ex.pruned.numel()),
+                             "grown": int(ex.grown.numel())})
+        return ex
+
+    @property
+    def fired_fraction(self) -> float:
+        """Entries ever active / all entries (ITOP's exploration degree; code's ``fired_masks``)."""
+        return float(self.fired.sum()) / self.fired.numel()
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad.detach()
+
+
+def _reset_moments(optimizer: torch.optim.Optimizer, model: MaskedLightGCN, newly: torch.Tensor) -> None:
+    """Zero Adam's ``exp_avg`` / ``exp_avg_sq`` of the newly grown entries (option, not in the code)."""
+    for p, rows in ((model.user_emb, newly[: model.n_users]), (model.item_emb, newly[model.n_users:])):
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][rows] = 0.0
+
+
+# --- cost helpers (dsl.md §6) ----------------------------------------------------------------------
+
+def paper_style_inference_macs(n_layers: int, dim: int, nnz_adj: int, n_nodes: int) -> float:
+    """The paper's dense "MACs(In.)" (dsl.md §6.2, reverse-engineered): ``L d nnz(A) (N + M)``.
+
+    Not a physical count (real LightGCN inference is ``L nnz(A) d + N M d``); reported only to
+    compare with the paper's tables.
+    """
+    return float(n_layers) * dim * nnz_adj * n_nodes
+
+
+def paper_style_sparse_factor(sparsity: float, n_layers: int) -> float:
+    """The paper's DSL/RP MAC factor ``(1 - s) + s / L`` (dsl.md §6.2); ``1 - s`` when ``L = 0``."""
+    if n_layers <= 0:
+        return 1.0 - sparsity
+    return (1.0 - sparsity) + sparsity / n_layers
+
+
+def training_state_bytes(n_entries: int, value_bytes: int = 4, mask_bytes: int = 1) -> dict[str, int]:
+    """Analytic training-state bytes of the embedding table (dsl.md §6.4).
+
+    ``dsl``: weights + gradient + two Adam moments (all dense) + the mask (a ``torch.bool`` buffer
+    here, 1 B/entry; the reference keeps an fp32 mask); ``dense``: the same without the mask (the
+    dense LightGCN trained by the same loop). Neither depends on the kept fraction.
+    """
+    dense = 4 * value_bytes * n_entries
+    return {"dense": dense, "dsl": dense + mask_bytes * n_entries}
+
+
+def exploration_compare_ops(n_entries: int) -> int:
+    """Comparisons of one exploration counted as the reference does it: two sorts of ``n`` values,
+    ``2 n ceil(log2 n)`` (dsl.md §6.2). Our selection (``kthvalue``) is linear on average, so this is
+    an upper bound; comparisons are not multiply-adds and are reported apart from MACs."""
+    return 2 * n_entries * max(1, math.ceil(math.log2(max(n_entries, 2))))
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+@register_method("dsl")
+class DSL(Method):
+    """Dynamic Sparse Learning, faithful mode of dsl.md §9 (see the module docstring)."""
+
+    axes = ("emb",)
+    description = ("Dynamic Sparse Learning (Wang et al., WSDM 2024): LightGCN trained from scratch with a "
+                   "fixed budget of nonzero embedding entries, periodically pruning by magnitude and "
+                   "regrowing by gradient")
+    knobs = (
+        Knob("update_ratio", 0.5, "rho0: fraction of the K active entries pruned and regrown by the "
+                                  "first exploration (dsl.md §3.3-3.4)"),
+        Knob("update_interval", 0, "dT: optimiser iterations between explorations; 0 = auto, 2.5 epochs: "
+                                   "floor(2.5 x iterations per epoch + 0.5) (dsl.md §9)"),
+        Knob("eta_min", 0.005, "floor of the decayed update ratio at T_end (code 0.005, paper Eq. 2: 0); "
+                               "capped at update_ratio"),
+        Knob("decay", "cosine", "update-ratio schedule over the planned T_end (dsl.md §3.4, Table 4)",
+             choices=DECAYS),
+        Knob("reset_adam_on_grow", False, "zero the Adam moments of newly grown entries (the reference "
+                                          "never resets them)"),
+        Knob("fix_mask", False, "never explore: train on the static random initial mask (the RP baseline)"),
+    )
+    target_mapping = ("K = round(emb x (U + I) x d) kept entries of the joint user+item table (one global "
+                      "unstructured mask); dim and layers are the budget's")
+    uses_base = False
+    simplifications = (
+        "optimiser is the shared budget's plain Adam at a constant lr (the code: lr 1e-2 cosine-annealed "
+        "per epoch to 1e-4 over 1000 epochs); dim, layers, batch, reg and epochs are the budget's",
+        "model selection on validation with early stopping, best-validation state restored (the code "
+        "reports the best test epoch); the rho schedule is always computed on the planned "
+        "T_end = epochs x batches per epoch, also when early stopping ends training sooner",
+        "exact-K random initial mask from the emb_mask stream (= random-drop's mask), not Bernoulli(r)",
+        "exact-R prune (ties at the threshold: lowest flat index) and exact-R growth restricted to "
+        "inactive entries with random tie-break (the code drops every tie and may grow fewer)",
+        "auto dT = 2.5 epochs of iterations instead of 3000 iterations",
+        "eta_min is capped at update_ratio so that update_ratio = 0 is RP; linear decay implemented "
+        "(broken in the released code)",
+        "Xavier-uniform init per table (users, items) as the shared backbone does, not over the "
+        "joint (U + I) x d matrix",
+    )
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        if not 0 <= o["update_ratio"] <= 1:
+            raise MethodError(f"option dsl.update_ratio must lie in [0, 1], got {o['update_ratio']}")
+        if o["update_interval"] < 0:
+            raise MethodError(f"option dsl.update_interval must be >= 0, got {o['update_interval']}")
+        if not 0 <= o["eta_min"] <= 1:
+            raise MethodError(f"option dsl.eta_min must lie in [0, 1], got {o['eta_min']}")
+
+    @staticmethod
+    def initial_model(ctx: MethodContext, target: Target, config=None) -> tuple[MaskedLightGCN, int]:
+        """The masked LightGCN at step 0 (dsl.md §3.1 with exact K) and the budget ``K``."""
+        config = config or ctx.train_config()
+        dense = build_lightgcn(ctx.data, config, ctx.device)
+        rows = dense.n_users + dense.n_items
+        n = rows * dense.dim
+        k = kept_count(target.emb, n)
+        mask = torch.from_numpy(exact_random_mask(n, k, ctx.rng("emb_mask")).reshape(rows, dense.dim))
+        return MaskedLightGCN.from_lightgcn(dense, mask, mask_in_forward=False), k
+
+    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+        o = self.options
+        config = context.train_config()
+        model, k = self.initial_model(context, target, config)
+        n = (model.n_users + model.n_items) * model.dim
+        iters_per_epoch = math.ceil(len(context.data.train) / config.batch_size)
+        t_end = config.epochs * iters_per_epoch
+        interval = exploration_interval(iters_per_epoch, o["update_interval"])
+        hook = DSLHook(model, t_end, interval, o["update_ratio"], o["eta_min"], o["decay"],
+                       rng=context.rng("dsl"), reset_adam_on_grow=o["reset_adam_on_grow"],
+                       fix_mask=o["fix_mask"])
+        result = context.fit(model, config, hooks=[hook])
+        model.apply_mask_()  # the restored best state already satisfies it; kept as a guard
+
+        parts, shared_settings, measurements = masked_model_report(model)
+        layers = model.n_layers
+        graph = model.graph
+        sparsity = 1.0 - k / n
+        n_nodes = model.n_users + model.n_items
+        paper_in_dense = paper_style_inference_macs(layers, model.dim, graph.nnz, n_nodes)
+        factor = paper_style_sparse_factor(sparsity, layers)
+        state = training_state_bytes(n)
+        planned = 0 if o["fix_mask"] else t_end // interval
+        ops = exploration_compare_ops(n)
+        measurements.update({
+            "training_state_bytes_analytic": state["dsl"],
+            "training_state_bytes_dense_model": state["dense"],
+            "paper_style_macs_inference_dense": paper_in_dense,
+            "paper_style_macs_inference": paper_in_dense * factor,
+            "paper_style_macs_train_dense": paper_in_dense * t_end,
+            "paper_style_macs_train": paper_in_dense * factor * t_end,
+            "paper_style_sparse_factor": factor,
+            "dsl_explorations": hook.explorations,
+            "dsl_pruned_total": hook.pruned_total,
+            "dsl_grown_total": hook.grown_total,
+            "dsl_fired_fraction": hook.fired_fraction,
+            "dsl_exploration_compare_ops_total": ops * hook.explorations,
+        })
+        settings = {
+            **shared_settings, "dim": model.dim, "n_layers": layers, "density": k / n,
+            "update_ratio": o["update_ratio"], "eta_min": min(o["eta_min"], o["update_ratio"]),
+            "decay": o["decay"], "reset_adam_on_grow": o["reset_adam_on_grow"], "fix_mask": o["fix_mask"],
+            "update_interval": interval,
+            "update_interval_rule": ("given" if o["update_interval"] else f"auto: floor("
+                                     f"{AUTO_INTERVAL_EPOCHS} x {iters_per_epoch} iterations/epoch + 0.5)"),
+            "iterations_per_epoch": iters_per_epoch, "t_end_planned": t_end,
+            "iterations_done": hook.last_step, "explorations_planned": planned,
+            "explorations_done": hook.explorations, "best_epoch": result.best_epoch,
+            "exploration_compare_ops_per_exploration": ops,
+            "cost_note": ("train MACs: fvcore count of the dense BPR step (dense table and gradient, as "
+                          "computed); not counted as MACs: the Adam update and re-mask multiply (n per "
+                          "iteration), and explorations (two selections over n entries every dT "
+                          "iterations, reported as sort-equivalent comparisons 2 n ceil(log2 n)); "
+                          "paper_style_* follow dsl.md §6.2 and are not physical counts"),
+        }
+        return CompressedModel(module=model, artifact=parts, graph=graph, n_layers=layers,
+                               training=context.cost, settings=settings, measurements=measurements)
