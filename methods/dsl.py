@@ -99,16 +99,22 @@ def exploration_interval(iterations_per_epoch: int, update_interval: int = 0) ->
 
 # --- exploration (dsl.md §3.3) --------------------------------------------------------------------
 
-def smallest_exact(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted positions of the ``k`` smallest entries of the 1-D ``x``; ties at the threshold go to
-    the lowest positions (a deterministic rule). Linear-time selection (``kthvalue``), no sort."""
+def _whole_or_nothing(x: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The selection of ``k`` of the entries of ``x`` when it is none or all of them, else None."""
     n = x.numel()
     if not 0 <= k <= n:
         raise MethodError(f"cannot select {k} of {n} entries")
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
-    if k == n:
-        return torch.arange(n, device=x.device)
+    return torch.arange(n, device=x.device) if k == n else None
+
+
+def smallest_exact(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted positions of the ``k`` smallest entries of the 1-D ``x``; ties at the threshold go to
+    the lowest positions (a deterministic rule). Linear-time selection (``kthvalue``), no sort."""
+    trivial = _whole_or_nothing(x, k)
+    if trivial is not None:
+        return trivial
     tau = torch.kthvalue(x, k).values
     below = (x < tau).nonzero().squeeze(1)
     ties = (x == tau).nonzero().squeeze(1)
@@ -118,14 +124,10 @@ def smallest_exact(x: torch.Tensor, k: int) -> torch.Tensor:
 def largest_exact(x: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
     """Sorted positions of the ``k`` largest entries of the 1-D ``x``; the entries tied at the
     threshold that do not all fit are chosen uniformly at random with ``rng`` (consumed only then)."""
-    n = x.numel()
-    if not 0 <= k <= n:
-        raise MethodError(f"cannot select {k} of {n} entries")
-    if k == 0:
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    if k == n:
-        return torch.arange(n, device=x.device)
-    tau = torch.kthvalue(x, n - k + 1).values
+    trivial = _whole_or_nothing(x, k)
+    if trivial is not None:
+        return trivial
+    tau = torch.kthvalue(x, x.numel() - k + 1).values
     above = (x > tau).nonzero().squeeze(1)
     ties = (x == tau).nonzero().squeeze(1)
     need = k - above.numel()
