@@ -17,6 +17,8 @@ the same command again resumes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -111,6 +113,30 @@ def _fmt_cell(result: dict[str, Any]) -> str:
     return f"{head}  " + "  ".join(parts) + flag
 
 
+def _identity(spec: dict[str, Any]) -> str:
+    """What a report shows one cell for: dataset, method, options, targets, seed (not the budget)."""
+    keys = ("dataset", "method", "options", "emb_target", "edge_target", "layers_target", "seed")
+    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+def budget_clashes(store: ResultStore, cells: list[CellSpec]) -> int:
+    """Planned cells whose identity the store already holds under another training budget.
+
+    A report shows one cell per identity (the newest), so such a run would replace the other
+    budget's cells in the report; runs with different budgets belong in different stores.
+    """
+    budgets: dict[str, set[str]] = {}
+    for old in store.cells():
+        budget = json.dumps(old["spec"].get("budget"), sort_keys=True)
+        budgets.setdefault(_identity(old["spec"]), set()).add(budget)
+    clashes = 0
+    for c in cells:
+        mine = json.dumps(c.budget, sort_keys=True)
+        if budgets.get(_identity(dataclasses.asdict(c)), {mine}) - {mine}:
+            clashes += 1
+    return clashes
+
+
 def run_matrix(
     config: MatrixConfig,
     out_dir: Path | str | None = None,
@@ -148,6 +174,11 @@ def run_matrix(
                        (" (rerun)" if retry_failed else " (skipped; --retry-failed reruns them)"))
     log(f"{config.name}: {len(cells)} cells, {len(done)} already done{failed_note}; running {len(todo)} "
         f"on {executor.name}; results in {out / 'results.sqlite'}")
+    clashes = budget_clashes(store, todo)
+    if clashes:
+        log(f"{config.name}: WARNING: {clashes} of these cells are already in {out / 'results.sqlite'} under "
+            f"another training budget; reports show the newest cell of each method, target and seed, so "
+            f"these will replace the others there. Use another --out to keep both.")
     run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
                              environment(cells[0].device if cells else "cpu"))
     outcome = "finished"

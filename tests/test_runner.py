@@ -229,3 +229,18 @@ def test_cli_run_prints_a_json_summary(tiny_root, toy_plugin, tmp_path, capsys):
     out = json.loads(captured.out)
     assert out["total"] == 1 and out["ok"] == 1 and 0 <= out["overhead_share"] < 1
     assert "tiny/lightgcn[emb=1]/seed0: ok" in captured.err
+
+
+def test_rerun_under_another_budget_warns_that_the_report_will_replace_cells(tiny_root, tmp_path):
+    body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nseeds = [0]\nemb_targets = [1.0]\n'
+    cfg = load_config(tiny_config(tiny_root, body))
+    lines: list[str] = []
+    run_matrix(cfg, tmp_path / "out", **{**QUIET, "log": lines.append})
+    assert not any("WARNING" in line for line in lines)
+    cfg.budget = {**cfg.budget, "epochs": 2}
+    run_matrix(cfg, tmp_path / "out", **{**QUIET, "log": lines.append})
+    warning = [line for line in lines if "WARNING" in line]
+    assert len(warning) == 1 and "1 of these cells" in warning[0] and "another --out" in warning[0]
+    other: list[str] = []
+    run_matrix(cfg, tmp_path / "other", **{**QUIET, "log": other.append})
+    assert not any("WARNING" in line for line in other)
