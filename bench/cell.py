@@ -90,6 +90,13 @@ class CellSpec:
         return f"{self.dataset}/{self.method}[{t}]/seed{self.seed}"
 
 
+def report_identity(spec: dict[str, Any]) -> str:
+    """What a report shows one cell for: dataset, method, options, targets and seed of a cell spec
+    (as a dict), not its budget or code version. The newest cell of an identity is reported."""
+    keys = ("dataset", "method", "options", "emb_target", "edge_target", "layers_target", "seed")
+    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from bench.cell import CellSpec
+from bench.cell import CellSpec, report_identity
 from bench.config import MatrixConfig
 from bench.store import ResultStore
 
@@ -113,12 +113,6 @@ def _fmt_cell(result: dict[str, Any]) -> str:
     return f"{head}  " + "  ".join(parts) + flag
 
 
-def _identity(spec: dict[str, Any]) -> str:
-    """What a report shows one cell for: dataset, method, options, targets, seed (not the budget)."""
-    keys = ("dataset", "method", "options", "emb_target", "edge_target", "layers_target", "seed")
-    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
-
-
 def budget_clashes(store: ResultStore, cells: list[CellSpec]) -> int:
     """Planned cells whose identity the store already holds under another training budget.
 
@@ -128,11 +122,11 @@ def budget_clashes(store: ResultStore, cells: list[CellSpec]) -> int:
     budgets: dict[str, set[str]] = {}
     for old in store.cells():
         budget = json.dumps(old["spec"].get("budget"), sort_keys=True)
-        budgets.setdefault(_identity(old["spec"]), set()).add(budget)
+        budgets.setdefault(report_identity(old["spec"]), set()).add(budget)
     clashes = 0
     for c in cells:
         mine = json.dumps(c.budget, sort_keys=True)
-        if budgets.get(_identity(dataclasses.asdict(c)), {mine}) - {mine}:
+        if budgets.get(report_identity(dataclasses.asdict(c)), {mine}) - {mine}:
             clashes += 1
     return clashes
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.cell import report_identity
 from bench.store import ResultStore
 
 REFERENCE = "lightgcn"
@@ -59,11 +60,9 @@ def load_cells(stores: Sequence[ResultStore], keys: Iterable[str] | None = None)
             old = by_key.get(cell["key"])
             if old is None or (cell["finished_at"] or "") > (old["finished_at"] or ""):
                 by_key[cell["key"]] = cell
-    by_identity: dict[tuple, dict[str, Any]] = {}
+    by_identity: dict[str, dict[str, Any]] = {}
     for cell in by_key.values():
-        spec = cell["spec"]
-        ident = (cell["dataset"], cell["method"], json.dumps(spec.get("options", {}), sort_keys=True),
-                 cell["emb_target"], cell["edge_target"], cell["layers_target"], cell["seed"])
+        ident = report_identity(cell["spec"])
         old = by_identity.get(ident)
         if old is None or (cell["finished_at"] or "") > (old["finished_at"] or ""):
             by_identity[ident] = cell
