@@ -137,6 +137,13 @@ def sparse_matmul(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, 
     return _spmm_op(rows, cols, values, x, n_rows)
 
 
+def unique_pairs(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    """The distinct ``(user, item)`` rows of ``pairs`` (``m x 2``), sorted by (user, item)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    codes = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
+    return np.stack([codes // n_items, codes % n_items], axis=1)
+
+
 def normalized_adjacency(
     n_users: int,
     n_items: int,
@@ -156,15 +163,13 @@ def normalized_adjacency(
     items = np.asarray(items, dtype=np.int64)
     if users.shape != items.shape:
         raise ValueError("users and items must have the same length")
-    pairs = np.unique(users * n_items + items)
-    u = pairs // n_items
-    i = pairs % n_items + n_users
+    kept = unique_pairs(np.stack([users, items], axis=1), n_items)
+    u, i = kept[:, 0], kept[:, 1] + n_users
     if degree_pairs is None:
         du, di = u, i
     else:
-        full = np.unique(np.asarray(degree_pairs[0], dtype=np.int64) * n_items
-                         + np.asarray(degree_pairs[1], dtype=np.int64))
-        du, di = full // n_items, full % n_items + n_users
+        full = unique_pairs(np.stack([np.asarray(x, dtype=np.int64) for x in degree_pairs], axis=1), n_items)
+        du, di = full[:, 0], full[:, 1] + n_users
     deg = np.bincount(np.concatenate([du, di]), minlength=n_users + n_items).astype(np.float64)
     inv_sqrt = np.zeros_like(deg)
     nz = deg > 0

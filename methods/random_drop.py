@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from methods.base import CompressedModel, Knob, Method, Target
-from methods.graph import NormalizedGraph, normalized_adjacency
+from methods.graph import NormalizedGraph, normalized_adjacency, unique_pairs
 from methods.lightgcn import LightGCN
 from methods.masking import (
     KeepMasked,
@@ -32,12 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.context import MethodContext
 
 EDGE_NORMS = ("recompute", "original")
-
-
-def unique_pairs(pairs: np.ndarray, n_items: int) -> np.ndarray:
-    """The deduplicated (user, item) pairs sorted by (user, item): the edge universe (spec §2.1)."""
-    codes = np.unique(pairs[:, 0].astype(np.int64) * n_items + pairs[:, 1].astype(np.int64))
-    return np.stack([codes // n_items, codes % n_items], axis=1)
 
 
 def drop_edges(pairs: np.ndarray, ratio: float, rng: np.random.Generator, per_user: bool = False
@@ -110,7 +104,7 @@ class RandomDrop(Method):
         data, cfg, opts = context.data, context.budget, self.options
         settings: dict = {"edge_norm": opts["edge_norm"], "per_user": opts["per_user"],
                           "per_row": opts["per_row"]}
-        full = unique_pairs(data.train, data.n_items)
+        full = unique_pairs(data.train, data.n_items)  # the edge universe (spec §2.1)
         if target.edge is not None and target.edge < 1:
             kept = drop_edges(full, target.edge, context.rng("edge_mask"), opts["per_user"])
             graph = dropped_graph(data.n_users, data.n_items, full, kept, opts["edge_norm"],

@@ -50,13 +50,13 @@ from torch.nn import functional as F
 from bench.device import seed_everything
 from bench.training import TrainHook
 from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
+from methods.graph import NormalizedGraph, unique_pairs
 from methods.lightgcn import LightGCN
 from methods.reference import dense_tables
 from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.context import MethodContext
-    from methods.graph import NormalizedGraph
 
 LOG2 = math.log(2.0)
 KD_STREAM = "kd_pairs"  # MethodContext.rng stream: numpy default_rng([seed, 3]) (spec §0)
@@ -67,11 +67,7 @@ KD_STREAM = "kd_pairs"  # MethodContext.rng stream: numpy default_rng([seed, 3])
 
 def item_popularity(pairs: np.ndarray, n_items: int) -> np.ndarray:
     """``pop(i)``: distinct users with a training interaction on item ``i`` (spec §1.2)."""
-    pairs = np.asarray(pairs, dtype=np.int64)
-    if len(pairs) == 0:
-        return np.zeros(n_items, dtype=np.int64)
-    keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
-    return np.bincount(keys % n_items, minlength=n_items).astype(np.int64)
+    return np.bincount(unique_pairs(pairs, n_items)[:, 1], minlength=n_items).astype(np.int64)
 
 
 def popularity_order(pop: np.ndarray) -> np.ndarray:

@@ -9,10 +9,10 @@ import torch
 from bench.measure.size import achieved_compression
 from bench.training import TrainHook
 from methods.base import Target
-from methods.graph import normalized_adjacency
+from methods.graph import normalized_adjacency, unique_pairs
 from methods.lightgcn import LightGCN
 from methods.masking import MaskedLightGCN
-from methods.random_drop import RandomDrop, drop_edges, dropped_graph, unique_pairs
+from methods.random_drop import RandomDrop, drop_edges, dropped_graph
 from tests.conftest import method_context, random_interactions
 
 
