@@ -36,7 +36,7 @@ from methods.lightgcn import LightGCN
 
 CHECKPOINT_VERSION = 1
 # numpy stream ids of MethodContext.rng (spec unkd-and-baselines.md §0; dsl its own)
-STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4}
+STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4, "lightgnn": 5}
 # options that change where or how fast a model trains, not what it learns
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
@@ -74,6 +74,34 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def locked_cache(path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+                 log: Callable[[str], None] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Load ``path`` (state + meta, hash-checked) or build, save atomically and return it.
+
+    A file lock makes concurrent workers build it once; an unreadable or tampered file is rebuilt.
+    Returns ``(state, meta, loaded)``.
+    """
+    with _file_lock(path.with_suffix(".lock")):
+        if path.is_file():
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                state, meta = blob["state"], json.loads(blob["meta"])
+                if state_hash(state) != meta["state_hash"]:
+                    raise ValueError("state hash mismatch")
+                return state, meta, True
+            except Exception as exc:  # unreadable or tampered: rebuild
+                if log:
+                    log(f"cached state {path} is unusable ({exc}); rebuilding it")
+        state, meta = build()
+        state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        meta = {**meta, "state_hash": state_hash(state)}
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"state": state, "meta": json.dumps(meta)}, tmp)
+        os.replace(tmp, path)
+        return state, meta, False
 
 
 class BaseCheckpoints:
@@ -124,24 +152,41 @@ class BaseCheckpoints:
         path = self._path(data, key)
         if path is None:
             return self._train(data, config, device, progress)
-        with _file_lock(path.with_suffix(".lock")):
-            if path.is_file():
-                try:
-                    blob = torch.load(path, map_location="cpu", weights_only=True)
-                    state, meta = blob["state"], json.loads(blob["meta"])
-                    if state_hash(state) != meta["state_hash"]:
-                        raise ValueError("state hash mismatch")
-                    return state, meta
-                except Exception as exc:  # unreadable or tampered: retrain
-                    if log:
-                        log(f"base checkpoint {path} is unusable ({exc}); retraining it")
+
+        def train():
             if log:
                 log(f"training the base LightGCN for {data.name} (seed {config.seed})")
-            state, meta = self._train(data, config, device, progress)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"state": state, "meta": json.dumps(meta)}, tmp)
-            os.replace(tmp, path)
-            return state, meta
+            return self._train(data, config, device, progress)
+
+        state, meta, _ = locked_cache(path, train, log)
+        return state, meta
+
+    def stage(self, data: InteractionData, name: str, fields: dict[str, Any],
+              build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+              log: Callable[[str], None] | None = None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+        """A method's cached training stage: ``(state, meta, hit)``.
+
+        Keyed by the dataset fingerprint, ``name``, the JSON of ``fields`` (everything the stage's
+        result depends on: options, seed, the hashes of the states it starts from) and the torch
+        version; kept in memory and, with a directory, on disk next to the base checkpoints
+        (file-locked, so concurrent workers build it once). ``build()`` returns the state and a
+        JSON-able meta (e.g. its training cost); ``hit`` says whether it was reused.
+        """
+        blob = json.dumps({"dataset": data.fingerprint(), "stage": name, "fields": fields,
+                           "torch": torch.__version__.split("+")[0], "version": CHECKPOINT_VERSION},
+                          sort_keys=True, default=str)
+        key = hashlib.sha256(blob.encode()).hexdigest()
+        if key in self._memory:
+            state, meta = self._memory[key]
+            return state, meta, True
+        if self.directory is None:
+            state, meta = build()
+            hit = False
+        else:
+            state, meta, hit = locked_cache(self.directory / f"{data.name}-{name}-{key[:20]}.pt", build, log)
+        self._memory[key] = (state, meta)
+        return state, meta, hit
 
     @staticmethod
     def _train(data: InteractionData, config: TrainConfig, device: torch.device, progress: bool):
@@ -216,22 +261,24 @@ class MethodContext:
         return normalized_adjacency(self.data.n_users, self.data.n_items, pairs[:, 0], pairs[:, 1],
                                     backend=backend or self.budget.backend, device=self.device)
 
-    def rng(self, stream: str) -> np.random.Generator:
+    def rng(self, stream: str, *spawn: int) -> np.random.Generator:
         """``numpy.random.default_rng([seed, STREAMS[stream]])``: the spec's per-purpose streams.
 
         Specs (unkd-and-baselines.md §0): edge mask ``[s, 1]``, embedding mask ``[s, 2]``, UnKD
         pairs ``[s, 3]``; a mask never changes when another component consumes randomness.
+        ``spawn`` integers extend the seed (e.g. a pruning run's index: ``[s, id, run]``).
         """
         if stream not in STREAMS:
             raise KeyError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
-        return np.random.default_rng([self.seed, STREAMS[stream]])
+        return np.random.default_rng([self.seed, STREAMS[stream], *spawn])
 
     def fit(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
-            extra_macs_per_epoch: float = 0.0) -> TrainResult:
+            extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0) -> TrainResult:
         """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``.
 
         MACs per epoch are counted by fvcore on the model's BPR forward (x3 for the backward),
-        plus ``extra_macs_per_epoch`` for work the hooks do outside it (counted by the method).
+        plus ``extra_macs_per_epoch`` for work the hooks do outside it (counted by the method; a
+        callable gets the finished run, for counts known only after training).
         """
         from bench.measure.flops import count_train_macs_per_epoch
 
@@ -241,5 +288,6 @@ class MethodContext:
         seconds = time.perf_counter() - t0
         macs = count_train_macs_per_epoch(model, len(self.data.train), config.batch_size,
                                           self.data.n_users, self.data.n_items)
-        self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs + extra_macs_per_epoch))
+        extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
+        self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs + extra))
         return result

@@ -201,7 +201,9 @@ class CompressedModel:
     records how the method mapped the target to its knobs (e.g. the student dimension).
     ``measurements`` are extra numbers computed from the stored state by shared helpers (e.g. the
     bytes of a sparse table in each storage format, sparse-aware multiply-adds); they are stored
-    beside the harness's measurements and may not replace any of them.
+    beside the harness's measurements and may not replace any of them. ``graph_bits``: the bits of
+    the stored propagation graph when the method stores it itself (directed entries with learned
+    values, self-loops); None: the harness's symmetric edge list.
     """
 
     module: nn.Module
@@ -211,6 +213,7 @@ class CompressedModel:
     training: TrainingCost = field(default_factory=TrainingCost)
     settings: dict[str, Any] = field(default_factory=dict)
     measurements: dict[str, float] = field(default_factory=dict)
+    graph_bits: int | None = None
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.artifact]

@@ -9,9 +9,12 @@
 * ``bits_graph``: the propagation graph, stored as an edge list of two 32-bit node ids per
   undirected user-item edge (degree normalisation is recomputed on load), plus any artifact part
   of kind ``graph`` (e.g. learned edge weights). Reported apart from ``bits`` because every
-  propagating model needs it and it is data, not embedding state.
+  propagating model needs it and it is data, not embedding state. A method that stores its graph
+  otherwise (directed entries with learned values, self-loops) gives ``CompressedModel.graph_bits``,
+  which replaces the edge list.
 * ``emb_achieved = params / ((n_users + n_items) * base_dim)``, the fraction of the uncompressed
-  model's embedding parameters kept; ``edge_achieved = edges used / training edges``;
+  model's embedding parameters kept; ``edge_achieved = edges used / training edges``, where a graph's
+  edges are its directed user-item entries / 2 (the undirected edges of a symmetric graph);
   ``layers`` the propagation depth actually used.
 """
 
@@ -24,7 +27,7 @@ from methods.base import ARTIFACT_KINDS, ArtifactPart, CompressedModel
 EDGE_ID_BITS = 32
 
 
-def artifact_sizes(parts: list[ArtifactPart], n_graph_edges: int = 0) -> dict[str, int]:
+def artifact_sizes(parts: list[ArtifactPart], n_graph_edges: float = 0) -> dict[str, int]:
     """``params``, ``bits``, ``bits_<kind>`` for every kind, and ``bits_graph``."""
     out: dict[str, int] = {f"bits_{k}": 0 for k in ARTIFACT_KINDS}
     params = 0
@@ -32,7 +35,7 @@ def artifact_sizes(parts: list[ArtifactPart], n_graph_edges: int = 0) -> dict[st
         out[f"bits_{p.kind}"] += p.bits
         if p.param:
             params += p.numel
-    out["bits_graph"] += 2 * EDGE_ID_BITS * n_graph_edges
+    out["bits_graph"] += round(2 * EDGE_ID_BITS * n_graph_edges)
     out["bits"] = sum(v for k, v in out.items() if k != "bits_graph")
     out["params"] = params
     return out
@@ -43,6 +46,9 @@ def achieved_compression(model: CompressedModel, n_users: int, n_items: int, n_t
     """Sizes (see :func:`artifact_sizes`) and the achieved ratios ``emb/edge_achieved``, ``layers``."""
     n_edges = model.graph.n_edges if model.graph is not None and model.n_layers > 0 else 0
     sizes = artifact_sizes(model.artifact, n_edges)
+    if model.graph_bits is not None and model.n_layers > 0:
+        # the method stores its graph itself (e.g. directed entries with values): its own count
+        sizes["bits_graph"] += int(model.graph_bits) - round(2 * EDGE_ID_BITS * n_edges)
     sizes_f: dict[str, Any] = dict(sizes)
     sizes_f["emb_achieved"] = sizes["params"] / ((n_users + n_items) * base_dim)
     sizes_f["edges"] = n_edges

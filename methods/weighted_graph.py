@@ -1,0 +1,375 @@
+"""Graphs whose stored entries carry learnable weights, and the weighted LightGCN that uses them.
+
+Spec ``shared/specs/lightgnn.md`` §2-§3 (the LightGNN authors' code, followed over the paper):
+
+* :func:`self_loop_graph`: ``Â = D^-1/2 (A + I) D^-1/2`` with ``D_xx = deg_x + 1``; its stored
+  entries are the ``2|E|`` directed user-item entries plus ``N`` self-loops (§2, invariant 1).
+* :func:`closure_graph`: ``Ĉ = D_C^-1/2 C D_C^-1/2`` with ``C = I + A + ... + A^h`` keeping path
+  counts and ``D_C`` the weighted row sums (§2). With ``h = 2`` the user-item block of ``C`` is
+  ``R`` itself: the "augmentation" adds only user-user and item-item co-interaction entries.
+* :func:`plain_graph`: the harness's LightGCN ``Â`` (no self-loops) as an :class:`EntryGraph`.
+* :class:`WeightedLightGCN` (§3): every stored entry ``e`` propagates with value
+  ``Â_e w_e m_e`` (``w`` learnable, ``m`` a binary mask), the layer-0 table is ``M ⊙ E⁰``, the
+  degrees are never recomputed, and the readout is the sum (code) or mean of layers ``0..L``.
+
+The product ``(Â ⊙ w ⊙ m) X`` (:func:`weighted_matmul`) runs on a CSR view of the fixed index
+arrays with the current values (no sorting or coalescing per step); its backward uses the
+precomputed transposed order for ``∂X`` and a chunked gather for ``∂values``, so memory stays at
+a few ``n x d`` tables even on the 5.6 M-entry closure graph. Under ``torch.jit.trace`` it is the
+counted operator ``recshrink::spmm`` (``nnz x d`` multiply-adds).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from methods.graph import normalized_adjacency, sparse_matmul, unique_pairs
+
+GRAPH_KINDS = ("self_loops", "plain", "closure")
+READOUTS = ("sum", "mean")
+# entries per chunk of the backward's gather for the values' gradient
+_GRAD_CHUNK = 1 << 20
+
+
+@dataclass
+class EntryGraph:
+    """A fixed sparse ``N x N`` pattern (users first, then items) with normalised base values.
+
+    ``rows``/``cols`` are sorted row-major (the canonical entry order of spec §2: every per-entry
+    vector is indexed in this order). ``kind`` says how it was built.
+    """
+
+    n_users: int
+    n_items: int
+    rows: torch.Tensor  # int64 (nnz,)
+    cols: torch.Tensor  # int64 (nnz,)
+    values: torch.Tensor  # float32 (nnz,)
+    kind: str = "self_loops"
+    _csr: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def user_item_entries(self) -> torch.Tensor:
+        """Boolean (nnz,): the entry links a user and an item (either direction)."""
+        return (self.rows < self.n_users) != (self.cols < self.n_users)
+
+    @property
+    def n_edges(self) -> float:
+        """Directed user-item entries / 2: the undirected edges of a symmetric graph (harness)."""
+        return float(self.user_item_entries().sum().item()) / 2
+
+    def codes(self) -> torch.Tensor:
+        """``row * N + col`` per entry, ascending (the canonical order)."""
+        return self.rows * self.n_nodes + self.cols
+
+    def positions(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Index of each entry ``(rows[k], cols[k])`` in this graph's order (-1 if not stored)."""
+        codes = self.codes()
+        want = rows.to(codes.device) * self.n_nodes + cols.to(codes.device)
+        pos = torch.searchsorted(codes, want).clamp(max=max(self.nnz - 1, 0))
+        found = codes[pos] == want if self.nnz else torch.zeros_like(want, dtype=torch.bool)
+        return torch.where(found, pos, torch.full_like(pos, -1))
+
+    def subgraph(self, keep: torch.Tensor, values: torch.Tensor | None = None) -> EntryGraph:
+        """The graph of the entries where ``keep`` is True (order kept), optionally new values."""
+        keep = keep.to(torch.bool)
+        vals = (self.values if values is None else values)[keep]
+        return EntryGraph(self.n_users, self.n_items, self.rows[keep], self.cols[keep],
+                          vals.detach().clone(), self.kind)
+
+    def to(self, device: torch.device | str) -> EntryGraph:
+        return EntryGraph(self.n_users, self.n_items, self.rows.to(device), self.cols.to(device),
+                          self.values.to(device), self.kind)
+
+    def csr_parts(self) -> dict[str, torch.Tensor]:
+        """Row offsets of the pattern and of its transpose, and the transposing permutation."""
+        if not self._csr:
+            n = self.n_nodes
+            rows, cols = self.rows.cpu().numpy(), self.cols.cpu().numpy()
+            perm_t = np.lexsort((rows, cols))
+            dev = self.device
+            self._csr.update(
+                crow=torch.from_numpy(np.searchsorted(rows, np.arange(n + 1)).astype(np.int64)).to(dev),
+                crow_t=torch.from_numpy(
+                    np.searchsorted(cols[perm_t], np.arange(n + 1)).astype(np.int64)).to(dev),
+                cols_t=torch.from_numpy(rows[perm_t].astype(np.int64)).to(dev),
+                perm_t=torch.from_numpy(perm_t.astype(np.int64)).to(dev),
+            )
+        return self._csr
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "beta" CSR support, invariant checks off
+        return torch.sparse_csr_tensor(crow, cols, values, (n, n), check_invariants=False)
+
+
+class _WeightedSpMM(torch.autograd.Function):
+    """``Y = A(values) X`` over a fixed pattern, with gradients to ``values`` and ``X``."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, x: torch.Tensor, graph: EntryGraph) -> torch.Tensor:  # type: ignore[override]
+        parts = graph.csr_parts()
+        ctx.graph = graph
+        ctx.save_for_backward(values, x)
+        return _csr(parts["crow"], graph.cols, values.contiguous(), graph.n_nodes) @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        values, x = ctx.saved_tensors
+        graph: EntryGraph = ctx.graph
+        parts = graph.csr_parts()
+        grad = grad.contiguous()
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            at = _csr(parts["crow_t"], parts["cols_t"], values[parts["perm_t"]], graph.n_nodes)
+            grad_x = at @ grad
+        if ctx.needs_input_grad[0]:
+            grad_values = torch.empty_like(values)
+            for s in range(0, graph.nnz, _GRAD_CHUNK):
+                r, c = graph.rows[s : s + _GRAD_CHUNK], graph.cols[s : s + _GRAD_CHUNK]
+                grad_values[s : s + _GRAD_CHUNK] = (grad[r] * x[c]).sum(dim=1)
+        return grad_values, grad_x, None
+
+
+def weighted_matmul(graph: EntryGraph, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``A X`` where ``A[rows[e], cols[e]] = values[e]`` (spec §3; gradients to both inputs).
+
+    Traced (FLOP counting) as ``recshrink::spmm``: ``nnz x d`` multiply-adds.
+    """
+    if torch.jit.is_tracing():
+        return sparse_matmul(graph.rows, graph.cols, values, x, graph.n_nodes)
+    return _WeightedSpMM.apply(values, x, graph)
+
+
+# --- graph builders (spec §2) ---------------------------------------------------------------------
+
+
+def _adjacency(n_users: int, n_items: int, pairs: np.ndarray) -> sp.csr_matrix:
+    """Binary symmetric ``A = [[0, R], [R^T, 0]]`` of the distinct pairs (float64)."""
+    kept = unique_pairs(pairs, n_items)
+    n = n_users + n_items
+    r = sp.csr_matrix((np.ones(len(kept)), (kept[:, 0], kept[:, 1] + n_users)), shape=(n, n))
+    return (r + r.T).tocsr()
+
+
+def _entry_graph(n_users: int, n_items: int, m: sp.spmatrix, kind: str, device) -> EntryGraph:
+    coo = sp.coo_matrix(m)
+    order = np.lexsort((coo.col, coo.row))
+    return EntryGraph(
+        n_users, n_items,
+        torch.from_numpy(coo.row[order].astype(np.int64)).to(device),
+        torch.from_numpy(coo.col[order].astype(np.int64)).to(device),
+        torch.from_numpy(coo.data[order].astype(np.float32)).to(device),
+        kind,
+    )
+
+
+def _sym_normalise(c: sp.csr_matrix) -> sp.csr_matrix:
+    """``D^-1/2 C D^-1/2`` with ``D`` the (weighted) row sums of ``C``; zero rows stay zero."""
+    deg = np.asarray(c.sum(axis=1)).ravel()
+    inv = np.zeros_like(deg)
+    inv[deg > 0] = deg[deg > 0] ** -0.5
+    d = sp.diags(inv)
+    return (d @ c @ d).tocsr()
+
+
+def self_loop_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu") -> EntryGraph:
+    """``Â = D^-1/2 (A + I) D^-1/2``, ``D_xx = deg_x + 1`` (spec §2): ``2|E| + N`` entries."""
+    a = _adjacency(n_users, n_items, pairs)
+    c = (a + sp.identity(a.shape[0], format="csr")).tocsr()
+    return _entry_graph(n_users, n_items, _sym_normalise(c), "self_loops", device)
+
+
+def plain_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu") -> EntryGraph:
+    """The harness's LightGCN adjacency (no self-loops, :func:`methods.graph.normalized_adjacency`)."""
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], device=device)
+    return EntryGraph(n_users, n_items, g.rows, g.cols, g.values, "plain")
+
+
+def closure_graph(n_users: int, n_items: int, pairs: np.ndarray, hops: int = 2,
+                  sample_ratio: float | None = None, device="cpu") -> EntryGraph:
+    """``Ĉ = D_C^-1/2 C D_C^-1/2``, ``C = I + A + A^2 + ... + A^hops`` with path counts (spec §2).
+
+    ``D_C`` is the weighted row sum of ``C``. ``sample_ratio`` (the code's ``adj_aug_sample``):
+    of the entries that only the powers ``A^2 .. A^hops`` add, keep the ``round(ratio x n)`` with
+    the largest counts (ties: canonical order); ``I`` and ``A`` are always kept.
+    """
+    if hops < 1:
+        raise ValueError(f"closure hops must be >= 1, got {hops}")
+    a = _adjacency(n_users, n_items, pairs)
+    n = a.shape[0]
+    base = (a + sp.identity(n, format="csr")).tocsr()
+    higher = sp.csr_matrix((n, n))
+    power = a
+    for _ in range(hops - 1):
+        power = (power @ a).tocsr()
+        higher = higher + power
+    higher = sp.csr_matrix(higher)
+    if sample_ratio is not None:
+        if not 0 < sample_ratio <= 1:
+            raise ValueError(f"closure sample ratio must lie in (0, 1], got {sample_ratio}")
+        coo = higher.tocoo()
+        order = np.lexsort((coo.col, coo.row))
+        rows, cols, vals = coo.row[order], coo.col[order], coo.data[order]
+        protected = base[rows, cols].A1 > 0  # entries that I + A hold anyway
+        cand = np.flatnonzero(~protected)
+        keep_n = round(sample_ratio * len(cand))
+        ranked = cand[np.argsort(-vals[cand], kind="stable")[:keep_n]]
+        keep = np.zeros(len(vals), dtype=bool)
+        keep[protected] = True
+        keep[ranked] = True
+        higher = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n, n))
+    c = (base + higher).tocsr()
+    c.sum_duplicates()
+    return _entry_graph(n_users, n_items, _sym_normalise(c), "closure", device)
+
+
+def build_graph(kind: str, n_users: int, n_items: int, pairs: np.ndarray, device="cpu",
+                hops: int = 2, sample_ratio: float | None = None) -> EntryGraph:
+    """One of :data:`GRAPH_KINDS` over the training pairs."""
+    if kind == "self_loops":
+        return self_loop_graph(n_users, n_items, pairs, device)
+    if kind == "plain":
+        return plain_graph(n_users, n_items, pairs, device)
+    if kind == "closure":
+        return closure_graph(n_users, n_items, pairs, hops, sample_ratio, device)
+    raise ValueError(f"unknown graph kind {kind!r}; choose from {GRAPH_KINDS}")
+
+
+# --- the weighted model (spec §3) -----------------------------------------------------------------
+
+
+class WeightedLightGCN(nn.Module):
+    """LightGCN with one learnable weight per stored entry and masks on entries and the table.
+
+    Parameters ``user_emb``, ``item_emb`` (Xavier-uniform, separately), ``edge_weight`` (nnz, init
+    1, unconstrained); buffers ``edge_mask`` (nnz, float 0/1), ``user_mask``/``item_mask`` (float
+    0/1). ``train_edge_weights=False`` freezes ``w`` (a plain LightGCN on the same graph).
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, graph: EntryGraph,
+                 readout: str = "sum", train_edge_weights: bool = True, init: str = "xavier_uniform"
+                 ) -> None:
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; choose from {READOUTS}")
+        if n_layers < 0 or dim < 1:
+            raise ValueError(f"need dim >= 1 and n_layers >= 0, got {dim}, {n_layers}")
+        self.n_users, self.n_items, self.dim, self.n_layers = n_users, n_items, dim, n_layers
+        self.graph, self.readout = graph, readout
+        dev = graph.device
+        self.user_emb = nn.Parameter(torch.empty(n_users, dim, device=dev))
+        self.item_emb = nn.Parameter(torch.empty(n_items, dim, device=dev))
+        if init == "xavier_uniform":
+            nn.init.xavier_uniform_(self.user_emb)
+            nn.init.xavier_uniform_(self.item_emb)
+        elif init == "normal":
+            nn.init.normal_(self.user_emb, std=0.1)
+            nn.init.normal_(self.item_emb, std=0.1)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        self.edge_weight = nn.Parameter(torch.ones(graph.nnz, device=dev),
+                                        requires_grad=train_edge_weights)
+        self.register_buffer("edge_mask", torch.ones(graph.nnz, device=dev))
+        self.register_buffer("user_mask", torch.ones(n_users, dim, device=dev))
+        self.register_buffer("item_mask", torch.ones(n_items, dim, device=dev))
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    def table(self) -> torch.Tensor:
+        """The raw layer-0 table ``E⁰`` (users first), without the mask."""
+        return torch.cat([self.user_emb, self.item_emb], dim=0)
+
+    @property
+    def emb_mask(self) -> torch.Tensor:
+        """``M`` as one ``N x d`` float tensor (users first)."""
+        return torch.cat([self.user_mask, self.item_mask], dim=0)
+
+    def layer0(self) -> torch.Tensor:
+        """``Ẽ⁰ = M ⊙ E⁰``."""
+        return torch.cat([self.user_emb * self.user_mask, self.item_emb * self.item_mask], dim=0)
+
+    def edge_values(self) -> torch.Tensor:
+        """``Â_e w_e m_e`` per stored entry."""
+        return self.graph.values * self.edge_weight * self.edge_mask
+
+    def layers(self) -> list[torch.Tensor]:
+        """``[E⁰, ..., E^L]`` with ``E^l = Â_{w,m} E^{l-1}`` (spec §3)."""
+        x = self.layer0()
+        out = [x]
+        if self.n_layers:
+            values = self.edge_values()
+            for _ in range(self.n_layers):
+                x = weighted_matmul(self.graph, values, x)
+                out.append(x)
+        return out
+
+    def readout_of(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        acc = layers[0]
+        for x in layers[1:]:
+            acc = acc + x
+        return acc if self.readout == "sum" else acc / len(layers)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.readout_of(self.layers())
+        return out[: self.n_users], out[self.n_users :]
+
+    @torch.no_grad()
+    def set_state_(self, table: torch.Tensor, emb_mask: torch.Tensor, edge_weight: torch.Tensor,
+                   edge_mask: torch.Tensor) -> None:
+        """Load ``E⁰``, ``M``, ``w`` and ``m`` (spec §7 step 1, the carried-over state)."""
+        u = self.n_users
+        self.user_emb.copy_(table[:u])
+        self.item_emb.copy_(table[u:])
+        self.user_mask.copy_(emb_mask[:u])
+        self.item_mask.copy_(emb_mask[u:])
+        self.edge_weight.copy_(edge_weight)
+        self.edge_mask.copy_(edge_mask)
+
+    def alive_entries(self) -> int:
+        return int((self.edge_mask > 0).sum().item())
+
+    def kept_entries(self) -> int:
+        return int((self.user_mask > 0).sum().item() + (self.item_mask > 0).sum().item())
+
+
+def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
+    """``Σ_{l >= start} E^l`` (the embedding-KD target uses ``start = 2``, spec §4 item 3)."""
+    picked = layers[start:]
+    if not picked:
+        raise ValueError(f"no layers from index {start} among {len(layers)}")
+    acc = picked[0]
+    for x in picked[1:]:
+        acc = acc + x
+    return acc
+
+
+def expected_entries(graph_kind: str, n_users: int, n_items: int, n_pairs: int) -> int:
+    """``2|E| + N`` for :func:`self_loop_graph`, ``2|E|`` for :func:`plain_graph` (invariant 1)."""
+    n = n_users + n_items
+    return 2 * n_pairs + (n if graph_kind == "self_loops" else 0)
+
+
+def csr_graph_bits(n_alive: int, n_nodes: int, value_bits: int = 32) -> int:
+    """Bits of a directed entry list in CSR: a column id and a value per entry, ``N + 1`` offsets."""
+    return n_alive * (32 + value_bits) + 32 * (n_nodes + 1)
+
