@@ -76,6 +76,13 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _hashed(state: dict[str, torch.Tensor], meta: dict[str, Any]
+            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A CPU copy of ``state`` and ``meta`` with the state's sha256 added."""
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    return state, {**meta, "state_hash": state_hash(state)}
+
+
 def locked_cache(path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
                  log: Callable[[str], None] | None = None
                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
@@ -95,9 +102,7 @@ def locked_cache(path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], 
             except Exception as exc:  # unreadable or tampered: rebuild
                 if log:
                     log(f"cached state {path} is unusable ({exc}); rebuilding it")
-        state, meta = build()
-        state = {k: v.detach().cpu().clone() for k, v in state.items()}
-        meta = {**meta, "state_hash": state_hash(state)}
+        state, meta = _hashed(*build())
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"state": state, "meta": json.dumps(meta)}, tmp)
         os.replace(tmp, path)
@@ -181,7 +186,7 @@ class BaseCheckpoints:
             state, meta = self._memory[key]
             return state, meta, True
         if self.directory is None:
-            state, meta = build()
+            state, meta = _hashed(*build())
             hit = False
         else:
             state, meta, hit = locked_cache(self.directory / f"{data.name}-{name}-{key[:20]}.pt", build, log)
