@@ -445,4 +445,9 @@ def test_run_matrix_end_to_end(tiny_root, tmp_path):
     assert m["edge_achieved"] == pytest.approx(m["edge_directed_ratio"])
     assert m["flops_propagation"] == 2 * m["lightgnn_entries_alive"] * cell["spec"]["budget"]["dim"]
     assert cell["settings"]["profile"] == "cpu"
+    # the report labels cpu-profile results as not comparable to the paper
+    from bench.report import build_report
+
+    html = build_report([out / "results.sqlite"], tmp_path / "rep", figures=False)["html"].read_text()
+    assert "Notes on results" in html and "not comparable to the paper" in html
 

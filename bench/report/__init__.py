@@ -67,6 +67,19 @@ def _problems(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, e.g.
+    "not comparable to the paper"), with how many cells carry each."""
+    from bench.report.tables import variant_label
+
+    counter: Counter = Counter()
+    for c in cells:
+        note = (c.get("settings") or {}).get("report_note")
+        if c["status"] == "ok" and note:
+            counter[(c["dataset"], variant_label(c["method"], c["spec"].get("options", {})), note)] += 1
+    return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
+
+
 def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
                  keys: Iterable[str] | None = None, latex: bool = False, title: str | None = None,
                  figures: bool = True) -> dict[str, Path]:
@@ -115,7 +128,7 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     run_names = sorted({c["run"] for c in cells})
     page = render(title or f"recshrink report: {', '.join(run_names) or 'no cells'}", sources, datasets,
                   _problems(cells), _method_info(c["method"] for c in cells), _environments(cells),
-                  [{**r, "config": r["config"]} for r in runs], counts)
+                  [{**r, "config": r["config"]} for r in runs], counts, _notes(cells))
     paths["html"].write_text(page, encoding="utf-8")
     if latex and not summary.empty:
         from bench.report.latex import summary_latex

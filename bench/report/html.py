@@ -128,12 +128,12 @@ def dataset_table(summary: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
 
 def render(title: str, sources: list[str], datasets: list[dict[str, Any]], problems: list[dict[str, Any]],
            methods: list[dict[str, Any]], environments: list[dict[str, Any]], runs: list[dict[str, Any]],
-           counts: dict[str, int]) -> str:
+           counts: dict[str, int], notes: list[dict[str, Any]] | None = None) -> str:
     env = Environment(autoescape=True, trim_blocks=False, lstrip_blocks=False)
     tmpl = env.from_string(resources.files("bench.report").joinpath("template.html").read_text("utf-8"))
     return tmpl.render(
         title=title, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources=sources, datasets=datasets, problems=problems, methods=methods,
-        environments=environments, runs=runs, alpha=ALPHA, wilcoxon_min=WILCOXON_MIN_SEEDS,
+        environments=environments, runs=runs, notes=notes or [], alpha=ALPHA, wilcoxon_min=WILCOXON_MIN_SEEDS,
         n_cells=counts["cells"], n_ok=counts["ok"], n_failed=counts["failed"], n_flagged=counts["flagged"],
     )
