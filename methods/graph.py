@@ -20,8 +20,24 @@ import torch
 BACKENDS = ("csr", "coo", "torch_sparse")
 
 
+class GraphSize:
+    """Sizes of a graph stored as entries ``(rows, cols, values)`` over users then items."""
+
+    n_users: int
+    n_items: int
+    values: torch.Tensor
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+
 @dataclass
-class NormalizedGraph:
+class NormalizedGraph(GraphSize):
     """Symmetric normalised adjacency of a bipartite user-item graph, ready to multiply."""
 
     n_users: int
@@ -60,14 +76,6 @@ class NormalizedGraph:
             self._mat = SparseTensor(
                 row=self.rows, col=self.cols, value=self.values, sparse_sizes=(n, n)
             )
-
-    @property
-    def n_nodes(self) -> int:
-        return self.n_users + self.n_items
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.numel())
 
     @property
     def n_edges(self) -> int:

@@ -30,14 +30,14 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from methods.graph import normalized_adjacency, sparse_matmul, unique_pairs
+from methods.graph import GraphSize, normalized_adjacency, sparse_matmul, unique_pairs
 
 GRAPH_KINDS = ("self_loops", "plain", "closure")
 READOUTS = ("sum", "mean")
 
 
 @dataclass
-class EntryGraph:
+class EntryGraph(GraphSize):
     """A fixed sparse ``N x N`` pattern (users first, then items) with normalised base values.
 
     ``rows``/``cols`` are sorted row-major (the canonical entry order of spec §2: every per-entry
@@ -51,14 +51,6 @@ class EntryGraph:
     values: torch.Tensor  # float32 (nnz,)
     kind: str = "self_loops"
     _csr: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def n_nodes(self) -> int:
-        return self.n_users + self.n_items
-
-    @property
-    def nnz(self) -> int:
-        return int(self.values.numel())
 
     @property
     def device(self) -> torch.device:

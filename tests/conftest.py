@@ -231,3 +231,17 @@ def method_context(seed: int = 0, data=None, checkpoint_dir: Path | None = None,
     config = small_config(**{"epochs": 6, "eval_every": 2, "seed": seed, **budget})
     return MethodContext(data=data, device=torch.device("cpu"), seed=seed, budget=config,
                          checkpoints=BaseCheckpoints(checkpoint_dir), log=lambda msg: None)
+
+
+def run_single_cell(root: Path, out: Path, body: str) -> dict:
+    """Run a one-cell matrix (:func:`tiny_config` with ``body``) into ``out``; return its stored cell."""
+    from bench.config import load_config
+    from bench.runner import run_matrix
+    from bench.store import ResultStore
+
+    summary = run_matrix(load_config(tiny_config(root, body)), out, progress=False, log=lambda m: None,
+                         report=False)
+    assert summary.ok == 1
+    with ResultStore(out / "results.sqlite") as store:
+        (cell,) = store.cells()
+    return cell

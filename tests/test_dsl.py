@@ -27,7 +27,7 @@ from methods.dsl import (
 )
 from methods.graph import normalized_adjacency
 from methods.masking import MaskedLightGCN, exact_random_mask, sparse_storage_bits
-from tests.conftest import method_context, tiny_config
+from tests.conftest import method_context, run_single_cell
 
 N_ENTRIES = (60 + 40) * 8  # the clustered toy data, dim 8
 
@@ -326,17 +326,8 @@ def test_evaluation_never_ranks_train_items():
 # --- end to end through the harness ---------------------------------------------------------------
 
 def test_run_matrix_end_to_end(tiny_root, tmp_path):
-    from bench.config import load_config
-    from bench.runner import run_matrix
-    from bench.store import ResultStore
-
-    cfg = load_config(tiny_config(tiny_root, 'datasets = ["tiny"]\nmethods = ["dsl"]\n'
-                                             "emb_targets = [0.5]\nseeds = [0]\n"))
-    out = tmp_path / "out"
-    summary = run_matrix(cfg, out, progress=False, log=lambda m: None, report=False)
-    assert summary.ok == 1
-    with ResultStore(out / "results.sqlite") as store:
-        (cell,) = store.cells()
+    cell = run_single_cell(tiny_root, tmp_path / "out", 'datasets = ["tiny"]\nmethods = ["dsl"]\n'
+                           "emb_targets = [0.5]\nseeds = [0]\n")
     assert cell["status"] == "ok" and not cell["flagged"]
     m = cell["measurements"]
     assert m["emb_achieved"] == round(0.5 * N_ENTRIES) / N_ENTRIES

@@ -39,7 +39,7 @@ from methods.weighted_graph import (
     self_loop_graph,
     weighted_matmul,
 )
-from tests.conftest import method_context, tiny_config
+from tests.conftest import method_context, run_single_cell
 from tests.test_training import clustered_data
 
 
@@ -428,18 +428,10 @@ def test_option_errors():
 
 
 def test_run_matrix_end_to_end(tiny_root, tmp_path):
-    from bench.config import load_config
-    from bench.runner import run_matrix
-    from bench.store import ResultStore
-
-    cfg = load_config(tiny_config(tiny_root, 'datasets = ["tiny"]\ntargets = [[0.64, 0.9]]\nseeds = [0]\n'
-                                             '[methods.lightgnn]\ncandidates = 16\nkd_triples = 200\n'
-                                             'middle_epochs = 1\nepochs_per_run = 1\n'))
     out = tmp_path / "out"
-    summary = run_matrix(cfg, out, progress=False, log=lambda m: None, report=False)
-    assert summary.ok == 1
-    with ResultStore(out / "results.sqlite") as store:
-        (cell,) = store.cells()
+    cell = run_single_cell(tiny_root, out, 'datasets = ["tiny"]\ntargets = [[0.64, 0.9]]\nseeds = [0]\n'
+                           '[methods.lightgnn]\ncandidates = 16\nkd_triples = 200\n'
+                           'middle_epochs = 1\nepochs_per_run = 1\n')
     m = cell["measurements"]
     assert cell["status"] == "ok"
     assert m["edge_achieved"] == pytest.approx(m["edge_directed_ratio"])
