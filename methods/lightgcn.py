@@ -33,6 +33,18 @@ def l2_penalty(*rows: torch.Tensor, form: str = "squared") -> torch.Tensor:
     raise ValueError(f"unknown L2 form {form!r}; choose from {REG_FORMS}")
 
 
+def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
+    """``Σ_{l >= start} E^l``: the sum readout (``start = 0``) or LightGNN's embedding-KD target
+    (``start = 2``, spec lightgnn.md §4 item 3)."""
+    picked = layers[start:]
+    if not picked:
+        raise ValueError(f"no layers from index {start} among {len(layers)}")
+    acc = picked[0]
+    for x in picked[1:]:
+        acc = acc + x
+    return acc
+
+
 class LightGCN(nn.Module):
     """LightGCN with ``n_layers`` propagation layers over a fixed normalised graph."""
 
@@ -72,14 +84,18 @@ class LightGCN(nn.Module):
         """Concatenated layer-0 table (users first), ``(U + I) x d``."""
         return torch.cat([self.user_emb, self.item_emb], dim=0)
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user and item representations: mean of layers 0..L (Eq. 7-8)."""
+    def layers(self) -> list[torch.Tensor]:
+        """``[E^0, ..., E^L]`` with ``E^{l+1} = Â E^l`` (Eq. 7)."""
         x = self.layer0()
-        acc = x
+        out = [x]
         for _ in range(self.n_layers):
             x = self.graph.matmul(x)
-            acc = acc + x
-        out = acc / (self.n_layers + 1)
+            out.append(x)
+        return out
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item representations: mean of layers 0..L (Eq. 7-8)."""
+        out = layer_sum(self.layers(), 0) / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users :]
 
     def bpr_loss(

@@ -47,6 +47,7 @@ import torch
 
 from bench.device import seed_everything
 from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
+from methods.lightgcn import layer_sum
 from methods.lightgnn_losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
 from methods.lightgnn_pruning import (
     SCHEDULES,
@@ -66,7 +67,6 @@ from methods.weighted_graph import (
     build_graph,
     closure_graph,
     csr_graph_bits,
-    layer_sum,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,11 +237,7 @@ class LightGNN(Method):
                                            ctx.device, ctx.progress, ctx.log)
             model = base.model.eval()
             with torch.no_grad():
-                x = model.layer0()
-                layers = [x]
-                for _ in range(model.n_layers):
-                    x = model.graph.matmul(x)
-                    layers.append(x)
+                layers = model.layers()
                 users, items = model.propagate()
             info = {"kind": "shared", "layers": model.n_layers, "state_hash": base.state_hash,
                     "readout": "mean", "graph": "plain", "cached": True, "seconds": 0.0}
@@ -274,12 +270,12 @@ class LightGNN(Method):
             info = {"kind": "authors", "layers": o["teacher_layers"], "state_hash": meta["state_hash"],
                     "readout": o["readout"], "graph": "self_loops", "cached": hit,
                     "seconds": cost.seconds, "valid_metric": meta["valid"].get(ctx.budget.valid_metric)}
-        target = layer_sum(layers, 2) if len(layers) > 2 else users.new_zeros(0)
-        if len(layers) <= 2:  # a 0- or 1-layer teacher has no layers >= 2: use its final embedding
+        if len(layers) > 2:
+            target = layer_sum(layers, 2)
+            info["kd_target"] = f"sum of layers 2..{len(layers) - 1}"
+        else:  # a 0- or 1-layer teacher has no layers >= 2: use its final embedding
             target = torch.cat([users, items], dim=0)
             info["kd_target"] = "final embedding (teacher has < 2 layers)"
-        else:
-            info["kd_target"] = f"sum of layers 2..{len(layers) - 1}"
         info["cost"] = dataclasses.asdict(cost)
         return TeacherSignals(users, items, target), layers[0].detach(), info
 

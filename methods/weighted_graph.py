@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from methods.graph import GraphSize, normalized_adjacency, sparse_matmul, unique_pairs
+from methods.lightgcn import layer_sum
 
 GRAPH_KINDS = ("self_loops", "plain", "closure")
 READOUTS = ("sum", "mean")
@@ -315,9 +316,7 @@ class WeightedLightGCN(nn.Module):
         return out
 
     def readout_of(self, layers: list[torch.Tensor]) -> torch.Tensor:
-        acc = layers[0]
-        for x in layers[1:]:
-            acc = acc + x
+        acc = layer_sum(layers, 0)
         return acc if self.readout == "sum" else acc / len(layers)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,17 +340,6 @@ class WeightedLightGCN(nn.Module):
 
     def kept_entries(self) -> int:
         return int((self.user_mask > 0).sum().item() + (self.item_mask > 0).sum().item())
-
-
-def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
-    """``Σ_{l >= start} E^l`` (the embedding-KD target uses ``start = 2``, spec §4 item 3)."""
-    picked = layers[start:]
-    if not picked:
-        raise ValueError(f"no layers from index {start} among {len(layers)}")
-    acc = picked[0]
-    for x in picked[1:]:
-        acc = acc + x
-    return acc
 
 
 def expected_entries(graph_kind: str, n_users: int, n_items: int, n_pairs: int) -> int:
