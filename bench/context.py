@@ -29,6 +29,7 @@ import torch
 
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
+from bench.sampling import EpochSampler
 from bench.training import TrainConfig, TrainHook, TrainResult, build_lightgcn, config_dict, fit_bpr
 from methods.base import TrainingCost
 from methods.graph import NormalizedGraph, normalized_adjacency
@@ -36,7 +37,7 @@ from methods.lightgcn import LightGCN
 
 CHECKPOINT_VERSION = 1
 # numpy stream ids of MethodContext.rng (spec unkd-and-baselines.md §0; dsl its own)
-STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4, "lightgnn": 5}
+STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4, "lightgnn": 5, "legcf": 6, "lerg": 7}
 # options that change where or how fast a model trains, not what it learns
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
@@ -278,21 +279,24 @@ class MethodContext:
         return np.random.default_rng([self.seed, STREAMS[stream], *spawn])
 
     def fit(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
-            extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0) -> TrainResult:
+            extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0,
+            sampler: EpochSampler | None = None) -> TrainResult:
         """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``.
 
-        MACs per epoch are counted by fvcore on the model's BPR forward (x3 for the backward),
-        plus ``extra_macs_per_epoch`` for work the hooks do outside it (counted by the method; a
-        callable gets the finished run, for counts known only after training).
+        MACs per epoch are counted by fvcore on the model's BPR forward (x3 for the backward) over
+        the sampler's triples per epoch and batch, plus ``extra_macs_per_epoch`` for work the hooks
+        do outside it (counted by the method; a callable gets the finished run, for counts known
+        only after training). ``sampler``: see :func:`bench.training.fit_bpr`.
         """
         from bench.measure.flops import count_train_macs_per_epoch
 
         config = config or self.budget
         t0 = time.perf_counter()
-        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks)
+        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler)
         seconds = time.perf_counter() - t0
-        macs = count_train_macs_per_epoch(model, len(self.data.train), config.batch_size,
-                                          self.data.n_users, self.data.n_items)
+        n_triples = len(self.data.train) if sampler is None else sampler.triples_per_epoch
+        batch = config.batch_size if sampler is None else sampler.batch_triples(config.batch_size)
+        macs = count_train_macs_per_epoch(model, n_triples, batch, self.data.n_users, self.data.n_items)
         extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
         self.cost = self.cost.add(TrainingCost(seconds, result.epochs, macs + extra))
         return result

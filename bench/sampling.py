@@ -1,6 +1,18 @@
-"""Uniform negative sampling that never returns a training positive (vectorised, seeded)."""
+"""Training triples for one epoch: uniform negatives that are never a training positive.
+
+* :class:`NegativeSampler`: one uniform negative per user, vectorised rejection sampling.
+* :class:`InteractionSampler` (the harness default, LightGCN §4.1): every training interaction
+  once per epoch with one negative, shuffled.
+* :class:`MultiNegativeSampler` (LEGCF's protocol, spec legcf-lerg.md §2.4): ``|train|`` users drawn
+  uniformly with replacement, one random positive and ``n_neg`` distinct negatives per draw.
+
+An epoch sampler returns the epoch's ``(users, pos, neg)`` triples in batch order; ``batch_triples``
+says how many triples one optimiser step takes for the budget's ``batch_size``.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,3 +53,98 @@ class NegativeSampler:
             neg[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
             bad[idx] = self.is_positive(users[idx], neg[idx])
         return neg
+
+
+class EpochSampler(Protocol):
+    """What :func:`bench.training.fit_bpr` needs from a sampler."""
+
+    triples_per_epoch: int
+
+    def epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def batch_triples(self, batch_size: int) -> int: ...
+
+
+class InteractionSampler:
+    """Every training interaction once, one uniform negative each, in a random order.
+
+    Draws the negatives first, then the permutation, from the same generator (the order the
+    harness has always used, so seeded results do not change).
+    """
+
+    def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int) -> None:
+        self.negatives = NegativeSampler(train_pairs, n_users, n_items)
+        self.users = torch.from_numpy(np.ascontiguousarray(train_pairs[:, 0], dtype=np.int64))
+        self.items = torch.from_numpy(np.ascontiguousarray(train_pairs[:, 1], dtype=np.int64))
+        self.triples_per_epoch = len(train_pairs)
+
+    def epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        neg = self.negatives.sample(self.users, generator)
+        perm = torch.randperm(self.triples_per_epoch, generator=generator)
+        return self.users[perm], self.items[perm], neg[perm]
+
+    def batch_triples(self, batch_size: int) -> int:
+        return batch_size
+
+
+class MultiNegativeSampler:
+    """LEGCF's sampler (spec legcf-lerg.md §2.4, from the authors' data loader).
+
+    Per epoch, ``|train|`` users are drawn uniformly with replacement among **all** users and the
+    draws of users without a training item are skipped. Each draw takes one positive uniformly
+    among the user's training items and ``n_neg`` distinct negatives (never a training positive),
+    giving ``n_neg`` triples ``(u, i+, i-)`` that stay together in one batch: ``batch_size`` counts
+    draws, so a step takes ``batch_size * n_neg`` triples.
+    """
+
+    def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int, n_neg: int = 5) -> None:
+        if n_neg < 1:
+            raise ValueError(f"n_neg must be >= 1, got {n_neg}")
+        pairs = np.asarray(train_pairs, dtype=np.int64)
+        keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
+        users, items = keys // n_items, keys % n_items
+        degree = np.bincount(users, minlength=n_users)
+        if (n_items - degree).min(initial=n_items) < n_neg:
+            worst = int(np.argmax(degree))
+            raise ValueError(f"user {worst} has only {n_items - degree[worst]} non-positive items; "
+                             f"{n_neg} distinct negatives cannot be drawn")
+        self.negatives = NegativeSampler(pairs, n_users, n_items)
+        self.n_users, self.n_items, self.n_neg = n_users, n_items, n_neg
+        self.n_draws = len(pairs)
+        self.indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(degree)]))
+        self.degree = torch.from_numpy(degree)
+        self.items = torch.from_numpy(items)
+        active = float((degree > 0).mean()) if n_users else 0.0
+        self.triples_per_epoch = max(1, round(self.n_draws * active)) * n_neg
+
+    def epoch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        users = torch.randint(self.n_users, (self.n_draws,), generator=generator)
+        users = users[self.degree[users] > 0]
+        offset = (torch.rand(users.numel(), generator=generator, dtype=torch.float64)
+                  * self.degree[users]).long()
+        pos = self.items[self.indptr[users] + offset]
+        neg = self.distinct_negatives(users, generator)
+        k = self.n_neg
+        return users.repeat_interleave(k), pos.repeat_interleave(k), neg.reshape(-1)
+
+    def distinct_negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``(len(users), n_neg)`` items, distinct within a row, none a positive of the row's user."""
+        cols: list[torch.Tensor] = []
+        for _ in range(self.n_neg):
+            col = torch.randint(self.n_items, (users.numel(),), generator=generator)
+            bad = self._clash(users, col, cols)
+            while bool(bad.any()):
+                idx = bad.nonzero().squeeze(1)
+                col[idx] = torch.randint(self.n_items, (idx.numel(),), generator=generator)
+                bad[idx] = self._clash(users[idx], col[idx], [c[idx] for c in cols])
+            cols.append(col)
+        return torch.stack(cols, dim=1)
+
+    def _clash(self, users: torch.Tensor, col: torch.Tensor, earlier: list[torch.Tensor]) -> torch.Tensor:
+        bad = self.negatives.is_positive(users, col)
+        for c in earlier:
+            bad |= c == col
+        return bad
+
+    def batch_triples(self, batch_size: int) -> int:
+        return batch_size * self.n_neg

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.device import resolve_device, seed_everything
 from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
-from bench.sampling import NegativeSampler
+from bench.sampling import EpochSampler, InteractionSampler
 
 
 class TrainingDivergedError(RuntimeError):
@@ -52,16 +52,25 @@ class TrainHook:
     """Method-specific steps inside :func:`fit_bpr` (no-ops by default).
 
     ``epoch_start(epoch)`` runs before an epoch's negatives are drawn (e.g. UnKD redraws its
-    distillation pairs); ``step_end(step, optimizer)`` runs right after each optimiser step, with
-    the step's gradients still on the parameters (``step`` counts completed steps from 1; e.g.
-    re-zeroing masked entries, DSL's prune-and-grow).
+    distillation pairs); ``before_step(step, optimizer)`` between the backward pass and the
+    optimiser step (``step`` is the step about to be taken; e.g. LEGCF's gradient clipping);
+    ``step_end(step, optimizer)`` runs right after each optimiser step, with the step's gradients
+    still on the parameters (``step`` counts completed steps from 1; e.g. re-zeroing masked entries,
+    DSL's prune-and-grow); ``train_end(epoch)`` after the last epoch, before the best state is
+    restored.
     """
 
     def epoch_start(self, epoch: int) -> None:
         pass
 
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Runs after the backward pass, before the optimiser step (e.g. gradient clipping)."""
+
     def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         pass
+
+    def train_end(self, epoch: int) -> None:
+        """Runs after the last epoch, before the best state is restored (e.g. keep the last state)."""
 
 
 @dataclass
@@ -158,11 +167,14 @@ def fit_bpr(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     hooks: Sequence[TrainHook] = (),
+    sampler: EpochSampler | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR and validation early stopping; see the module docstring.
 
     ``hooks`` add method-specific steps (:class:`TrainHook`); the optimiser is Adam over the
-    model's parameters that require a gradient.
+    model's parameters that require a gradient. ``sampler`` gives each epoch's triples (default:
+    :class:`bench.sampling.InteractionSampler`, every interaction once with one negative); a step
+    takes ``sampler.batch_triples(batch_size)`` of them.
     """
     config.validate()
     if len(data.train) == 0:
@@ -171,12 +183,10 @@ def fit_bpr(
         raise EmptySplitError(f"{data.name}: the validation split is empty (needed for early stopping)")
     device = next(iter(model.parameters())).device
     gen = torch.Generator().manual_seed(config.seed)
-    sampler = NegativeSampler(data.train, data.n_users, data.n_items)
-    train_users = torch.from_numpy(data.train[:, 0])
-    train_items = torch.from_numpy(data.train[:, 1])
+    if sampler is None:
+        sampler = InteractionSampler(data.train, data.n_users, data.n_items)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    n = len(data.train)
-    n_batches = math.ceil(n / config.batch_size)
+    batch = sampler.batch_triples(config.batch_size)
     best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
     since_best = 0
     epoch_seconds: list[float] = []
@@ -188,14 +198,14 @@ def fit_bpr(
         t0 = time.perf_counter()
         for hook in hooks:
             hook.epoch_start(epoch)
-        neg_all = sampler.sample(train_users, gen)
-        perm = torch.randperm(n, generator=gen)
+        users_all, pos_all, neg_all = sampler.epoch(gen)
+        n = users_all.numel()
+        n_batches = math.ceil(n / batch)
         total = 0.0
         for b in range(n_batches):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            u = train_users[idx].to(device)
-            p = train_items[idx].to(device)
-            q = neg_all[idx].to(device)
+            u = users_all[b * batch : (b + 1) * batch].to(device)
+            p = pos_all[b * batch : (b + 1) * batch].to(device)
+            q = neg_all[b * batch : (b + 1) * batch].to(device)
             bpr, penalty = model.bpr_loss(u, p, q, config.reg, config.reg_form)
             loss = bpr + penalty
             if not torch.isfinite(loss):
@@ -205,11 +215,13 @@ def fit_bpr(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for hook in hooks:
+                hook.before_step(step + 1, optimizer)
             optimizer.step()
             step += 1
             for hook in hooks:
                 hook.step_end(step, optimizer)
-            total += loss.item() * len(idx)
+            total += loss.item() * u.numel()
         epoch_seconds.append(time.perf_counter() - t0)
         row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1]}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -230,6 +242,8 @@ def fit_bpr(
         if since_best >= config.patience:
             break
     bar.close()
+    for hook in hooks:
+        hook.train_end(epoch)
     if best_state is not None:
         model.load_state_dict(best_state)
     test = evaluate_split(model, data, "test", config).metrics if len(data.test) else {}

@@ -33,6 +33,7 @@ def test_bits_breakdown_of_a_small_artifact_equals_the_hand_count():
     assert sizes["bits_graph"] == 5 * 32 + 9 * 2 * 32
     assert sizes["bits"] == 320 + 320 + 42 + 320 + 48 + 128
     assert sizes["params"] == 10 + 20  # values and codebook entries
+    assert sizes["params_fp32"] == 10 + 20 * 16 / 32  # the float16 codebook counts half
 
 
 def test_param_flag_overrides_the_kind_default():
@@ -63,3 +64,12 @@ def test_achieved_ratios_of_a_pruned_lightgcn():
     assert out["layers"] == 2
     assert out["bits_graph"] == 64 * len(keep)
     assert out["bits"] == 32 * 2 * 50
+
+
+def test_emb_achieved_counts_quantised_parameters_by_their_bits():
+    graph = normalized_adjacency(2, 3, np.array([0, 1]), np.array([0, 2]))
+    parts = [ArtifactPart("codes", "codebook", torch.zeros(4, 8, dtype=torch.int8), bits_per_element=4),
+             ArtifactPart("step", "scale", torch.zeros(4), param=True)]
+    out = achieved_compression(CompressedModel(torch.nn.Module(), parts, graph, 1), 2, 3, 2, base_dim=8)
+    assert out["params"] == 32 + 4
+    assert out["emb_achieved"] == (32 * 4 / 32 + 4) / (5 * 8)

@@ -12,8 +12,11 @@
   propagating model needs it and it is data, not embedding state. A method that stores its graph
   otherwise (directed entries with learned values, self-loops) gives ``CompressedModel.graph_bits``,
   which replaces the edge list.
-* ``emb_achieved = params / ((n_users + n_items) * base_dim)``, the fraction of the uncompressed
-  model's embedding parameters kept; ``edge_achieved = edges used / training edges``, where a graph's
+* ``params_fp32``: the same entries in fp32 equivalents (each counts ``bits_per_element / 32``:
+  an 8-bit quantised code is a quarter of a parameter).
+* ``emb_achieved = params_fp32 / ((n_users + n_items) * base_dim)``, the fraction of the uncompressed
+  model's embedding storage kept (equal to the parameter fraction when every parameter is fp32);
+  ``edge_achieved = edges used / training edges``, where a graph's
   edges are its directed user-item entries / 2 (the undirected edges of a symmetric graph);
   ``layers`` the propagation depth actually used.
 """
@@ -28,16 +31,18 @@ EDGE_ID_BITS = 32
 
 
 def artifact_sizes(parts: list[ArtifactPart], n_graph_edges: float = 0) -> dict[str, int]:
-    """``params``, ``bits``, ``bits_<kind>`` for every kind, and ``bits_graph``."""
+    """``params``, ``params_fp32``, ``bits``, ``bits_<kind>`` for every kind, and ``bits_graph``."""
     out: dict[str, int] = {f"bits_{k}": 0 for k in ARTIFACT_KINDS}
-    params = 0
+    params = param_bits = 0
     for p in parts:
         out[f"bits_{p.kind}"] += p.bits
         if p.param:
             params += p.numel
+            param_bits += p.bits
     out["bits_graph"] += round(2 * EDGE_ID_BITS * n_graph_edges)
     out["bits"] = sum(v for k, v in out.items() if k != "bits_graph")
     out["params"] = params
+    out["params_fp32"] = param_bits / 32  # type: ignore[assignment]
     return out
 
 
@@ -50,7 +55,7 @@ def achieved_compression(model: CompressedModel, n_users: int, n_items: int, n_t
         # the method stores its graph itself (e.g. directed entries with values): its own count
         sizes["bits_graph"] += int(model.graph_bits) - round(2 * EDGE_ID_BITS * n_edges)
     sizes_f: dict[str, Any] = dict(sizes)
-    sizes_f["emb_achieved"] = sizes["params"] / ((n_users + n_items) * base_dim)
+    sizes_f["emb_achieved"] = sizes["params_fp32"] / ((n_users + n_items) * base_dim)
     sizes_f["edges"] = n_edges
     sizes_f["edge_achieved"] = n_edges / n_train_edges if n_train_edges else float("nan")
     sizes_f["layers"] = model.n_layers
