@@ -1,0 +1,383 @@
+"""Compositional embeddings shared by LEGCF and LERG: a small codebook and a sparse assignment.
+
+Spec ``shared/specs/legcf-lerg.md`` §2 (LEGCF, SIGIR 2024) and §3.2 (LERG). Every entity's layer-0
+embedding is composed from a codebook ``E_meta`` (c x d) through a sparse assignment ``S`` (N x c)
+with exactly ``t`` stored entries per row: ``x_p = tanh(S_p E_meta)`` (the tanh is in the authors'
+code, not the paper: §2.3). ``S`` is never trained by gradient; LEGCF updates it in closed form
+(:func:`assignment_update`, §2.6), LERG keeps it fixed.
+
+* :func:`metis_parts` / :func:`metis_assignment`: the METIS initialisation of §2.2 (anchor weight
+  ``w*`` on the entity's part, ``t - 1`` distinct random other columns sharing ``1 - w*``);
+  :func:`random_assignment`: the "random init" ablation.
+* :class:`Assignment`: ``S`` as ``(N, t)`` column indices and values, with the sparse products.
+* :func:`expanded_graph`: LEGCF's ``Â'`` over entities and meta nodes (§2.3).
+* :class:`CompositionalLightGCN`: LightGCN whose layer-0 table is composed, on ``Â'`` (LEGCF) or on
+  ``Â`` (LERG), optionally with an LSQ-quantised codebook (:mod:`methods.quantization`).
+* :func:`legcf_params`, :func:`legcf_index_bits`: the parameter counts of §2.8.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from methods.graph import NormalizedGraph, sparse_matmul
+from methods.quantization import MIN_STEP, fake_quantize, init_steps
+
+EXPANDED_BASES = ("norm_adj", "raw_adj")
+CODEBOOK_INITS = ("normal", "xavier")
+
+
+class PartitionError(ValueError):
+    """METIS could not produce ``c`` non-empty parts."""
+
+
+# --- initialisation (§2.2) ---------------------------------------------------------------------------
+
+
+def _symmetric_csr(n_users: int, n_items: int, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(xadj, adjncy)`` of the user-item graph ``A`` (users, then items offset by ``n_users``)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
+    u, i = keys // n_items, keys % n_items + n_users
+    rows = np.concatenate([u, i])
+    cols = np.concatenate([i, u])
+    order = np.lexsort((cols, rows))
+    n = n_users + n_items
+    xadj = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    return xadj.astype(np.int64), cols[order].astype(np.int64)
+
+
+def metis_parts(n_users: int, n_items: int, pairs: np.ndarray, c: int, seed: int) -> np.ndarray:
+    """Part label in ``[0, c)`` of every entity: METIS k-way on ``A``'s pattern (§2.2 step 1).
+
+    Unweighted, users and items as nodes of one graph, isolated nodes included, METIS's seed fixed.
+    METIS may leave a part empty when ``c`` is close to ``N``; then (invariant 7) the largest parts
+    each give one node to an empty part until none is empty, so all ``c`` parts are used.
+    """
+    import pymetis
+
+    n = n_users + n_items
+    if not 1 <= c <= n:
+        raise PartitionError(f"cannot split {n} entities into {c} non-empty parts")
+    if c == 1:
+        return np.zeros(n, dtype=np.int64)
+    xadj, adjncy = _symmetric_csr(n_users, n_items, pairs)
+    options = pymetis.Options(seed=int(seed) % (2**31 - 1))
+    _, labels = pymetis.part_graph(c, adjacency=pymetis.CSRAdjacency(xadj, adjncy), options=options)
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels, minlength=c)
+    empty = np.flatnonzero(sizes == 0)
+    if len(empty):
+        for part in empty:
+            donor = int(np.argmax(sizes))
+            node = int(np.flatnonzero(labels == donor)[-1])
+            labels[node] = part
+            sizes[donor] -= 1
+            sizes[part] += 1
+    return labels
+
+
+def _other_columns(anchor: np.ndarray, c: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct columns per row, uniformly among the ``c - 1`` columns other than ``anchor``."""
+    n = len(anchor)
+    out = np.empty((n, k), dtype=np.int64)
+    for j in range(k):
+        col = rng.integers(0, c - 1, n)
+        col = col + (col >= anchor)  # skip the anchor
+        while True:
+            bad = np.zeros(n, dtype=bool)
+            for prev in range(j):
+                bad |= col == out[:, prev]
+            if not bad.any():
+                break
+            redraw = rng.integers(0, c - 1, int(bad.sum()))
+            col[bad] = redraw + (redraw >= anchor[bad])
+        out[:, j] = col
+    return out
+
+
+def metis_assignment(parts: np.ndarray, c: int, t: int, w_star: float, rng: np.random.Generator
+                     ) -> Assignment:
+    """``S`` of §2.2 step 2: ``S[p, part(p)] = w*`` (column 0), ``t - 1`` distinct other columns
+    with ``(1 - w*)/(t - 1)`` each; every row sums to 1 (``t = 1``: the anchor alone, weight 1)."""
+    _check_t(t, c)
+    if not 0 < w_star <= 1 or (t > 1 and w_star >= 1):
+        raise ValueError(f"w_star must lie in (0, 1) (or be 1 with t = 1) so that every stored entry is "
+                         f"positive, got {w_star} with t={t}")
+    parts = np.asarray(parts, dtype=np.int64)
+    n = len(parts)
+    index = np.empty((n, t), dtype=np.int64)
+    value = np.empty((n, t), dtype=np.float32)
+    index[:, 0] = parts
+    value[:, 0] = w_star if t > 1 else 1.0
+    if t > 1:
+        index[:, 1:] = _other_columns(parts, c, t - 1, rng)
+        value[:, 1:] = (1.0 - w_star) / (t - 1)
+    return Assignment(torch.from_numpy(index), torch.from_numpy(value), c)
+
+
+def random_assignment(n: int, c: int, t: int, rng: np.random.Generator, w_first: float = 0.9
+                      ) -> Assignment:
+    """The "random init" ablation (§2.2 item 4): ``t`` distinct random columns per row with weights
+    ``0.9`` and ``0.1/(t - 1)`` (the code's values)."""
+    _check_t(t, c)
+    first = rng.integers(0, c, n)
+    return metis_assignment(first, c, t, w_first, rng)
+
+
+def _check_t(t: int, c: int) -> None:
+    if t < 1 or t > c:
+        raise ValueError(f"need 1 <= t <= c for t distinct columns per row, got t={t}, c={c}")
+
+
+# --- the assignment and its products -------------------------------------------------------------------
+
+
+class _ConstSpMM(torch.autograd.Function):
+    """``y = M x`` for a constant sparse ``M`` (CSR) with its transpose precomputed for ``∂x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mat: torch.Tensor, mat_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.mat_t = mat_t
+        return torch.sparse.mm(mat, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return torch.sparse.mm(ctx.mat_t, grad.contiguous()), None, None
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
+
+
+@dataclass
+class Assignment:
+    """``S`` (N x c) with exactly ``t`` stored entries per row: ``index[p, k]``, ``value[p, k]``."""
+
+    index: torch.Tensor  # int64 (N, t), distinct per row
+    value: torch.Tensor  # float32 (N, t)
+    n_meta: int
+    _mats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.index.shape != self.value.shape or self.index.dim() != 2:
+            raise ValueError(f"index {tuple(self.index.shape)} and value {tuple(self.value.shape)} "
+                             "must both be (N, t)")
+
+    @property
+    def n(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def t(self) -> int:
+        return int(self.index.shape[1])
+
+    def coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, cols, values)`` in row-major order."""
+        rows = torch.arange(self.n, device=self.index.device).repeat_interleave(self.t)
+        return rows, self.index.reshape(-1), self.value.reshape(-1)
+
+    def subset(self, rows: torch.Tensor) -> Assignment:
+        """The rows ``rows`` of ``S`` (e.g. LERG's retained entities)."""
+        return Assignment(self.index[rows], self.value[rows], self.n_meta)
+
+    def to(self, device: torch.device | str) -> Assignment:
+        return Assignment(self.index.to(device), self.value.to(device), self.n_meta)
+
+    def matmul(self, table: torch.Tensor) -> torch.Tensor:
+        """``S @ table`` (N x d), gradient to ``table`` only; traced as ``recshrink::spmm``
+        (``t·N·d`` multiply-adds)."""
+        rows, cols, vals = self.coo()
+        if torch.jit.is_tracing():
+            return sparse_matmul(rows, cols, vals, table, self.n)
+        if "s" not in self._mats:
+            self._mats["s"] = _csr(rows, cols, vals, (self.n, self.n_meta))
+            self._mats["st"] = _csr(cols, rows, vals, (self.n_meta, self.n))
+        return _ConstSpMM.apply(table, self._mats["s"], self._mats["st"])
+
+    def columns_used(self) -> int:
+        return int(torch.unique(self.index).numel())
+
+
+@torch.no_grad()
+def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk: int = 4096,
+                      eps: float = 1e-6) -> tuple[Assignment, int]:
+    """LEGCF's closed-form update (§2.6, paper Eq. 13-15): ``S̃ = H_full · pinv(H_meta)``, then per
+    row the ``t`` largest **signed** values with their values (topk), everything else 0.
+
+    Rows are batched (``chunk`` rows at a time: memory ``O(chunk·c + c·d)``), which gives the
+    unbatched result. No renormalisation or softmax (the code has none); a kept value below ``eps``
+    is clamped to ``eps`` so every row keeps ``t`` positive entries (the spec's choice; the code
+    would fail its ``Â' ∈ [0, 1]`` assertion instead). Returns the new ``S`` and the clamp count.
+    """
+    c = h_meta.shape[0]
+    _check_t(t, c)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    pinv = torch.linalg.pinv(h_meta)  # d x c: minimum-norm least squares for c > d
+    idx, val = [], []
+    for start in range(0, h_full.shape[0], chunk):
+        dense = h_full[start : start + chunk] @ pinv
+        top = torch.topk(dense, t, dim=1)
+        idx.append(top.indices)
+        val.append(top.values)
+    index = torch.cat(idx) if idx else torch.zeros(0, t, dtype=torch.int64)
+    value = torch.cat(val) if val else torch.zeros(0, t)
+    clamped = int((value < eps).sum())
+    return Assignment(index, value.clamp_min(eps).to(torch.float32), c), clamped
+
+
+# --- the expanded graph (§2.3) ----------------------------------------------------------------------
+
+
+def expanded_graph(base: NormalizedGraph, assignment: Assignment, raw: bool = False) -> NormalizedGraph:
+    """``Â' = D'^-1/2 A' D'^-1/2`` with ``A' = [[Â, S], [Sᵀ, 0]]`` over N entities + c meta nodes.
+
+    The code puts the **already normalised** ``Â`` in the top-left block and normalises again with
+    the new row sums (``raw = False``, the default, spec §2.3); ``raw = True`` uses the binary ``A``
+    (the paper's Eq. 5). A zero row sum gives 0. The meta nodes are numbered after the items, so the
+    result is a :class:`NormalizedGraph` with ``n_items + c`` "items" (its ``n_edges`` is not a
+    user-item edge count). All values lie in [0, 1].
+    """
+    n, c = base.n_nodes, assignment.n_meta
+    if assignment.n != n:
+        raise ValueError(f"assignment has {assignment.n} rows for a graph of {n} entities")
+    device = base.values.device
+    s_rows, s_cols, s_vals = (x.to(device) for x in assignment.coo())
+    top = torch.ones_like(base.values) if raw else base.values
+    rows = torch.cat([base.rows, s_rows, s_cols + n])
+    cols = torch.cat([base.cols, s_cols + n, s_rows])
+    vals = torch.cat([top, s_vals, s_vals]).to(torch.float64)
+    deg = torch.zeros(n + c, dtype=torch.float64, device=device).index_add_(0, rows, vals)
+    inv = torch.where(deg > 0, deg.clamp_min(1e-300).rsqrt(), torch.zeros_like(deg))
+    vals = (vals * inv[rows] * inv[cols]).to(torch.float32)
+    order = torch.argsort(rows * (n + c) + cols)
+    return NormalizedGraph(base.n_users, base.n_items + c, rows[order], cols[order], vals[order],
+                           base.backend)
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+
+class CompositionalLightGCN(nn.Module):
+    """LightGCN over a composed layer-0 table (spec §2.3 for LEGCF, §3.2 for LERG).
+
+    ``expanded = True`` (LEGCF): layer 0 is ``[tanh(S E_meta); E_meta]`` on ``Â'`` (entities and
+    meta nodes), mean readout over ``L + 1`` layers, scores from the entity rows. ``expanded =
+    False`` (LERG): ``tanh(S Ê_meta)`` on ``Â`` only. ``bits``: the codebook is LSQ-quantised with
+    one step per row (§3.1). ``S`` lives in buffers (``assign_index``, ``assign_value``), so a
+    state dict carries it and loading one rebuilds ``Â'``.
+    """
+
+    def __init__(self, graph: NormalizedGraph, assignment: Assignment, dim: int, n_layers: int, *,
+                 expanded: bool = True, raw_base: bool = False, tanh: bool = True, bits: int | None = None,
+                 init: str = "normal") -> None:
+        super().__init__()
+        if init not in CODEBOOK_INITS:
+            raise ValueError(f"unknown codebook init {init!r}; choose from {CODEBOOK_INITS}")
+        self.graph = graph
+        self.n_users, self.n_items = graph.n_users, graph.n_items
+        self.dim, self.n_layers = dim, n_layers
+        self.expanded, self.raw_base, self.tanh, self.bits = expanded, raw_base, tanh, bits
+        self.meta = nn.Parameter(torch.empty(assignment.n_meta, dim))
+        if init == "normal":  # the code's N(0, 1) (the paper says Xavier)
+            nn.init.normal_(self.meta)
+        else:
+            nn.init.xavier_uniform_(self.meta)
+        self.step = nn.Parameter(init_steps(self.meta, bits)) if bits else None
+        self.register_buffer("assign_index", assignment.index.clone())
+        self.register_buffer("assign_value", assignment.value.clone())
+        self._rebuild()
+
+    @property
+    def n_meta(self) -> int:
+        return int(self.meta.shape[0])
+
+    def assignment(self) -> Assignment:
+        return self._assignment
+
+    def set_assignment(self, assignment: Assignment) -> None:
+        """Install a new ``S`` and rebuild ``Â'`` (§2.5: after every update)."""
+        with torch.no_grad():
+            self.assign_index = assignment.index.to(self.assign_index.device).clone()
+            self.assign_value = assignment.value.to(self.assign_value.device).clone()
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._assignment = Assignment(self.assign_index, self.assign_value, self.n_meta)
+        self.propagation_graph = (expanded_graph(self.graph, self._assignment, self.raw_base)
+                                  if self.expanded else self.graph)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        out = super().load_state_dict(state, strict=strict, assign=assign)
+        self._rebuild()
+        return out
+
+    def clamp_step_(self) -> None:
+        """Keep every step positive (§3.1: clamp at 1e-8 after each optimiser step)."""
+        if self.step is not None:
+            with torch.no_grad():
+                self.step.clamp_(min=MIN_STEP)
+
+    def codebook(self) -> torch.Tensor:
+        """``E_meta``, or ``Ê_meta = q · Δ`` when quantised."""
+        return fake_quantize(self.meta, self.step, self.bits) if self.bits else self.meta
+
+    def layer0_entities(self) -> torch.Tensor:
+        """``tanh(S E_meta)`` (N x d)."""
+        x = self._assignment.matmul(self.codebook())
+        return torch.tanh(x) if self.tanh else x
+
+    def forward_all(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(layer-0 entity rows, H_full, H_meta)``; ``H_meta`` is None without meta nodes."""
+        x_ent = self.layer0_entities()
+        x = torch.cat([x_ent, self.codebook()], dim=0) if self.expanded else x_ent
+        acc = x
+        for _ in range(self.n_layers):
+            x = self.propagation_graph.matmul(x)
+            acc = acc + x
+        h = acc / (self.n_layers + 1)
+        n = self.n_users + self.n_items
+        return x_ent, h[:n], (h[n:] if self.expanded else None)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        _, h, _ = self.forward_all()
+        return h[: self.n_users], h[self.n_users :]
+
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
+                 reg_form: str = "squared") -> tuple[torch.Tensor, torch.Tensor]:
+        """BPR (mean softplus of the score difference) and ``λ (‖x_u‖² + ‖x_i+‖² + ‖x_i-‖²)/B`` on the
+        batch's layer-0 composed rows (spec §2.4; the code's form, so ``reg_form`` is not used)."""
+        x0, h, _ = self.forward_all()
+        u, p, q = h[users], h[pos + self.n_users], h[neg + self.n_users]
+        bpr = F.softplus((u * q).sum(1) - (u * p).sum(1)).mean()
+        rows = (x0[users], x0[pos + self.n_users], x0[neg + self.n_users])
+        penalty = reg * sum(r.pow(2).sum() for r in rows) / users.numel()
+        return bpr, penalty
+
+
+# --- sizes (§2.8) ----------------------------------------------------------------------------------
+
+
+def index_bits(c: int) -> int:
+    """Bits of one column index into ``c`` columns: ``ceil(log2 c)`` (at least 1)."""
+    return max(1, math.ceil(math.log2(c))) if c > 1 else 1
+
+
+def legcf_params(c: int, t: int, n: int, d: int) -> int:
+    """The paper's #Param (Table 2): ``c·d + t·N`` (codebook plus S's values; indices not counted)."""
+    return c * d + t * n
+
+
+def legcf_honest_params(c: int, t: int, n: int, d: int) -> float:
+    """#Param plus S's column indices as fp32 equivalents: ``c·d + t·N + t·N·ceil(log2 c)/32``."""
+    return legcf_params(c, t, n, d) + t * n * index_bits(c) / 32

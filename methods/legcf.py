@@ -1,0 +1,336 @@
+"""``legcf``: LEGCF (Liang et al., SIGIR 2024), lightweight embeddings for graph collaborative
+filtering: a codebook of ``c`` meta-embeddings, a sparse assignment ``S`` with ``t`` entries per
+entity, meta nodes inside the propagation graph, and closed-form assignment updates.
+Spec ``shared/specs/legcf-lerg.md`` §2 and §4; the shared pieces are in :mod:`methods.composition`.
+
+Stages (§2.5, the paper's Algorithm 1):
+
+1. **Pretraining** with ``S`` frozen (METIS init, §2.2): train ``E_meta`` with BPR (5 distinct
+   negatives per drawn positive, §2.4) and validation early stopping. Its best checkpoint is the
+   Table 3 "update off" model (ablation ``no-update``). Cached per (dataset, options, seed).
+2. **Assignment updates**: training continues from stage 1's **last** weights (not its best; a new
+   Adam and a fresh patience counter), and every ``update_every`` epochs, on the first minibatch,
+   ``S`` is recomputed from the current ``H`` by the pseudo-inverse and top-``t`` (§2.6): the batch's
+   loss still uses the old ``S``, the new one is installed after its step. The best stage-2
+   checkpoint (with its ``S``) is the result.
+
+Target mapping (§4): ``t = 2`` and ``c = floor((ρ·N·d − t·N)/d)``, i.e. the paper's #Param
+``c·d + t·N`` within the target's share of ``N·d``; if ``c < t + 1``, ``t = 1`` is tried, then the
+point is infeasible. ``c > 10,000`` is outside the paper's tested range and is flagged. Edges: none
+are pruned (``c`` meta nodes and ``2tN`` meta edges are added). The harness reports the paper's
+convention (codebook + S values) as ``emb_achieved``; the bits include S's column indices.
+
+Where the authors' code departs from the paper, the code is followed (spec §2): N(0, 1) codebook
+init, ``tanh`` on the composed rows, the already-normalised ``Â`` inside ``Â'`` (normalised twice),
+L2 on the composed layer-0 rows, gradient clipping by value at ±3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from bench.device import seed_everything
+from bench.sampling import MultiNegativeSampler
+from bench.training import TrainHook
+from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
+from methods.composition import (
+    EXPANDED_BASES,
+    Assignment,
+    CompositionalLightGCN,
+    assignment_update,
+    index_bits,
+    legcf_honest_params,
+    legcf_params,
+    metis_assignment,
+    metis_parts,
+    random_assignment,
+)
+from methods.registry import register_method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.context import MethodContext
+    from bench.training import TrainConfig, TrainResult
+
+# bump when a change alters what a cached stage would contain
+STAGE_VERSION = 1
+DESIGN_MAX_C = 10_000
+ABLATIONS = ("none", "no-update", "random-init")
+
+
+class InfeasibleTargetError(MethodError):
+    """No knob setting of the method fits the target's budget."""
+
+
+def solve_codebook(emb: float, n: int, d: int, t: int = 0) -> tuple[int, int]:
+    """``(c, t)`` for an embedding target (spec §4): the largest ``c <= N`` with ``c·d + t·N <= ρ·N·d``.
+
+    ``t = 0``: ``t = 2``, falling back to ``t = 1`` when ``c < t + 1``. Raises
+    :class:`InfeasibleTargetError` when no ``t`` fits.
+    """
+    budget = emb * n * d
+    for tt in ([t] if t else [2, 1]):
+        c = min(n, int(np.floor((budget - tt * n) / d + 1e-9)))  # at most one row per entity
+        if c >= tt + 1:
+            return c, tt
+    smallest = (t or 1) / d + ((t or 1) + 1) / n  # c = t + 1 rows: (t + 1)·d + t·N <= emb·N·d
+    raise InfeasibleTargetError(
+        f"legcf: emb target {emb:g} is infeasible at d={d}, N={n}: the assignment alone needs "
+        f"t*N = {(t or 1) * n} parameters; the smallest feasible target is about {smallest:.4f}")
+
+
+class LegcfHook(TrainHook):
+    """Gradient clipping by value (§2.4), LEGCF's assignment updates (§2.5) and the last state."""
+
+    def __init__(self, model: CompositionalLightGCN, clip: float, update_every: int = 0,
+                 chunk: int = 4096) -> None:
+        self.model, self.clip, self.every, self.chunk = model, clip, update_every, chunk
+        self.pending: Assignment | None = None
+        self.updates: list[dict[str, Any]] = []
+        self.last_state: dict[str, torch.Tensor] | None = None
+
+    def epoch_start(self, epoch: int) -> None:
+        # the weights are those the epoch's first minibatch sees, so this is that batch's H
+        if self.every and (epoch - 1) % self.every == 0:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                _, h_full, h_meta = self.model.forward_all()
+            assert h_meta is not None
+            new, clamped = assignment_update(h_full, h_meta, self.model.assignment().t, self.chunk)
+            self.pending = new.to(self.model.assign_index.device)
+            self.updates.append({"epoch": epoch, "clamped": clamped, "columns_used": new.columns_used(),
+                                 "seconds": time.perf_counter() - t0})
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_value_([p for p in self.model.parameters() if p.grad is not None],
+                                            self.clip)
+
+    def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        self.model.clamp_step_()
+        if self.pending is not None:  # installed after the first batch, whose loss used the old S
+            self.model.set_assignment(self.pending)
+            self.pending = None
+
+    def train_end(self, epoch: int) -> None:
+        self.last_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+@register_method("legcf")
+class LEGCF(Method):
+    """See the module docstring."""
+
+    axes = ("emb",)
+    description = ("LEGCF: entity embeddings composed from a small codebook through a sparse "
+                   "assignment (t entries per row, METIS init), meta nodes in the graph, "
+                   "closed-form assignment updates (SIGIR 2024)")
+    target_mapping = "t = 2 (1 if 2 does not fit) and c = floor((emb*N*d - t*N)/d): #Param c*d + t*N"
+    knobs = (
+        Knob("c", 0, "codebook rows (0: solved from the target)"),
+        Knob("t", 0, "assignment entries per entity (0: 2, or 1 if 2 does not fit)"),
+        Knob("w_star", 0.6, "METIS anchor weight (Yelp2020's best; the code's default is 0.9)"),
+        Knob("update_every", 1, "epochs between assignment updates (m)"),
+        Knob("ablation", "none", "paper Table 3 variant", ABLATIONS),
+        Knob("n_neg", 5, "distinct negatives per drawn positive"),
+        Knob("reg", 5e-4, "L2 weight on the composed layer-0 rows (lambda)"),
+        Knob("lr", 0.0, "learning rate (0: the budget's)"),
+        Knob("clip", 3.0, "gradient clipping by value (0: off)"),
+        Knob("pretrain_epochs", 0, "stage-1 epochs (0: the budget's)"),
+        Knob("update_epochs", 0, "stage-2 epochs (0: the budget's)"),
+        Knob("init", "normal", "codebook init: the code's N(0, 1) or the paper's Xavier",
+             ("normal", "xavier")),
+        Knob("expanded_graph_base", "norm_adj", "top-left block of A': the code's normalised A or the "
+             "paper's raw A", EXPANDED_BASES),
+        Knob("tanh", True, "tanh on the composed rows (code)"),
+        Knob("chunk", 4096, "rows per batch of the assignment update"),
+    )
+    simplifications = (
+        "Follows the authors' code where it departs from the paper (spec §2): N(0,1) codebook init, "
+        "tanh on composed rows, the normalised A inside A' (normalised twice), clipping at 3.",
+        "w* is fixed at 0.6 (Yelp2020's best in the readme), not tuned per dataset; the FM biases "
+        "of the code's scorer are not used (pure dot product, as for every method).",
+        "Early stopping uses the harness's validation split, metric and patience for both stages; "
+        "stage 2 starts a new Adam on stage 1's last weights.",
+        "Kept assignment values below 1e-6 are clamped to 1e-6 so every row keeps t positive entries.",
+    )
+
+    # --- options ---------------------------------------------------------------------------------
+
+    def resolved(self, ctx: MethodContext, target: Target) -> dict[str, Any]:
+        o = dict(self.options)
+        n, d = ctx.data.n_users + ctx.data.n_items, ctx.budget.dim
+        for key in ("c", "t", "update_every", "n_neg", "pretrain_epochs", "update_epochs"):
+            if o[key] < 0:
+                raise MethodError(f"option legcf.{key} must be >= 0, got {o[key]}")
+        if o["chunk"] < 1 or o["update_every"] < 1 or o["n_neg"] < 1:
+            raise MethodError("options legcf.chunk, update_every and n_neg must be >= 1")
+        if not 0 < o["w_star"] < 1 and not (o["w_star"] == 1 and o["t"] == 1):
+            raise MethodError(f"option legcf.w_star must lie in (0, 1) (1 only with t = 1), "
+                              f"got {o['w_star']}")
+        if o["reg"] < 0 or o["lr"] < 0 or o["clip"] < 0:
+            raise MethodError("options legcf.reg, lr and clip must be >= 0")
+        if o["c"]:
+            o["t"] = o["t"] or 2
+            if o["c"] < o["t"]:
+                raise MethodError(f"legcf needs c >= t, got c={o['c']}, t={o['t']}")
+        else:
+            o["c"], o["t"] = solve_codebook(target.emb, n, d, o["t"])
+        o["lr"] = o["lr"] or ctx.budget.lr
+        o["pretrain_epochs"] = o["pretrain_epochs"] or ctx.budget.epochs
+        o["update_epochs"] = o["update_epochs"] or ctx.budget.epochs
+        return o
+
+    # --- building blocks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def initial_assignment(ctx: MethodContext, o: dict[str, Any]) -> tuple[Assignment, dict[str, Any]]:
+        """METIS init (§2.2) or the random-init ablation; seeded by the cell's seed."""
+        data = ctx.data
+        n = data.n_users + data.n_items
+        rng = ctx.rng("legcf", 1)
+        t0 = time.perf_counter()
+        if o["ablation"] == "random-init":
+            s = random_assignment(n, o["c"], o["t"], rng)
+            info = {"init": "random"}
+        else:
+            parts = metis_parts(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
+            s = metis_assignment(parts, o["c"], o["t"], o["w_star"], rng)
+            sizes = np.bincount(parts, minlength=o["c"])
+            info = {"init": "metis", "part_size_min": int(sizes.min()), "part_size_max": int(sizes.max())}
+        info["seconds"] = time.perf_counter() - t0
+        return s, info
+
+    @staticmethod
+    def make_model(ctx: MethodContext, o: dict[str, Any], s: Assignment, **extra: Any
+                   ) -> CompositionalLightGCN:
+        graph = ctx.training_graph()
+        return CompositionalLightGCN(graph, s.to(ctx.device), ctx.budget.dim, ctx.budget.n_layers,
+                                     raw_base=o["expanded_graph_base"] == "raw_adj", tanh=o["tanh"],
+                                     init=o["init"], **extra).to(ctx.device)
+
+    @staticmethod
+    def sampler(ctx: MethodContext, o: dict[str, Any]) -> MultiNegativeSampler:
+        return MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"])
+
+    @staticmethod
+    def fit(ctx: MethodContext, model: torch.nn.Module, config: TrainConfig, hook: TrainHook,
+            sampler: MultiNegativeSampler, extra_macs: float = 0.0) -> tuple[TrainingCost, TrainResult]:
+        """One stage through the shared loop; returns that stage's own cost."""
+        outer, ctx.cost = ctx.cost, TrainingCost()
+        try:
+            result = ctx.fit(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs)
+            return ctx.cost, result
+        finally:
+            ctx.cost = outer
+
+    @staticmethod
+    def stage_meta(cost: TrainingCost, result: TrainResult, **extra: Any) -> dict[str, Any]:
+        return {"training": dataclasses.asdict(cost), "valid": result.valid, "test": result.test,
+                "best_epoch": result.best_epoch, "epochs": result.epochs, **extra}
+
+    def fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
+        b = ctx.budget
+        keys = ("c", "t", "w_star", "n_neg", "reg", "lr", "clip", "pretrain_epochs", "init",
+                "expanded_graph_base", "tanh")
+        return {"legcf_version": STAGE_VERSION, "seed": ctx.seed, "dim": b.dim, "n_layers": b.n_layers,
+                "batch_size": b.batch_size, "eval_every": b.eval_every, "patience": b.patience,
+                "ks": list(b.ks), "valid_metric": b.valid_metric, "backend": b.backend,
+                "init_kind": "random" if o["ablation"] == "random-init" else "metis",
+                **{k: o[k] for k in keys}}
+
+    @staticmethod
+    def update_macs(model: CompositionalLightGCN) -> float:
+        """Multiply-adds of one assignment update: a forward, ``pinv`` (≈ c·d²) and ``H_full·P``."""
+        n, c, d = model.n_users + model.n_items, model.n_meta, model.dim
+        forward = model.assignment().t * n * d + model.n_layers * model.propagation_graph.nnz * d
+        return float(forward + c * d * min(c, d) + n * d * c)
+
+    # --- stages ------------------------------------------------------------------------------------
+
+    def pretrain(self, ctx: MethodContext, o: dict[str, Any]
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+        """Stage 1 (cached): ``(best state, last state, meta)``."""
+
+        def build():
+            s, init_info = self.initial_assignment(ctx, o)
+            seed_everything(ctx.seed)
+            model = self.make_model(ctx, o, s)
+            hook = LegcfHook(model, o["clip"])
+            config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
+            cost, result = self.fit(ctx, model, config, hook, self.sampler(ctx, o))
+            state = {f"best.{k}": v for k, v in model.state_dict().items()}
+            state.update({f"last.{k}": v for k, v in (hook.last_state or {}).items()})
+            return state, self.stage_meta(cost, result, init=init_info)
+
+        state, meta, hit = ctx.checkpoints.stage(ctx.data, "legcf-pretrain", self.fields(ctx, o), build,
+                                                 ctx.log)
+        best = {k[5:]: v for k, v in state.items() if k.startswith("best.")}
+        last = {k[5:]: v for k, v in state.items() if k.startswith("last.")}
+        return best, last, {**meta, "cached": hit}
+
+    def update_stage(self, ctx: MethodContext, o: dict[str, Any], model: CompositionalLightGCN
+                     ) -> tuple[dict[str, Any], TrainingCost]:
+        """Stage 2: continue training with an assignment update every ``update_every`` epochs."""
+        hook = LegcfHook(model, o["clip"], o["update_every"], o["chunk"])
+        config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["update_epochs"])
+        extra = self.update_macs(model) / o["update_every"]
+        cost, result = self.fit(ctx, model, config, hook, self.sampler(ctx, o), extra)
+        return {**self.stage_meta(cost, result), "updates": hook.updates}, cost
+
+    # --- the method ------------------------------------------------------------------------------
+
+    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+        ctx = context
+        o = self.resolved(ctx, target)
+        t_start = time.perf_counter()
+        best, last, pre = self.pretrain(ctx, o)
+        ctx.cost = ctx.cost.add(TrainingCost(**pre["training"]))
+        n = ctx.data.n_users + ctx.data.n_items
+        placeholder = Assignment(torch.zeros(n, o["t"], dtype=torch.int64), torch.ones(n, o["t"]), o["c"])
+        model = self.make_model(ctx, o, placeholder)
+        stage2 = None
+        if o["ablation"] == "no-update":
+            model.load_state_dict({k: v.to(ctx.device) for k, v in best.items()})
+        else:
+            model.load_state_dict({k: v.to(ctx.device) for k, v in last.items()})
+            stage2, cost = self.update_stage(ctx, o, model)
+            ctx.cost = ctx.cost.add(cost)
+        model.eval()
+        return self.export(ctx, o, target, model, pre, stage2, time.perf_counter() - t_start)
+
+    def export(self, ctx: MethodContext, o: dict[str, Any], target: Target, model: CompositionalLightGCN,
+               pre: dict[str, Any], stage2: dict[str, Any] | None, seconds: float) -> CompressedModel:
+        data = ctx.data
+        n, d, c, t = data.n_users + data.n_items, ctx.budget.dim, o["c"], o["t"]
+        s = model.assignment()
+        parts = [
+            ArtifactPart("codebook", "codebook", model.meta.detach().clone()),
+            ArtifactPart("assignment.values", "assignment", s.value.detach().clone(), param=True),
+            ArtifactPart("assignment.indices", "assignment", s.index.detach().clone(),
+                         bits_per_element=index_bits(c), param=False),
+        ]
+        honest = legcf_honest_params(c, t, n, d)
+        measurements = {
+            "legcf_params_paper": float(legcf_params(c, t, n, d)),
+            "legcf_params_honest": float(honest),
+            "emb_ratio_honest": honest / (n * d),
+            "meta_edges": float(2 * t * n),
+            "expanded_graph_entries": float(model.propagation_graph.nnz),
+            "assignment_columns_used": float(s.columns_used()),
+        }
+        outside = c > DESIGN_MAX_C
+        settings = {
+            "c": c, "t": t, "w_star": o["w_star"], "ablation": o["ablation"],
+            "update_every": o["update_every"], "outside_design_range": outside,
+            "report_note": (f"legcf c={c} is above {DESIGN_MAX_C}, the largest codebook the paper tested"
+                            if outside else None),
+            "options_resolved": dict(o), "pretrain": pre,
+            "update_stage": stage2, "compress_seconds_this_call": seconds,
+        }
+        return CompressedModel(module=model.eval(), artifact=parts, graph=ctx.training_graph(),
+                               n_layers=ctx.budget.n_layers, training=ctx.cost, settings=settings,
+                               measurements=measurements)
