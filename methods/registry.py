@@ -24,7 +24,7 @@ from methods.base import AXES, Method, MethodError
 ENTRY_POINT_GROUP = "recshrink.methods"
 BUILTIN_MODULES: tuple[str, ...] = (
     "methods.reference", "methods.random_drop", "methods.magnitude", "methods.unkd", "methods.dsl",
-    "methods.lightgnn",
+    "methods.lightgnn", "methods.legcf", "methods.lerg",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
