@@ -27,13 +27,13 @@ L2 on the composed layer-0 rows, gradient clipping by value at ±3.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from bench.context import stage_meta
 from bench.device import seed_everything
 from bench.sampling import MultiNegativeSampler
 from bench.training import TrainHook
@@ -213,24 +213,11 @@ class LEGCF(Method):
                                      init=o["init"], **extra).to(ctx.device)
 
     @staticmethod
-    def sampler(ctx: MethodContext, o: dict[str, Any]) -> MultiNegativeSampler:
-        return MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"])
-
-    @staticmethod
     def fit(ctx: MethodContext, model: torch.nn.Module, config: TrainConfig, hook: TrainHook,
-            sampler: MultiNegativeSampler, extra_macs: float = 0.0) -> tuple[TrainingCost, TrainResult]:
-        """One stage through the shared loop; returns that stage's own cost."""
-        outer, ctx.cost = ctx.cost, TrainingCost()
-        try:
-            result = ctx.fit(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs)
-            return ctx.cost, result
-        finally:
-            ctx.cost = outer
-
-    @staticmethod
-    def stage_meta(cost: TrainingCost, result: TrainResult, **extra: Any) -> dict[str, Any]:
-        return {"training": dataclasses.asdict(cost), "valid": result.valid, "test": result.test,
-                "best_epoch": result.best_epoch, "epochs": result.epochs, **extra}
+            o: dict[str, Any], extra_macs: float = 0.0) -> tuple[TrainingCost, TrainResult]:
+        """One stage through the shared loop with LEGCF's sampler; returns that stage's own cost."""
+        sampler = MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"])
+        return ctx.fit_stage(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs)
 
     def fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
         b = ctx.budget
@@ -261,10 +248,10 @@ class LEGCF(Method):
             model = self.make_model(ctx, o, s)
             hook = LegcfHook(model, o["clip"])
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = self.fit(ctx, model, config, hook, self.sampler(ctx, o))
+            cost, result = self.fit(ctx, model, config, hook, o)
             state = {f"best.{k}": v for k, v in model.state_dict().items()}
             state.update({f"last.{k}": v for k, v in (hook.last_state or {}).items()})
-            return state, self.stage_meta(cost, result, init=init_info)
+            return state, stage_meta(cost, result, init=init_info)
 
         state, meta, hit = ctx.checkpoints.stage(ctx.data, "legcf-pretrain", self.fields(ctx, o), build,
                                                  ctx.log)
@@ -278,8 +265,8 @@ class LEGCF(Method):
         hook = LegcfHook(model, o["clip"], o["update_every"], o["chunk"])
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["update_epochs"])
         extra = self.update_macs(model) / o["update_every"]
-        cost, result = self.fit(ctx, model, config, hook, self.sampler(ctx, o), extra)
-        return {**self.stage_meta(cost, result), "updates": hook.updates}, cost
+        cost, result = self.fit(ctx, model, config, hook, o, extra)
+        return {**stage_meta(cost, result), "updates": hook.updates}, cost
 
     # --- the method ------------------------------------------------------------------------------
 

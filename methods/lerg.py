@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bench.context import stage_meta
 from bench.device import seed_everything
 from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
 from methods.composition import (
@@ -254,9 +255,8 @@ class LERG(Method):
             seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]),
-                                     LEGCF.sampler(ctx, o))
-            return model.state_dict(), LEGCF.stage_meta(cost, result, init_seconds=init_seconds)
+            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o)
+            return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds)
 
         state, meta, hit = ctx.checkpoints.stage(data, "lerg-pretrain", self._fields(ctx, o), build, ctx.log)
         t = o["t"]
@@ -319,9 +319,9 @@ class LERG(Method):
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = LEGCF.fit(ctx, model, config, _FineTuneHook(model, o["clip"]), LEGCF.sampler(ctx, o))
+        cost, result = LEGCF.fit(ctx, model, config, _FineTuneHook(model, o["clip"]), o)
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
-        info = {**LEGCF.stage_meta(cost, result), "prep_seconds": prep_seconds,
+        info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,
                 "placeholder_rows": int(centroids.shape[0]), "pruned": len(pruned)}
         return model.eval(), info
 

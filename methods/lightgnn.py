@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.context import stage_meta
 from bench.device import seed_everything
 from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
 from methods.lightgcn import layer_sum
@@ -203,21 +204,11 @@ class LightGNN(Method):
 
     # --- shared training step ----------------------------------------------------------------------
 
-    def _train(self, ctx: MethodContext, objective: DistillationObjective, config: TrainConfig
+    @staticmethod
+    def _train(ctx: MethodContext, objective: DistillationObjective, config: TrainConfig
                ) -> tuple[TrainingCost, Any]:
         """Train ``objective`` with the shared loop; returns that training's own cost and result."""
-        outer, ctx.cost = ctx.cost, TrainingCost()
-        try:
-            result = ctx.fit(objective, config,
-                             extra_macs_per_epoch=lambda r: objective.extra_macs(r.epochs))
-            return ctx.cost, result
-        finally:
-            ctx.cost = outer
-
-    @staticmethod
-    def _stage_meta(cost: TrainingCost, result: Any, **extra: Any) -> dict[str, Any]:
-        return {"training": dataclasses.asdict(cost), "valid": result.valid, "test": result.test,
-                "best_epoch": result.best_epoch, "epochs": result.epochs, **extra}
+        return ctx.fit_stage(objective, config, extra_macs_per_epoch=lambda r: objective.extra_macs(r.epochs))
 
     def _fields(self, ctx: MethodContext, o: dict[str, Any], *keys: str) -> dict[str, Any]:
         b = ctx.budget
@@ -256,7 +247,7 @@ class LightGNN(Method):
                                           patience=AUTHORS_TEACHER["epochs"], eval_every=1)
                 cost, result = self._train(ctx, objective, config)
                 return ({"user_emb": model.user_emb, "item_emb": model.item_emb},
-                        self._stage_meta(cost, result))
+                        stage_meta(cost, result))
 
             state, meta, hit = ctx.checkpoints.stage(ctx.data, "lightgnn-teacher", fields, build, ctx.log)
             model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o["teacher_layers"], graph,
@@ -316,7 +307,7 @@ class LightGNN(Method):
                                       patience=o["middle_epochs"], eval_every=1)
             cost, result = self._train(ctx, objective, config)
             return ({"user_emb": model.user_emb, "item_emb": model.item_emb,
-                     "edge_weight": model.edge_weight}, self._stage_meta(cost, result))
+                     "edge_weight": model.edge_weight}, stage_meta(cost, result))
 
         state, meta, hit = ctx.checkpoints.stage(ctx.data, "lightgnn-middle", fields, build, ctx.log)
         model = make()
@@ -404,7 +395,7 @@ class LightGNN(Method):
                 cost, result = self._train(ctx, objective, config)
                 out = {"table": student.table(), "emb_mask": student.emb_mask,
                        "edge_weight": student.edge_weight, "edge_mask": student.edge_mask}
-                return out, self._stage_meta(cost, result, terms=objective.terms)
+                return out, stage_meta(cost, result, terms=objective.terms)
 
             # run 1 prunes nothing, so it does not depend on the rates: every target shares it
             run_fields = {**fields, "run": run}
