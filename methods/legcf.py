@@ -102,8 +102,10 @@ class LegcfHook(TrainHook):
             assert h_meta is not None
             new, clamped = assignment_update(h_full, h_meta, self.model.assignment().t, self.chunk)
             self.pending = new.to(self.model.assign_index.device)
+            sums = new.value.sum(1)
             self.updates.append({"epoch": epoch, "clamped": clamped, "columns_used": new.columns_used(),
-                                 "seconds": time.perf_counter() - t0})
+                                 "row_sum_mean": float(sums.mean()), "row_sum_min": float(sums.min()),
+                                 "row_sum_max": float(sums.max()), "seconds": time.perf_counter() - t0})
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         if self.clip > 0:
