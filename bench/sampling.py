@@ -100,17 +100,16 @@ class MultiNegativeSampler:
     def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int, n_neg: int = 5) -> None:
         if n_neg < 1:
             raise ValueError(f"n_neg must be >= 1, got {n_neg}")
-        pairs = np.asarray(train_pairs, dtype=np.int64)
-        keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
+        self.negatives = NegativeSampler(train_pairs, n_users, n_items)
+        keys = self.negatives.keys.numpy()  # the distinct (user, item) keys, sorted
         users, items = keys // n_items, keys % n_items
         degree = np.bincount(users, minlength=n_users)
         if (n_items - degree).min(initial=n_items) < n_neg:
             worst = int(np.argmax(degree))
             raise ValueError(f"user {worst} has only {n_items - degree[worst]} non-positive items; "
                              f"{n_neg} distinct negatives cannot be drawn")
-        self.negatives = NegativeSampler(pairs, n_users, n_items)
         self.n_users, self.n_items, self.n_neg = n_users, n_items, n_neg
-        self.n_draws = len(pairs)
+        self.n_draws = len(train_pairs)
         self.indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(degree)]))
         self.degree = torch.from_numpy(degree)
         self.items = torch.from_numpy(items)

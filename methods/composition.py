@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.graph import NormalizedGraph, sparse_matmul
+from methods.graph import NormalizedGraph, sparse_matmul, unique_pairs
 from methods.quantization import MIN_STEP, fake_quantize, init_steps
 
 EXPANDED_BASES = ("norm_adj", "raw_adj")
@@ -43,9 +43,8 @@ class PartitionError(ValueError):
 
 def _symmetric_csr(n_users: int, n_items: int, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(xadj, adjncy)`` of the user-item graph ``A`` (users, then items offset by ``n_users``)."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
-    u, i = keys // n_items, keys % n_items + n_users
+    kept = unique_pairs(pairs, n_items)
+    u, i = kept[:, 0], kept[:, 1] + n_users
     rows = np.concatenate([u, i])
     cols = np.concatenate([i, u])
     order = np.lexsort((cols, rows))
@@ -172,6 +171,11 @@ class Assignment:
         if self.index.shape != self.value.shape or self.index.dim() != 2:
             raise ValueError(f"index {tuple(self.index.shape)} and value {tuple(self.value.shape)} "
                              "must both be (N, t)")
+
+    @classmethod
+    def of_state(cls, state: dict[str, torch.Tensor]) -> Assignment:
+        """The ``S`` held in a :class:`CompositionalLightGCN` state dict."""
+        return cls(state["assign_index"], state["assign_value"], int(state["meta"].shape[0]))
 
     @property
     def n(self) -> int:

@@ -278,14 +278,11 @@ class LEGCF(Method):
         t_start = time.perf_counter()
         best, last, pre = self.pretrain(ctx, o)
         ctx.cost = ctx.cost.add(TrainingCost(**pre["training"]))
-        n = ctx.data.n_users + ctx.data.n_items
-        placeholder = Assignment(torch.zeros(n, o["t"], dtype=torch.int64), torch.ones(n, o["t"]), o["c"])
-        model = self.make_model(ctx, o, placeholder)
+        start = best if o["ablation"] == "no-update" else last
+        model = self.make_model(ctx, o, Assignment.of_state(start))
+        model.load_state_dict({k: v.to(ctx.device) for k, v in start.items()})
         stage2 = None
-        if o["ablation"] == "no-update":
-            model.load_state_dict({k: v.to(ctx.device) for k, v in best.items()})
-        else:
-            model.load_state_dict({k: v.to(ctx.device) for k, v in last.items()})
+        if o["ablation"] != "no-update":
             stage2, cost = self.update_stage(ctx, o, model)
             ctx.cost = ctx.cost.add(cost)
         model.eval()
@@ -320,6 +317,6 @@ class LEGCF(Method):
             "options_resolved": dict(o), "pretrain": pre,
             "update_stage": stage2, "compress_seconds_this_call": seconds,
         }
-        return CompressedModel(module=model.eval(), artifact=parts, graph=ctx.training_graph(),
+        return CompressedModel(module=model.eval(), artifact=parts, graph=model.graph,
                                n_layers=ctx.budget.n_layers, training=ctx.cost, settings=settings,
                                measurements=measurements)

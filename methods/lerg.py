@@ -142,15 +142,6 @@ class PlaceholderModel(nn.Module):
         penalty = reg * sum(x0_ext[r].pow(2).sum() for r in rows) / users.numel()
         return bpr, penalty
 
-    def clamp_step_(self) -> None:
-        self.inner.clamp_step_()
-
-
-class _FineTuneHook(LegcfHook):
-    """Clipping and the step clamp, on the inner model's parameters."""
-
-    def __init__(self, model: PlaceholderModel, clip: float) -> None:
-        super().__init__(model.inner, clip)
 
 
 @register_method("lerg")
@@ -244,7 +235,6 @@ class LERG(Method):
     def pretrain(self, ctx: MethodContext, o: dict[str, Any]) -> tuple[CompositionalLightGCN, dict[str, Any]]:
         """§3.3 (cached): QAT of ``(E_meta, Δ)`` with ``S`` fixed at its METIS init."""
         data = ctx.data
-        n = data.n_users + data.n_items
         graph = ctx.training_graph()
 
         def build():
@@ -259,20 +249,18 @@ class LERG(Method):
             return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds)
 
         state, meta, hit = ctx.checkpoints.stage(data, "lerg-pretrain", self._fields(ctx, o), build, ctx.log)
-        t = o["t"]
-        model = self._model(ctx, o, graph, Assignment(torch.zeros(n, t, dtype=torch.int64), torch.ones(n, t),
-                                                      o["c"]))
+        model = self._model(ctx, o, graph, Assignment.of_state(state))
         model.load_state_dict({k: v.to(ctx.device) for k, v in state.items()})
         return model.eval(), {**meta, "cached": hit}
 
     @staticmethod
-    def select(ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, retention: float
+    def select(ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray, retention: float
                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """§3.4-3.5: retained ids, rewired edges and what happened, for one ``ρ_ent``."""
+        """§3.4-3.5: retained ids, rewired edges and what happened, for one ``ρ_ent`` (``scores``:
+        the entities' importance, computed once per model)."""
         data = ctx.data
         n = data.n_users + data.n_items
         m = round(retention * n)
-        scores = importance_scores(h, o["importance"], data.train, data.n_users)
         per_side = None
         if o["per_side_budget"]:
             m_u = min(data.n_users, round(retention * data.n_users))
@@ -281,14 +269,14 @@ class LERG(Method):
         edges, info = rewire(data.train, data.n_users, data.n_items, retained, h, o["reroute"])
         return retained, edges, {**sel, **info, "retention": retention}
 
-    def bisect_retention(self, ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, edge: float
-                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    def bisect_retention(self, ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray,
+                         edge: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """The ``ρ_ent`` whose rewired graph keeps ``edge`` of the training edges (±1 point; §4)."""
         lo, hi = 0.0, 1.0
         best = None
         for step in range(BISECT_STEPS):
             mid = (lo + hi) / 2
-            retained, edges, info = self.select(ctx, o, h, mid)
+            retained, edges, info = self.select(ctx, o, h, scores, mid)
             gap = info["edge_ratio"] - edge
             if best is None or abs(gap) < abs(best[2]["edge_ratio"] - edge):
                 best = (retained, edges, {**info, "bisect_steps": step + 1})
@@ -319,7 +307,7 @@ class LERG(Method):
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = LEGCF.fit(ctx, model, config, _FineTuneHook(model, o["clip"]), o)
+        cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model.inner, o["clip"]), o)
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
         info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,
                 "placeholder_rows": int(centroids.shape[0]), "pruned": len(pruned)}
@@ -345,10 +333,11 @@ class LERG(Method):
             with torch.no_grad():
                 h = torch.cat(pre.propagate(), dim=0)
             t0 = time.perf_counter()
+            scores = importance_scores(h, o["importance"], data.train, data.n_users)
             if o["bisect"]:
-                retained, edges, selection = self.bisect_retention(ctx, o, h, float(target.edge))
+                retained, edges, selection = self.bisect_retention(ctx, o, h, scores, float(target.edge))
             else:
-                retained, edges, selection = self.select(ctx, o, h, o["retention"])
+                retained, edges, selection = self.select(ctx, o, h, scores, o["retention"])
             selection["seconds"] = time.perf_counter() - t0
             ctx.cost = ctx.cost.add(TrainingCost(seconds=selection["seconds"]))
             model, tune = self.finetune(ctx, o, pre, h, retained, edges)
