@@ -3,8 +3,9 @@
 Protocol (issue 2): every user with at least one held-out item is ranked against *all* items;
 items in the ``exclude`` matrices (the user's training items, plus validation items when
 testing) are removed from the ranking; users without held-out items are skipped. Metric
-definitions live in :mod:`bench.metrics`. Items with equal scores are ordered as
-``torch.topk`` returns them (ties are measure-zero for learned float scores).
+definitions live in :mod:`bench.metrics`. Items with equal scores are ranked by item index, the
+lower first, as a stable sort would (:func:`bench.ranking.top_k_indices`, which selects the top K
+by block-maximum pruning instead of a full-row ``torch.topk``).
 
 The metrics do not depend on the chunk size: each user's row is scored, masked and ranked
 independently (``tests/test_evaluation.py`` checks this for several chunk sizes).
@@ -20,6 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from bench.metrics import METRIC_NAMES, metric_key, per_user_metrics
+from bench.ranking import top_k_indices
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 40)
 DEFAULT_EVAL_MEMORY_BYTES = 512 * 2**20
@@ -56,6 +58,21 @@ def _rows_coo(mats: Sequence[sp.csr_matrix], users: np.ndarray) -> tuple[np.ndar
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+
+
+def _heldout_hits(heldout: sp.csr_matrix, users: np.ndarray, top: torch.Tensor) -> torch.Tensor:
+    """``hits[r, j]``: whether item ``top[r, j]`` is held out for user ``users[r]``.
+
+    A sorted-key lookup of the ``(row, item)`` pairs (no dense ``users x items`` mask).
+    """
+    n_items = heldout.shape[1]
+    hr, hc = _rows_coo([heldout], users)
+    keys = torch.from_numpy(np.sort(hr * n_items + hc)).to(top.device)
+    query = torch.arange(len(users), device=top.device).unsqueeze(1) * n_items + top
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return keys[pos] == query
 
 
 def evaluate_scores(
@@ -112,13 +129,9 @@ def evaluate_scores(
         r, c = _rows_coo(exclude, chunk)
         if len(r):
             scores[torch.from_numpy(r).to(device), torch.from_numpy(c).to(device)] = -torch.inf
-        top = torch.topk(scores, max_k, dim=1, sorted=True).indices
+        top = top_k_indices(scores, max_k)
         del scores
-        hr, hc = _rows_coo([heldout], chunk)
-        relevant = torch.zeros((len(chunk), n_items), dtype=torch.bool, device=device)
-        relevant[torch.from_numpy(hr).to(device), torch.from_numpy(hc).to(device)] = True
-        hits = relevant.gather(1, top)
-        del relevant
+        hits = _heldout_hits(heldout, chunk, top)
         n_held = torch.from_numpy(n_heldout_all[chunk]).to(device)
         values = per_user_metrics(hits, n_held, ks)
         for name, v in values.items():
@@ -146,9 +159,15 @@ def evaluate_embeddings(
 ) -> EvalResult:
     """Full-ranking evaluation of dot-product scores ``user_emb @ item_emb.T``."""
     item_t = item_emb.t().contiguous()
+    buffer: list[torch.Tensor] = []
 
     def score_rows(u: torch.Tensor) -> torch.Tensor:
-        return user_emb[u] @ item_t
+        # one score buffer reused by every chunk (evaluate_scores masks it in place): a fresh
+        # chunk-sized allocation per chunk costs its page faults every time
+        if not buffer or buffer[0].shape[0] < len(u):
+            buffer[:] = [torch.empty(len(u), item_t.shape[1], dtype=item_t.dtype, device=item_t.device)]
+        out = buffer[0][: len(u)]
+        return torch.mm(user_emb[u], item_t, out=out)
 
     with torch.no_grad():
         return evaluate_scores(
