@@ -148,6 +148,20 @@ class TrainResult:
         return out
 
 
+def make_adam(params: Sequence[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam (Kingma & Ba) over ``params``, with torch's fused kernel where it applies.
+
+    The fused implementation updates each parameter in one pass instead of the ~8 passes of the
+    multi-tensor one (about 4x faster on a 70k x 64 table on CPU); same algorithm, same state keys
+    (``exp_avg``, ``exp_avg_sq``, ``step``), results equal up to float rounding.
+    """
+    params = list(params)
+    fusable = bool(params) and all(
+        p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fusable or None)
+
+
 def evaluate_split(
     model: BPRModel, data: InteractionData, split: str, config: TrainConfig
 ) -> EvalResult:
@@ -185,7 +199,7 @@ def fit_bpr(
     gen = torch.Generator().manual_seed(config.seed)
     if sampler is None:
         sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], config.lr)
     batch = sampler.batch_triples(config.batch_size)
     best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
     since_best = 0

@@ -103,10 +103,11 @@ class NormalizedGraph(GraphSize):
             return sparse_matmul(self.rows, self.cols, self.values, x, self.n_nodes)
         return _SymmetricSpMM.apply(x, self)
 
-    def _raw_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "torch_sparse":
-            return self._mat @ x
-        return torch.sparse.mm(self._mat, x)
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """``Â @ x`` with no autograd bookkeeping (for code that supplies its own backward)."""
+        # ``mat @ x`` rather than ``torch.sparse.mm``: the latter goes through ``addmm`` with an
+        # extra zero-fill and scaling of the output (about 1.5x slower on CPU for CSR)
+        return self._mat @ x
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -115,11 +116,11 @@ class _SymmetricSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, graph: NormalizedGraph) -> torch.Tensor:  # type: ignore[override]
         ctx.graph = graph
-        return graph._raw_matmul(x)
+        return graph.product(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return ctx.graph._raw_matmul(grad.contiguous()), None
+        return ctx.graph.product(grad.contiguous()), None
 
 
 @torch.library.custom_op("recshrink::spmm", mutates_args=())

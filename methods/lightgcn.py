@@ -45,6 +45,43 @@ def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
     return acc
 
 
+def propagation_sum(graph: NormalizedGraph, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``Σ_{l=0..L} Â^l x`` by Horner's rule, ``t <- x + Â t`` L times: L sparse products and L adds.
+
+    The sum readout of Eq. 8 without keeping the layers (a fresh tensor, also for ``L = 0``).
+    """
+    acc = x.clone() if n_layers == 0 else x
+    for _ in range(n_layers):
+        acc = graph.product(acc).add_(x)
+    return acc
+
+
+class _ReadoutRows(torch.autograd.Function):
+    """Rows ``idx`` of the readout ``E = (Σ_l Â^l) E^0 / (L+1)`` (Eq. 7-8) and of ``E^0`` itself.
+
+    One training step needs the final embeddings of the batch's users and items only, and the
+    gradient of ``E^0`` is ``(Σ_l Â^l) G / (L+1)`` for the scattered row gradients ``G`` (Â is
+    symmetric). Both directions run :func:`propagation_sum` (L sparse products, L adds) instead of
+    autograd's per-layer graph, which writes and reads about a dozen more ``(U+I) x d`` tensors
+    per step (layer sums, the division, slice and index backward buffers).
+    """
+
+    @staticmethod
+    def forward(ctx, e0: torch.Tensor, graph: NormalizedGraph, n_layers: int,  # type: ignore[override]
+                idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.graph, ctx.n_layers, ctx.shape = graph, n_layers, e0.shape
+        ctx.save_for_backward(idx)
+        rows = propagation_sum(graph, e0, n_layers)[idx].mul_(1.0 / (n_layers + 1))
+        return rows, e0[idx]
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor, grad_e0_rows: torch.Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        g = grad_rows.new_zeros(ctx.shape).index_add_(0, idx, grad_rows, alpha=1.0 / (ctx.n_layers + 1))
+        out = propagation_sum(ctx.graph, g, ctx.n_layers)
+        return out.index_add_(0, idx, grad_e0_rows), None, None, None
+
+
 class LightGCN(nn.Module):
     """LightGCN with ``n_layers`` propagation layers over a fixed normalised graph."""
 
@@ -107,10 +144,26 @@ class LightGCN(nn.Module):
         reg_form: str = "squared",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BPR loss and the weighted L2 term for a batch of (user, positive, negative) triples."""
-        u_all, i_all = self.propagate()
-        u, p, n = u_all[users], i_all[pos], i_all[neg]
+        if self._fused_readout():
+            b = users.numel()
+            idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
+            rows, rows0 = _ReadoutRows.apply(self.layer0(), self.graph, self.n_layers, idx)
+            u, p, n = rows.split(b)
+            penalty = reg * l2_penalty(*rows0.split(b), form=reg_form)
+        else:
+            u_all, i_all = self.propagate()
+            u, p, n = u_all[users], i_all[pos], i_all[neg]
+            penalty = reg * l2_penalty(self.user_emb[users], self.item_emb[pos], self.item_emb[neg],
+                                       form=reg_form)
         diff = (u * p).sum(dim=1) - (u * n).sum(dim=1)
         bpr = F.softplus(-diff).mean()
-        penalty = reg * l2_penalty(self.user_emb[users], self.item_emb[pos], self.item_emb[neg],
-                                   form=reg_form)
         return bpr, penalty
+
+    def _fused_readout(self) -> bool:
+        """Whether :meth:`bpr_loss` may use :class:`_ReadoutRows`: plain LightGCN propagation over a
+        symmetric :class:`NormalizedGraph` (subclasses that change the layers keep autograd's path),
+        and not under tracing (FLOP counting records the per-layer operators)."""
+        cls = type(self)
+        return (cls.layer0 is LightGCN.layer0 and cls.layers is LightGCN.layers
+                and cls.propagate is LightGCN.propagate and isinstance(self.graph, NormalizedGraph)
+                and not torch.jit.is_tracing())

@@ -113,3 +113,46 @@ def test_bad_backbone_arguments(small_graph):
         LightGCN(n_users, n_items, 4, 2, g, init="zeros")
     with pytest.raises(ValueError, match="unknown propagation backend"):
         normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend="dense")
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+@pytest.mark.parametrize("reg_form", ["squared", "norm"])
+def test_fused_readout_step_equals_dense_autograd(small_graph, n_layers, reg_form):
+    """bpr_loss's fused path (one gather, Horner propagation both ways) against dense float64
+    autograd through the per-layer definition, with repeated users and items in the batch."""
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+    torch.manual_seed(2)
+    model = LightGCN(n_users, n_items, 4, n_layers, g)
+    assert model._fused_readout()
+    u, p, n = torch.tensor([0, 0, 3, 8, 5]), torch.tensor([1, 1, 2, 12, 0]), torch.tensor([4, 2, 2, 0, 0])
+    bpr, reg = model.bpr_loss(u, p, n, reg=0.3, reg_form=reg_form)
+    (bpr + reg).backward()
+    a = torch.from_numpy(dense_adjacency(n_users, n_items, pairs))
+    eu = model.user_emb.detach().double().requires_grad_(True)
+    ei = model.item_emb.detach().double().requires_grad_(True)
+    x = torch.cat([eu, ei])
+    layers = [x]
+    for _ in range(n_layers):
+        layers.append(a @ layers[-1])
+    final = torch.stack(layers).mean(0)
+    fu, fi = final[:n_users], final[n_users:]
+    ref_bpr = torch.nn.functional.softplus(-((fu[u] * fi[p]).sum(1) - (fu[u] * fi[n]).sum(1))).mean()
+    ref_reg = 0.3 * l2_penalty(eu[u], ei[p], ei[n], form=reg_form)
+    (ref_bpr + ref_reg).backward()
+    torch.testing.assert_close(bpr.double(), ref_bpr, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(reg.double(), ref_reg, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(model.user_emb.grad.double(), eu.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.item_emb.grad.double(), ei.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_subclasses_that_change_layers_keep_autograd_path(small_graph):
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
+
+    class Scaled(LightGCN):
+        def layer0(self) -> torch.Tensor:
+            return 2 * super().layer0()
+
+    model = Scaled(n_users, n_items, 4, 2, g)
+    assert not model._fused_readout()
