@@ -71,8 +71,9 @@ class _ReadoutRows(torch.autograd.Function):
                 idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.graph, ctx.n_layers, ctx.shape = graph, n_layers, e0.shape
         ctx.save_for_backward(idx)
-        rows = propagation_sum(graph, e0, n_layers)[idx].mul_(1.0 / (n_layers + 1))
-        return rows, e0[idx]
+        # index_select, not e0[idx]: advanced indexing is ~7x slower for a gather of whole rows on CPU
+        rows = propagation_sum(graph, e0, n_layers).index_select(0, idx).mul_(1.0 / (n_layers + 1))
+        return rows, e0.index_select(0, idx)
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor, grad_e0_rows: torch.Tensor):  # type: ignore[override]

@@ -1,0 +1,139 @@
+"""Which sparse propagation backend is fastest on our graphs (issue 8, goal 3).
+
+    python -m bench.perf.backends --datasets yelp-lightgnn citeulike --threads 2 --out reports/performance
+
+For every dataset and every backend of :data:`methods.graph.BACKENDS` that is installed (torch
+CSR, torch COO, and ``torch_sparse`` from the optional ``sparse`` extra), it times, on the full
+training graph with d = 64 (``--dim``):
+
+* one product ``Â X`` (the propagation kernel),
+* one product with its backward (``Â X`` then ``Â G``, as in training),
+* one whole BPR training step of LightGCN (2 layers, batch 4096, fused Adam), exactly the step of
+  :func:`bench.training.fit_bpr`.
+
+Each figure is the median of ``--repeats`` runs after a warm-up. Every backend's product is checked
+against the CSR one before it is timed. The default backend (``TrainConfig.backend``) should be the
+fastest; the markdown says which one won on each dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.perf.common import (
+    DEFAULT_OUT,
+    default_data_dir,
+    environment_fields,
+    md_table,
+    set_threads,
+    timed,
+    write_outputs,
+)
+
+
+def available_backends() -> list[str]:
+    from methods.graph import BACKENDS
+
+    return [b for b in BACKENDS if b != "torch_sparse" or importlib.util.find_spec("torch_sparse")]
+
+
+def _measure_backend(data: Any, backend: str, x: torch.Tensor, args: argparse.Namespace
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
+    from bench.sampling import InteractionSampler
+    from bench.training import TrainConfig, build_lightgcn, make_adam
+
+    config = TrainConfig(dim=args.dim, n_layers=2, batch_size=4096, lr=1e-3, backend=backend, seed=0)
+    torch.manual_seed(0)
+    model = build_lightgcn(data, config, torch.device("cpu"))
+    graph = model.graph
+    fwd, _ = timed(lambda: graph.matmul(x), repeats=args.repeats)
+    xg = x.clone().requires_grad_(True)
+    both, _ = timed(lambda: graph.matmul(xg).backward(x), repeats=args.repeats)
+    sampler = InteractionSampler(data.train, data.n_users, data.n_items)
+    users, pos, neg = (t[: config.batch_size] for t in sampler.epoch(torch.Generator().manual_seed(0)))
+    opt = make_adam(list(model.parameters()), config.lr)
+
+    def step() -> None:
+        bpr, penalty = model.bpr_loss(users, pos, neg, 1e-4, "squared")
+        opt.zero_grad(set_to_none=True)
+        (bpr + penalty).backward()
+        opt.step()
+
+    step_s, _ = timed(step, repeats=args.repeats)
+    return graph.matmul(x), {"n_nodes": graph.n_nodes, "nnz": graph.nnz, "spmm_seconds": fwd,
+                             "spmm_fwd_bwd_seconds": both, "train_step_seconds": step_s}
+
+
+def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from bench.data.loading import load_dataset
+
+    data = load_dataset(name, args.data_dir)
+    n = data.n_users + data.n_items
+    x = torch.randn(n, args.dim, generator=torch.Generator().manual_seed(0))
+    rows, reference = [], None
+    for backend in available_backends():
+        y, figures = _measure_backend(data, backend, x, args)
+        if reference is None:
+            reference = y
+        else:  # every backend computes the same product
+            torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-6)
+        rows.append({"dataset": name, "backend": backend, "dim": args.dim, **figures, **environment_fields()})
+        ms = {k: v * 1e3 for k, v in figures.items() if k.endswith("seconds")}
+        print(f"[{name}] {backend}: spmm {ms['spmm_seconds']:.2f} ms, "
+              f"fwd+bwd {ms['spmm_fwd_bwd_seconds']:.2f} ms, step {ms['train_step_seconds']:.1f} ms",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", nargs="+", default=["yelp-lightgnn", "citeulike"])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--data-dir", default=default_data_dir(),
+                   help="data root (default: RECSHRINK_DATA or ../shared/datasets)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    for name in args.datasets:
+        rows += measure(name, args)
+    from bench.training import TrainConfig
+
+    default = TrainConfig().backend
+    table, winners = [], []
+    for name in args.datasets:
+        mine = [r for r in rows if r["dataset"] == name]
+        best = min(mine, key=lambda r: r["train_step_seconds"])
+        winners.append(f"{name}: {best['backend']}")
+        for r in mine:
+            table.append([name, r["backend"] + (" (default)" if r["backend"] == default else ""),
+                          f"{r['nnz']:,}", f"{r['spmm_seconds'] * 1e3:.2f}",
+                          f"{r['spmm_fwd_bwd_seconds'] * 1e3:.2f}",
+                          f"{r['train_step_seconds'] * 1e3:.1f}",
+                          f"{r['train_step_seconds'] / best['train_step_seconds']:.2f}x"])
+    missing = sorted(set(("csr", "coo", "torch_sparse")) - set(available_backends()))
+    md = (
+        "# Sparse propagation backends\n\n"
+        f"d={args.dim}, {torch.get_num_threads()} torch threads, median of {args.repeats}; "
+        f"git {rows[0].get('git_sha') if rows else None}.\n"
+        f"Command: `python -m bench.perf.backends {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        + md_table(["dataset", "backend", "nnz", "Â X (ms)", "Â X + backward (ms)", "BPR step (ms)",
+                    "step vs fastest"], table)
+        + f"\nFastest training step: {'; '.join(winners)}. Default backend: `{default}`."
+        + (f" Not installed, so not measured: {', '.join(missing)}." if missing else "") + "\n"
+    )
+    write_outputs(args.out, "backends", rows, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Shared pieces of the performance scripts: timers and the CSV + markdown writers.
+
+Every script under :mod:`bench.perf` writes ``<name>.csv`` (one row per measurement, with the
+environment: versions, threads, device, git SHA) and ``<name>.md`` (a short table for people) to
+``reports/performance/`` by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_OUT = Path("reports/performance")
+
+
+def default_data_dir() -> str | None:
+    """``RECSHRINK_DATA`` if set, else ``../shared/datasets`` when it exists (the benchmarks' data)."""
+    import os
+
+    if os.environ.get("RECSHRINK_DATA"):
+        return os.environ["RECSHRINK_DATA"]
+    shared = Path("../shared/datasets")
+    return str(shared) if shared.is_dir() else None
+
+
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, and all times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` torch threads (default: leave torch's choice); return the count in use."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def environment_fields() -> dict[str, Any]:
+    """Flat environment columns for a CSV row (see :func:`bench.environment.environment`)."""
+    from bench.environment import environment
+
+    env = environment()
+    out = {k: v for k, v in env.items() if isinstance(v, str | int | float | bool) or v is None}
+    out.update({f"version_{k}": v for k, v in env["versions"].items()})
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def write_outputs(out: Path, name: str, rows: Sequence[dict[str, Any]], markdown: str) -> tuple[Path, Path]:
+    """Write ``rows`` to ``out/name.csv`` (union of keys as columns) and ``markdown`` to ``out/name.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in row.items()})
+    md_path.write_text(markdown)
+    return csv_path, md_path
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
