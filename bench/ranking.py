@@ -52,8 +52,16 @@ def top_k_indices(scores: torch.Tensor, k: int, block: int = DEFAULT_BLOCK) -> t
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     n_full = n // block  # whole blocks; the last ``n - n_full * block`` items are the tail
-    if n_rows == 0 or n_full <= 2 * k + 1:
+    if n_rows == 0:
         return _stable_topk(scores, k)
+    if n_full <= 2 * k + 1:  # short rows: the whole row is the candidate set
+        best = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
+        out = best.indices[:, :k]
+        exact = _has_ties(best.values)
+        if bool(exact.any()):
+            redo = exact.nonzero().squeeze(1)
+            out[redo] = _stable_topk(scores[redo], k)
+        return out
     full = n_full * block
     blocks3 = scores[:, :full].unflatten(1, (n_full, block))
     top_blocks = torch.topk(blocks3.amax(dim=2), k + 1, dim=1, sorted=True)

@@ -160,7 +160,7 @@ def run_recbole(name: str, args: argparse.Namespace, workdir: Path) -> tuple[dic
 
 def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
     """Train our LightGCN with the same hyperparameters; time an epoch, the evaluation and the GEMM floor."""
-    from bench.evaluation import chunk_size_for
+    from bench.evaluation import chunk_size_for, evaluate_embeddings
     from bench.training import TrainConfig, evaluate_split, train_lightgcn
 
     config = TrainConfig(
@@ -192,6 +192,12 @@ def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
             torch.mm(part, item_t, out=buf[: len(part)])
 
     gemm_chunked, _ = timed(chunked, repeats=args.repeats)
+    # the ranking alone (scores, masking, top-K, metrics) on the propagated embeddings
+    exclude = [data.matrix("train"), data.matrix("valid")]
+    test = data.matrix("test")
+    rank_seconds, _ = timed(lambda: evaluate_embeddings(users, items, test, exclude, ks=config.ks,
+                                                        memory_bytes=config.eval_memory_bytes),
+                            repeats=args.repeats)
     return {
         "epoch_seconds": res.train_seconds_per_epoch,
         "epoch_seconds_all": res.epoch_seconds,
@@ -203,6 +209,7 @@ def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
         "gemm_seconds_one": gemm_one,
         "gemm_seconds_chunked": gemm_chunked,
         "gemm_floor_seconds": min(gemm_one, gemm_chunked),
+        "rank_seconds": rank_seconds,
         "n_test_users": len(u),
         "eval_chunk_users": step,
     }
@@ -239,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                          "n_train": len(data.train), **r, **env})
         train_ratio = rb["epoch_seconds"] / ours["epoch_seconds"]
         eval_ratio = rb["eval_seconds"] / ours["eval_seconds"]
-        floor_ratio = ours["eval_seconds"] / ours["gemm_floor_seconds"]
+        floor_ratio = ours["rank_seconds"] / ours["gemm_floor_seconds"]
         table.append([
             name, f"{rb['epoch_seconds']:.3f}", f"{ours['epoch_seconds']:.3f}", f"**{train_ratio:.1f}x**",
             f"{rb['valid_recall@20']:.4f}", f"{ours['valid_recall@20']:.4f}",
             f"{rb['eval_seconds']:.3f}", f"{ours['eval_seconds']:.3f}", f"**{eval_ratio:.1f}x**",
-            f"{ours['gemm_floor_seconds']:.3f}", f"**{floor_ratio:.2f}x**",
+            f"{ours['rank_seconds']:.3f}", f"{ours['gemm_floor_seconds']:.3f}", f"**{floor_ratio:.2f}x**",
         ])
         print(f"[{name}] train {train_ratio:.1f}x, eval {eval_ratio:.1f}x, eval/GEMM {floor_ratio:.2f}",
               file=sys.stderr, flush=True)
@@ -256,11 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `python -m bench.perf.recbole_compare {' '.join(argv or sys.argv[1:])}`\n\n"
             + md_table(["dataset", "RecBole s/epoch", "ours s/epoch", "train speed-up",
                         f"RecBole valid R@20 (ep {args.epochs})", f"ours valid R@20 (ep {args.epochs})",
-                        "RecBole eval s", "ours eval s", "eval speed-up", "GEMM floor s",
-                        "ours eval / GEMM"], table)
+                        "RecBole eval s", "ours eval s", "eval speed-up", "ours ranking s", "GEMM floor s",
+                        "ranking / GEMM"], table)
             + "\nEpoch time: median over the epochs, negative sampling included. Eval: one full-ranking "
-            "evaluation of all test users, propagation included. GEMM floor: the bare score product "
-            "U_test @ I^T of the same shapes (the faster of one product and our user chunks).\n"
+            "evaluation of all test users, propagation included (both libraries). Ranking: the same "
+            "evaluation on already propagated embeddings (scores, masking, top-K, metrics). GEMM floor: the "
+            "bare score product U_test @ I^T of the same shapes (the faster of one product and our user "
+            "chunks).\n"
         )
         write_outputs(args.out, "recbole", rows, md)
     print(md)
