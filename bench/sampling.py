@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from bench.data.preprocess import sorted_unique
+
 
 class NegativeSampler:
     """Draws, for each given user, one item uniformly among the items the user has not trained on.
@@ -28,7 +30,7 @@ class NegativeSampler:
     def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int) -> None:
         pairs = np.asarray(train_pairs, dtype=np.int64)
         self.n_items = n_items
-        keys = np.unique(pairs[:, 0] * n_items + pairs[:, 1]) if len(pairs) else np.zeros(0)
+        keys = sorted_unique(pairs[:, 0] * n_items + pairs[:, 1]) if len(pairs) else np.zeros(0)
         self.keys = torch.from_numpy(keys.astype(np.int64))
         degree = np.bincount(pairs[:, 0], minlength=n_users) if len(pairs) else np.zeros(n_users)
         full = np.flatnonzero(degree >= n_items)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.data.preprocess import sorted_unique
+
 BACKENDS = ("csr", "coo", "torch_sparse")
 
 
@@ -58,9 +60,15 @@ class NormalizedGraph(GraphSize):
 
     def _build(self, n: int) -> None:
         if self.backend == "csr":
-            self._mat = torch.sparse_coo_tensor(
+            mat = torch.sparse_coo_tensor(
                 torch.stack([self.rows, self.cols]), self.values, (n, n)
             ).coalesce().to_sparse_csr()
+            if max(n, mat.values().numel()) < 2**31:
+                # int32 indices: with int64 ones, every CPU product first converts both index arrays
+                # to int32 for the MKL kernel (an nnz-sized copy per product)
+                mat = torch.sparse_csr_tensor(mat.crow_indices().int(), mat.col_indices().int(),
+                                              mat.values(), (n, n))
+            self._mat = mat
         elif self.backend == "coo":
             self._mat = torch.sparse_coo_tensor(
                 torch.stack([self.rows, self.cols]), self.values, (n, n)
@@ -149,7 +157,7 @@ def sparse_matmul(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, 
 def unique_pairs(pairs: np.ndarray, n_items: int) -> np.ndarray:
     """The distinct ``(user, item)`` rows of ``pairs`` (``m x 2``), sorted by (user, item)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    codes = np.unique(pairs[:, 0] * n_items + pairs[:, 1])
+    codes = sorted_unique(pairs[:, 0] * n_items + pairs[:, 1])
     return np.stack([codes // n_items, codes % n_items], axis=1)
 
 

@@ -288,3 +288,11 @@ def test_implicit_without_threshold_keeps_everything():
 def test_implicit_threshold_without_ratings_is_an_error():
     with pytest.raises(ValueError, match=r"r\.txt: a rating threshold was set but the file has no"):
         pp.implicit(_raw(None), 3.0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 1000])
+def test_sorted_unique_equals_numpy_unique(n):
+    from bench.data.preprocess import sorted_unique
+
+    values = np.random.default_rng(n).integers(0, max(n // 3, 1), n)
+    np.testing.assert_array_equal(sorted_unique(values), np.unique(values))

@@ -108,7 +108,7 @@ def _sorted(pairs: np.ndarray) -> np.ndarray:
 
 def _unique_pairs(pairs: np.ndarray, n_items: int) -> tuple[np.ndarray, int]:
     keys = pairs[:, 0] * n_items + pairs[:, 1]
-    uniq = np.unique(keys)
+    uniq = pp.sorted_unique(keys)
     return np.stack([uniq // n_items, uniq % n_items], axis=1), len(keys) - len(uniq)
 
 
