@@ -111,11 +111,27 @@ class NormalizedGraph(GraphSize):
             return sparse_matmul(self.rows, self.cols, self.values, x, self.n_nodes)
         return _SymmetricSpMM.apply(x, self)
 
-    def product(self, x: torch.Tensor) -> torch.Tensor:
-        """``Â @ x`` with no autograd bookkeeping (for code that supplies its own backward)."""
-        # ``mat @ x`` rather than ``torch.sparse.mm``: the latter goes through ``addmm`` with an
-        # extra zero-fill and scaling of the output (about 1.5x slower on CPU for CSR)
-        return self._mat @ x
+    def product(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``Â @ x`` with no autograd bookkeeping (for code that supplies its own backward), written
+        into ``out`` when given (an ``(n_nodes, d)`` tensor that does not overlap ``x``)."""
+        if self.backend == "csr":
+            # addmm into an uninitialised output with beta = 0 (the input is then ignored, NaNs
+            # included): ``mat @ x`` and ``torch.sparse.mm`` zero-fill a result, compute into a
+            # temporary and copy it over, 1.6x the time on CPU (4.7 vs 7.6 ms on yelp-lightgnn, d=64)
+            if out is None:
+                out = x.new_empty(self.n_nodes, x.shape[1])
+            return torch.addmm(out, self._mat, x, beta=0, out=out)
+        y = self._mat @ x
+        return y if out is None else out.copy_(y)
+
+    def scratch(self, like: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """``count`` reusable ``(n_nodes, d)`` work tensors of ``like``'s dtype and device, kept on the
+        graph between calls: a fresh allocation of this size costs its page faults on every step."""
+        key = (like.dtype, like.device, like.shape[1])
+        bufs = self.__dict__.setdefault("_scratch", {}).setdefault(key, [])
+        while len(bufs) < count:
+            bufs.append(like.new_empty(self.n_nodes, like.shape[1]))
+        return bufs[:count]
 
 
 class _SymmetricSpMM(torch.autograd.Function):

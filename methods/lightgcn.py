@@ -45,14 +45,24 @@ def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
     return acc
 
 
-def propagation_sum(graph: NormalizedGraph, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+def propagation_sum(graph: NormalizedGraph, x: torch.Tensor, n_layers: int,
+                    scratch: list[torch.Tensor] | None = None,
+                    last: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ_{l=0..L} Â^l x`` by Horner's rule, ``t <- x + Â t`` L times: L sparse products and L adds.
 
-    The sum readout of Eq. 8 without keeping the layers (a fresh tensor, also for ``L = 0``).
+    The sum readout of Eq. 8 without keeping the layers. Intermediate sums go to the two ``scratch``
+    tensors when given (alternately), the result to ``last`` when given, else to a fresh tensor
+    (also for ``L = 0``); none of them may be ``x``.
     """
-    acc = x.clone() if n_layers == 0 else x
-    for _ in range(n_layers):
-        acc = graph.product(acc).add_(x)
+    if n_layers == 0:
+        return x.clone() if last is None else last.copy_(x)
+    acc = x
+    for layer in range(n_layers):
+        if layer == n_layers - 1:
+            target = last
+        else:
+            target = scratch[layer % 2] if scratch else None
+        acc = graph.product(acc, out=target).add_(x)
     return acc
 
 
@@ -63,24 +73,43 @@ class _ReadoutRows(torch.autograd.Function):
     gradient of ``E^0`` is ``(Σ_l Â^l) G / (L+1)`` for the scattered row gradients ``G`` (Â is
     symmetric). Both directions run :func:`propagation_sum` (L sparse products, L adds) instead of
     autograd's per-layer graph, which writes and reads about a dozen more ``(U+I) x d`` tensors
-    per step (layer sums, the division, slice and index backward buffers).
+    per step (layer sums, the division, slice and index backward buffers). Intermediate sums live in
+    three work tensors kept on the graph (:meth:`NormalizedGraph.scratch`, 3 (U+I) x d floats).
     """
 
     @staticmethod
-    def forward(ctx, e0: torch.Tensor, graph: NormalizedGraph, n_layers: int,  # type: ignore[override]
-                idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.graph, ctx.n_layers, ctx.shape = graph, n_layers, e0.shape
+    def forward(ctx, user_emb: torch.Tensor, item_emb: torch.Tensor,  # type: ignore[override]
+                graph: NormalizedGraph, n_layers: int, idx: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.graph, ctx.n_layers, ctx.n_users = graph, n_layers, user_emb.shape[0]
         ctx.save_for_backward(idx)
-        # index_select, not e0[idx]: advanced indexing is ~7x slower for a gather of whole rows on CPU
-        rows = propagation_sum(graph, e0, n_layers).index_select(0, idx).mul_(1.0 / (n_layers + 1))
+        work = graph.scratch(user_emb, 3)
+        e0 = work[2]  # E^0 = [E_u; E_i], in a work tensor (torch.cat would allocate it every step)
+        e0[: ctx.n_users].copy_(user_emb)
+        e0[ctx.n_users :].copy_(item_emb)
+        total = propagation_sum(graph, e0, n_layers, scratch=work[:2], last=work[(n_layers - 1) % 2])
+        # index_select, not total[idx]: advanced indexing is ~7x slower for a gather of whole rows on CPU
+        rows = total.index_select(0, idx).mul_(1.0 / (n_layers + 1))
         return rows, e0.index_select(0, idx)
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor, grad_e0_rows: torch.Tensor):  # type: ignore[override]
         (idx,) = ctx.saved_tensors
-        g = grad_rows.new_zeros(ctx.shape).index_add_(0, idx, grad_rows, alpha=1.0 / (ctx.n_layers + 1))
-        out = propagation_sum(ctx.graph, g, ctx.n_layers)
-        return out.index_add_(0, idx, grad_e0_rows), None, None, None
+        work = ctx.graph.scratch(grad_rows, 3)
+        g = work[2].zero_().index_add_(0, idx, grad_rows, alpha=1.0 / (ctx.n_layers + 1))
+        if ctx.n_layers == 0:
+            total = g
+        else:  # all but the last add in the work tensors
+            partial = propagation_sum(ctx.graph, g, ctx.n_layers - 1, scratch=work[:2],
+                                      last=work[(ctx.n_layers - 2) % 2] if ctx.n_layers > 1 else None)
+            total = ctx.graph.product(partial, out=work[(ctx.n_layers - 1) % 2])
+        # the last add writes two fresh, separate tensors that autograd can keep as .grad without a copy
+        u = ctx.n_users
+        grad_u = torch.add(total[:u], g[:u]) if ctx.n_layers else g[:u].clone()
+        grad_i = torch.add(total[u:], g[u:]) if ctx.n_layers else g[u:].clone()
+        grad_u.index_add_(0, idx[idx < u], grad_e0_rows[idx < u])
+        grad_i.index_add_(0, idx[idx >= u] - u, grad_e0_rows[idx >= u])
+        return grad_u, grad_i, None, None, None
 
 
 class LightGCN(nn.Module):
@@ -148,7 +177,7 @@ class LightGCN(nn.Module):
         if self._fused_readout():
             b = users.numel()
             idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
-            rows, rows0 = _ReadoutRows.apply(self.layer0(), self.graph, self.n_layers, idx)
+            rows, rows0 = _ReadoutRows.apply(self.user_emb, self.item_emb, self.graph, self.n_layers, idx)
             u, p, n = rows.split(b)
             penalty = reg * l2_penalty(*rows0.split(b), form=reg_form)
         else:

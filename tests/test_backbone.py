@@ -156,3 +156,16 @@ def test_subclasses_that_change_layers_keep_autograd_path(small_graph):
 
     model = Scaled(n_users, n_items, 4, 2, g)
     assert not model._fused_readout()
+
+
+def test_csr_product_ignores_what_its_output_held(small_graph):
+    """The CSR product writes into an uninitialised tensor through addmm with beta = 0: whatever that
+    memory held (NaN here), empty rows (the isolated user) come out as exact zeros."""
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend="csr")
+    x = torch.randn(n_users + n_items, 3)
+    out = torch.full((n_users + n_items, 3), float("nan"))
+    torch.addmm(out, g._mat, x, beta=0, out=out)
+    dense = torch.from_numpy(dense_adjacency(n_users, n_items, pairs)).float()
+    torch.testing.assert_close(out, dense @ x, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[n_users - 1], torch.zeros(3))
