@@ -135,11 +135,12 @@ class PlaceholderModel(nn.Module):
         """LEGCF's loss (spec §2.4) on the lookup; L2 on the retained layer-0 rows of the batch
         (a pruned entity has no layer-0 row: its centroid is a constant)."""
         x0, table = self._table()
-        rows = [self.lookup[users], self.lookup[pos + self.n_users], self.lookup[neg + self.n_users]]
-        u, p, q = (table[r] for r in rows)
+        rows = self.lookup.index_select(0, torch.cat([users, pos + self.n_users, neg + self.n_users]))
+        u, p, q = table.index_select(0, rows).split(users.numel())
         bpr = F.softplus((u * q).sum(1) - (u * p).sum(1)).mean()
-        x0_ext = torch.cat([x0, x0.new_zeros(self.placeholders.shape[0], x0.shape[1])], dim=0)
-        penalty = reg * sum(x0_ext[r].pow(2).sum() for r in rows) / users.numel()
+        # squared layer-0 row norms, 0 for the placeholder rows, gathered per batch row
+        norms = torch.cat([x0.pow(2).sum(1), x0.new_zeros(self.placeholders.shape[0])])
+        penalty = reg * norms.index_select(0, rows).sum() / users.numel()
         return bpr, penalty
 
 
