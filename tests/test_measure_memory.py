@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 import time
 
@@ -17,8 +18,15 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def touch(n_bytes: int) -> np.ndarray:
-    """An array of ``n_bytes`` whose every page is written (so it is resident)."""
-    return np.ones(n_bytes // 8, dtype=np.float64)
+    """An array of ``n_bytes`` on fresh anonymous pages, every page written (so it is resident).
+
+    A fresh mapping, not ``np.ones``: after earlier tests (the kernel benchmarks) freed large
+    buffers, malloc may serve the block from pages that are already resident, and RSS would not move.
+    """
+    buf = mmap.mmap(-1, n_bytes)
+    arr = np.frombuffer(buf, dtype=np.float64)
+    arr.fill(1.0)
+    return arr
 
 
 @linux_only
