@@ -46,6 +46,22 @@ def recbole_dataset_dir() -> Path:
     return path.parent.parent
 
 
+def time_recbole_epochs(trainer: Any) -> list[float]:
+    """Wrap a RecBole ``Trainer``'s ``_train_epoch`` (its data loader's negative sampling included)
+    so that every epoch's wall time is appended to the returned list."""
+    epoch_times: list[float] = []
+    inner = trainer._train_epoch
+
+    def timed(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        out = inner(*a, **kw)
+        epoch_times.append(time.perf_counter() - t0)
+        return out
+
+    trainer._train_epoch = timed
+    return epoch_times
+
+
 def run_recbole(seed: int, args: argparse.Namespace, workdir: Path) -> tuple[dict, InteractionData]:
     """Train RecBole's LightGCN; return its test metrics and its split as our dataset."""
     from recbole.config import Config
@@ -86,16 +102,7 @@ def run_recbole(seed: int, args: argparse.Namespace, workdir: Path) -> tuple[dic
     init_seed(seed, True)
     model = LightGCN(config, train_data._dataset).to(config["device"])
     trainer = Trainer(config, model)
-    epoch_times: list[float] = []
-    inner = trainer._train_epoch
-
-    def timed(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        out = inner(*a, **kw)
-        epoch_times.append(time.perf_counter() - t0)
-        return out
-
-    trainer._train_epoch = timed  # type: ignore[method-assign]
+    epoch_times = time_recbole_epochs(trainer)
     curve: list[float] = []
     inner_valid = trainer._valid_epoch
 

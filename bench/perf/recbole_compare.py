@@ -100,6 +100,8 @@ def run_recbole(name: str, args: argparse.Namespace, workdir: Path) -> tuple[dic
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    from bench.parity_recbole import time_recbole_epochs
+
     if name == "ml-100k":
         from bench.parity_recbole import recbole_dataset_dir
 
@@ -119,16 +121,7 @@ def run_recbole(name: str, args: argparse.Namespace, workdir: Path) -> tuple[dic
     init_seed(args.seed, True)
     model = LightGCN(config, train_data._dataset).to("cpu")
     trainer = Trainer(config, model)
-    epoch_times: list[float] = []
-    inner = trainer._train_epoch
-
-    def timed_epoch(*a: Any, **kw: Any) -> Any:
-        t0 = time.perf_counter()
-        out = inner(*a, **kw)
-        epoch_times.append(time.perf_counter() - t0)
-        return out
-
-    trainer._train_epoch = timed_epoch  # type: ignore[method-assign]
+    epoch_times = time_recbole_epochs(trainer)
     t0 = time.perf_counter()
     best_valid, _ = trainer.fit(train_data, valid_data, saved=False, show_progress=False, verbose=False)
     fit_seconds = time.perf_counter() - t0
