@@ -37,6 +37,14 @@ def _has_ties(values: torch.Tensor) -> torch.Tensor:
     return (values[:, :-1] == values[:, 1:]).any(dim=1)
 
 
+def _redo_exact(out: torch.Tensor, exact: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Replace the rows flagged in ``exact`` by the stable-sort reference (in place); return ``out``."""
+    if bool(exact.any()):
+        redo = exact.nonzero().squeeze(1)
+        out[redo] = _stable_topk(scores[redo], k)
+    return out
+
+
 def top_k_indices(scores: torch.Tensor, k: int, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """Indices of the ``k`` largest entries of each row of ``scores``, best first.
 
@@ -56,12 +64,7 @@ def top_k_indices(scores: torch.Tensor, k: int, block: int = DEFAULT_BLOCK) -> t
         return _stable_topk(scores, k)
     if n_full <= 2 * k + 1:  # short rows: the whole row is the candidate set
         best = torch.topk(scores, min(k + 1, n), dim=1, sorted=True)
-        out = best.indices[:, :k]
-        exact = _has_ties(best.values)
-        if bool(exact.any()):
-            redo = exact.nonzero().squeeze(1)
-            out[redo] = _stable_topk(scores[redo], k)
-        return out
+        return _redo_exact(best.indices[:, :k], _has_ties(best.values), scores, k)
     full = n_full * block
     blocks3 = scores[:, :full].unflatten(1, (n_full, block))
     top_blocks = torch.topk(blocks3.amax(dim=2), k + 1, dim=1, sorted=True)
@@ -81,7 +84,4 @@ def top_k_indices(scores: torch.Tensor, k: int, block: int = DEFAULT_BLOCK) -> t
     block_pos = pos.clamp(max=k * block - 1)
     out = torch.where(in_block, blocks.gather(1, block_pos // block) * block + block_pos % block,
                       full + pos - k * block)
-    if bool(exact.any()):
-        redo = exact.nonzero().squeeze(1)
-        out[redo] = _stable_topk(scores[redo], k)
-    return out
+    return _redo_exact(out, exact, scores, k)

@@ -97,19 +97,9 @@ class _ReadoutRows(torch.autograd.Function):
         (idx,) = ctx.saved_tensors
         work = ctx.graph.scratch(grad_rows, 3)
         g = work[2].zero_().index_add_(0, idx, grad_rows, alpha=1.0 / (ctx.n_layers + 1))
-        if ctx.n_layers == 0:
-            total = g
-        else:  # all but the last add in the work tensors
-            partial = propagation_sum(ctx.graph, g, ctx.n_layers - 1, scratch=work[:2],
-                                      last=work[(ctx.n_layers - 2) % 2] if ctx.n_layers > 1 else None)
-            total = ctx.graph.product(partial, out=work[(ctx.n_layers - 1) % 2])
-        # the last add writes two fresh, separate tensors that autograd can keep as .grad without a copy
-        u = ctx.n_users
-        grad_u = torch.add(total[:u], g[:u]) if ctx.n_layers else g[:u].clone()
-        grad_i = torch.add(total[u:], g[u:]) if ctx.n_layers else g[u:].clone()
-        grad_u.index_add_(0, idx[idx < u], grad_e0_rows[idx < u])
-        grad_i.index_add_(0, idx[idx >= u] - u, grad_e0_rows[idx >= u])
-        return grad_u, grad_i, None, None, None
+        out = propagation_sum(ctx.graph, g, ctx.n_layers, scratch=work[:2])  # a fresh result: the gradient
+        out.index_add_(0, idx, grad_e0_rows)
+        return out[: ctx.n_users], out[ctx.n_users :], None, None, None
 
 
 class LightGCN(nn.Module):
