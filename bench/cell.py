@@ -133,6 +133,20 @@ def finish_result(result: dict[str, Any], spec: CellSpec, device: torch.device |
     return result
 
 
+def training_stages(base: dict[str, Any] | None, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cell's training stages (the shared base first, if used), each marked ``at_budget`` when
+    its best validation epoch was the last epoch its budget allowed: it was still improving when
+    the budget stopped it, so its quality is a lower bound at this budget (the report notes it)."""
+    rows = []
+    if base is not None:
+        rows.append({"stage": "base", "epochs": base["training"].epochs, "best_epoch": base["best_epoch"],
+                     "budget_epochs": base.get("budget_epochs"), "cached": True})
+    rows.extend(dict(s) for s in stages)
+    for r in rows:
+        r["at_budget"] = bool(r["budget_epochs"] and r["best_epoch"] == r["budget_epochs"])
+    return rows
+
+
 def run_cell(spec: CellSpec) -> dict[str, Any]:
     """Run one cell and return its result record (see the module docstring)."""
     result = new_result(spec)
@@ -253,6 +267,9 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     if base is not None:
         m["base_train_seconds"] = base["training"].seconds
         result["base_checkpoint"] = base["state_hash"]
+    stages = training_stages(base, ctx.stages)
+    result["info"]["training_stages"] = stages
+    m["stages_at_budget"] = sum(s["at_budget"] for s in stages)
     timings["measure"] = time.perf_counter() - t
 
     result["metrics"] = {**test, **{f"valid_{k}": v for k, v in valid.items()}}

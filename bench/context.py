@@ -64,6 +64,7 @@ class BaseModel:
     test: dict[str, float]
     best_epoch: int
     path: Path | None
+    budget_epochs: int | None = None  # the epoch budget it was trained under (None: not recorded)
 
 
 @contextmanager
@@ -146,6 +147,7 @@ class BaseCheckpoints:
         meta = self._memory[key][1]
         return {"key": key, "state_hash": meta["state_hash"], "training": TrainingCost(**meta["training"]),
                 "valid": meta["valid"], "test": meta["test"], "best_epoch": meta["best_epoch"],
+                "budget_epochs": meta.get("budget_epochs", meta.get("config", {}).get("epochs")),
                 "path": self._path(data, key)}
 
     def _path(self, data: InteractionData, key: str) -> Path | None:
@@ -214,7 +216,7 @@ class BaseCheckpoints:
             "training": {"seconds": seconds, "epochs": result.epochs, "macs_per_epoch": macs,
                          "peak_mem_bytes": memory.peaks["training"]},
             "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,
-            "config": config_dict(config), "dataset": data.name,
+            "budget_epochs": config.epochs, "config": config_dict(config), "dataset": data.name,
             "dataset_fingerprint": data.fingerprint(),
         }
         return state, meta
@@ -232,6 +234,8 @@ class MethodContext:
     progress: bool = False
     log: Callable[[str], None] = print
     cost: TrainingCost = field(default_factory=TrainingCost)
+    #: every training stage this cell ran or reused: name, epochs, best epoch, epoch budget
+    stages: list[dict[str, Any]] = field(default_factory=list)
     _base_key: str | None = None
 
     def prepare_base(self) -> None:
@@ -278,6 +282,21 @@ class MethodContext:
             raise KeyError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
         return np.random.default_rng([self.seed, STREAMS[stream], *spawn])
 
+    def stage(self, name: str, fields: dict[str, Any],
+              build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+        """A cached training stage (:meth:`BaseCheckpoints.stage` on this cell's data); a reused
+        stage is recorded in :attr:`stages` from its meta (a built one was recorded by
+        :meth:`fit_stage`)."""
+        n_before = len(self.stages)
+        state, meta, hit = self.checkpoints.stage(self.data, name, fields, build, self.log)
+        if len(self.stages) == n_before and "best_epoch" in meta:
+            self.stages.append({"stage": name, "epochs": meta.get("epochs"), "best_epoch": meta["best_epoch"],
+                                "budget_epochs": meta.get("budget_epochs"), "cached": True})
+        elif len(self.stages) > n_before:
+            self.stages[-1]["stage"] = name
+        return state, meta, hit
+
     def fit(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
             extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0,
             sampler: EpochSampler | None = None) -> TrainResult:
@@ -310,10 +329,13 @@ class MethodContext:
         batch = config.batch_size if sampler is None else sampler.batch_triples(config.batch_size)
         macs = count_train_macs_per_epoch(model, n_triples, batch, self.data.n_users, self.data.n_items)
         extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
+        self.stages.append({"stage": f"fit{len(self.stages) + 1}", "epochs": result.epochs,
+                            "best_epoch": result.best_epoch, "budget_epochs": config.epochs, "cached": False})
         return TrainingCost(seconds, result.epochs, macs + extra), result
 
 
 def stage_meta(cost: TrainingCost, result: TrainResult, **extra: Any) -> dict[str, Any]:
     """The JSON meta of a cached training stage: its cost, metrics and epochs (plus ``extra``)."""
     return {"training": dataclasses.asdict(cost), "valid": result.valid, "test": result.test,
-            "best_epoch": result.best_epoch, "epochs": result.epochs, **extra}
+            "best_epoch": result.best_epoch, "epochs": result.epochs,
+            "budget_epochs": result.config.epochs, **extra}

@@ -255,8 +255,7 @@ class LEGCF(Method):
             state.update({f"last.{k}": v for k, v in (hook.last_state or {}).items()})
             return state, stage_meta(cost, result, init=init_info)
 
-        state, meta, hit = ctx.checkpoints.stage(ctx.data, "legcf-pretrain", self.fields(ctx, o), build,
-                                                 ctx.log)
+        state, meta, hit = ctx.stage("legcf-pretrain", self.fields(ctx, o), build)
         best = {k[5:]: v for k, v in state.items() if k.startswith("best.")}
         last = {k[5:]: v for k, v in state.items() if k.startswith("last.")}
         return best, last, {**meta, "cached": hit}

@@ -249,7 +249,7 @@ class LERG(Method):
             cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o)
             return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds)
 
-        state, meta, hit = ctx.checkpoints.stage(data, "lerg-pretrain", self._fields(ctx, o), build, ctx.log)
+        state, meta, hit = ctx.stage("lerg-pretrain", self._fields(ctx, o), build)
         model = self._model(ctx, o, graph, Assignment.of_state(state))
         model.load_state_dict({k: v.to(ctx.device) for k, v in state.items()})
         return model.eval(), {**meta, "cached": hit}

@@ -249,7 +249,7 @@ class LightGNN(Method):
                 return ({"user_emb": model.user_emb, "item_emb": model.item_emb},
                         stage_meta(cost, result))
 
-            state, meta, hit = ctx.checkpoints.stage(ctx.data, "lightgnn-teacher", fields, build, ctx.log)
+            state, meta, hit = ctx.stage("lightgnn-teacher", fields, build)
             model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o["teacher_layers"], graph,
                                      o["readout"], train_edge_weights=False)
             with torch.no_grad():
@@ -309,7 +309,7 @@ class LightGNN(Method):
             return ({"user_emb": model.user_emb, "item_emb": model.item_emb,
                      "edge_weight": model.edge_weight}, stage_meta(cost, result))
 
-        state, meta, hit = ctx.checkpoints.stage(ctx.data, "lightgnn-middle", fields, build, ctx.log)
+        state, meta, hit = ctx.stage("lightgnn-middle", fields, build)
         model = make()
         with torch.no_grad():
             for name in ("user_emb", "item_emb", "edge_weight"):
@@ -401,7 +401,7 @@ class LightGNN(Method):
             run_fields = {**fields, "run": run}
             if run == 1:
                 run_fields.pop("p_emb"), run_fields.pop("p_adj")
-            state, meta, hit = ctx.checkpoints.stage(ctx.data, "lightgnn-run", run_fields, build, ctx.log)
+            state, meta, hit = ctx.stage("lightgnn-run", run_fields, build)
             cost = TrainingCost(**meta["training"])
             ctx.cost = ctx.cost.add(cost)
             alive = state["edge_mask"] > 0

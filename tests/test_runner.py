@@ -52,6 +52,11 @@ def test_results_store_rows_and_cells_csv(tiny_root, toy_plugin, tmp_path):
             assert name in m, name
         assert 0 <= c["metrics"]["recall@10"] <= 1 and "valid_ndcg@5" in c["metrics"]
     ref = next(c for c in cells.values() if c["method"] == "lightgcn" and c["seed"] == 0)
+    # the training stages it used: the shared base, trained under the tiny budget's 3 epochs
+    (stage,) = ref["info"]["training_stages"]
+    assert (stage["stage"], stage["budget_epochs"], stage["cached"]) == ("base", 3, True)
+    assert 1 <= stage["best_epoch"] <= stage["epochs"] <= 3
+    assert ref["measurements"]["stages_at_budget"] == int(stage["best_epoch"] == 3)
     # the reference's FLOPs are LightGCN's analytic count: L * nnz * d + U * I * d
     data_nnz = 2 * ref["measurements"]["edges"]
     assert ref["measurements"]["flops"] == 2 * data_nnz * 8 + 60 * 40 * 8

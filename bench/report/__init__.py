@@ -67,16 +67,28 @@ def _problems(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+BUDGET_NOTE = ("still improving when the epoch budget ran out (best validation epoch = last allowed "
+               "epoch) in stage(s) {stages}: at this budget its quality is a lower bound")
+
+
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, e.g.
-    "not comparable to the paper"), with how many cells carry each."""
+    "not comparable to the paper") and the training stages the epoch budget cut short
+    (``info["training_stages"]``), with how many cells carry each."""
     from bench.report.tables import variant_label
 
     counter: Counter = Counter()
     for c in cells:
+        if c["status"] != "ok":
+            continue
+        variant = variant_label(c["method"], c["spec"].get("options", {}))
         note = (c.get("settings") or {}).get("report_note")
-        if c["status"] == "ok" and note:
-            counter[(c["dataset"], variant_label(c["method"], c["spec"].get("options", {})), note)] += 1
+        if note:
+            counter[(c["dataset"], variant, note)] += 1
+        stages = (c.get("info") or {}).get("training_stages", [])
+        at_budget = [s["stage"] for s in stages if s.get("at_budget")]
+        if at_budget:
+            counter[(c["dataset"], variant, BUDGET_NOTE.format(stages=", ".join(at_budget)))] += 1
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
 

@@ -1,0 +1,78 @@
+"""Training stages cut short by the epoch budget: recorded per cell and noted in the report."""
+
+from __future__ import annotations
+
+import pytest
+
+import bench.context as context_module
+from bench.cell import training_stages
+from bench.context import TrainingCost, stage_meta
+from bench.report import BUDGET_NOTE, _notes
+from bench.training import TrainResult, build_lightgcn
+from methods.lightgcn import LightGCN
+from tests.conftest import method_context
+
+
+def fake_fit(best_epoch: int, epochs: int):
+    """A stand-in for the BPR loop that reports the given epochs without training."""
+
+    def fit_bpr(model, data, config, **kwargs):
+        return TrainResult(model=model, config=config, epochs=epochs, best_epoch=best_epoch, best_valid=0.5,
+                           valid={"recall@10": 0.5}, test={"recall@10": 0.4}, epoch_seconds=[0.1] * epochs)
+
+    return fit_bpr
+
+
+def small_model(ctx) -> LightGCN:
+    return build_lightgcn(ctx.data, ctx.budget, ctx.device)
+
+
+@pytest.mark.parametrize(("best", "ran", "budget", "at_budget"), [
+    (6, 6, 6, True),    # best at the last allowed epoch: still improving
+    (4, 6, 6, False),   # improved earlier, then ran out of epochs without improving
+    (2, 4, 6, False),   # early stopping ended it
+])
+def test_fit_stage_records_the_stage_and_whether_the_budget_cut_it(monkeypatch, best, ran, budget, at_budget):
+    monkeypatch.setattr(context_module, "fit_bpr", fake_fit(best, ran))
+    ctx = method_context(epochs=budget)
+    ctx.fit_stage(small_model(ctx))
+    (stage,) = training_stages(None, ctx.stages)
+    assert stage == {"stage": "fit1", "epochs": ran, "best_epoch": best, "budget_epochs": budget,
+                     "cached": False, "at_budget": at_budget}
+
+
+def test_a_cached_stage_is_recorded_once_when_built_and_from_its_meta_when_reused(monkeypatch):
+    monkeypatch.setattr(context_module, "fit_bpr", fake_fit(8, 8))
+    ctx = method_context(epochs=8)
+    config = ctx.train_config(epochs=8)
+
+    def build():
+        model = small_model(ctx)
+        cost, result = ctx.fit_stage(model, config)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, stage_meta(cost, result)
+
+    _, meta, hit = ctx.stage("pretrain", {"x": 1}, build)
+    assert not hit and meta["budget_epochs"] == 8
+    _, _, hit = ctx.stage("pretrain", {"x": 1}, build)
+    assert hit
+    assert [(s["stage"], s["cached"], s["best_epoch"], s["budget_epochs"]) for s in ctx.stages] == [
+        ("pretrain", False, 8, 8), ("pretrain", True, 8, 8)]
+    assert all(s["at_budget"] for s in training_stages(None, ctx.stages))
+
+
+def test_the_base_comes_first_and_an_unknown_budget_is_never_at_budget():
+    base = {"best_epoch": 5, "training": TrainingCost(1.0, 5, 0.0), "budget_epochs": 5}
+    rows = training_stages(base, [{"stage": "s", "epochs": 3, "best_epoch": 3, "budget_epochs": None,
+                                   "cached": False}])
+    assert [(r["stage"], r["at_budget"]) for r in rows] == [("base", True), ("s", False)]
+
+
+def test_the_report_notes_cells_whose_stage_ran_out_of_budget():
+    def cell(seed, at_budget):
+        stages = [{"stage": "legcf-pretrain", "at_budget": at_budget}, {"stage": "fit2", "at_budget": False}]
+        return {"status": "ok", "dataset": "d", "method": "legcf", "seed": seed, "spec": {"options": {}},
+                "settings": {}, "info": {"training_stages": stages}}
+
+    notes = _notes([cell(0, True), cell(1, True), cell(2, False)])
+    assert notes == [{"dataset": "d", "variant": "legcf", "note": BUDGET_NOTE.format(stages="legcf-pretrain"),
+                      "cells": 2}]
