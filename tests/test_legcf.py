@@ -565,6 +565,40 @@ def test_compress_measures_the_paper_parameter_count(legcf_runs):
     assert users.shape == (60, d) and items.shape == (40, d) and torch.isfinite(users).all()
 
 
+def test_the_exported_row_sums_and_the_report_notes_follow_the_stages(legcf_runs):
+    _, model = legcf_runs["none"]
+    sums = model.module.assignment().value.sum(1)
+    assert model.measurements["assignment_row_sum_mean"] == pytest.approx(float(sums.mean()))
+    expected = LEGCF.update_notes("recall@10", model.settings["pretrain"], model.settings["update_stage"])
+    assert model.settings["report_note"] == ("; ".join(expected) or None)
+    # "no-update": S is the init (rows sum to 1) and there is no stage 2 to note
+    _, frozen = legcf_runs["no-update"]
+    assert frozen.measurements["assignment_row_sum_mean"] == pytest.approx(1.0)
+    assert frozen.settings["report_note"] is None
+
+
+def stage2_log(row_sums, valid):
+    return {"updates": [{"row_sum_mean": v} for v in row_sums], "valid": {"recall@20": valid}}
+
+
+@pytest.mark.parametrize(("row_sums", "before", "after", "shrunk", "worse"), [
+    ([0.9, 0.5, 0.3], 0.10, 0.12, False, False),   # rows kept most of their mass; stage 2 helped
+    ([0.04, 0.01], 0.10, 0.12, True, False),       # shrank (c > d) but still improved
+    ([0.2, 0.3], 0.10, 0.09, True, True),          # below the 0.25 line once; ended lower
+    ([0.5], 0.10, 0.10, False, False),             # a tie is not "below"
+])
+def test_update_notes_name_shrunk_rows_and_a_worse_stage_2(row_sums, before, after, shrunk, worse):
+    notes = LEGCF.update_notes("recall@20", {"valid": {"recall@20": before}}, stage2_log(row_sums, after))
+    assert [("shrank" in n) for n in notes].count(True) == shrunk
+    assert [("ended below stage 1" in n) for n in notes].count(True) == worse
+    assert len(notes) == shrunk + worse
+
+
+def test_update_notes_are_empty_without_a_stage_2():
+    assert LEGCF.update_notes("recall@20", {"valid": {"recall@20": 0.1}}, None) == []
+    assert LEGCF.update_notes("recall@20", {"valid": {}}, {"updates": [], "valid": {}}) == []
+
+
 def test_no_update_ablation_keeps_the_metis_init(legcf_runs):
     ctx, model = legcf_runs["no-update"]
     c, t = model.settings["c"], model.settings["t"]
