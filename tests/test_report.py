@@ -167,6 +167,31 @@ def test_html_report_has_the_sections(store_path, tmp_path):
     assert tex.startswith(r"\begin{tabular}") and r"random-drop & 0.5" in tex
 
 
+def test_markdown_summary_has_the_html_rows_and_numbers(store_path, tmp_path):
+    paths = build_report([store_path], tmp_path / "rep", figures=False)
+    lines = paths["markdown"].read_text().splitlines()
+    assert lines[0] == "# recshrink report: gen" and "## toyset" in lines
+    header = next(line for line in lines if line.startswith("| method |"))
+    assert header.startswith("| method | target | seeds | recall@20 | ndcg@20 |")
+
+    def row(prefix):
+        (line,) = [line for line in lines if line.startswith(prefix)]
+        return line
+
+    recalls = [value("random-drop", 0.5, s, "recall@20") for s in SEEDS]
+    flagged = row("| random-drop | 0.5⚑ | 3 |")  # seed 1 missed its target
+    assert f"{np.mean(recalls):.4f} ± {np.std(recalls, ddof=1):.4f}" in flagged
+    failed = row("| toy-a | 0.2 | 2 (+1 failed) |")  # seed 2 failed: the mean is over seeds 0 and 1
+    recalls = [value("toy-a", 0.2, s, "recall@20") for s in (0, 1)]
+    assert f"{np.mean(recalls):.4f} ± {np.std(recalls, ddof=1):.4f}" in failed
+    # bold marks the best per target (the uncompressed model competes, so no recall is bold here;
+    # the fewest bits are), and the significance markers follow the number as in the HTML table
+    toy = row("| toy-a | 0.5 |")
+    assert f"| {np.mean([value('toy-a', 0.5, s, 'recall@20') for s in SEEDS]):.4f} ± " in toy
+    assert "| **1.6e+04** |" in toy and "▼⁺" in toy
+    assert "## Notes" not in lines  # no cell asked for one
+
+
 def test_reports_merge_several_stores(tmp_path):
     a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     with ResultStore(a) as sa, ResultStore(b) as sb:

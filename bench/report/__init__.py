@@ -95,8 +95,10 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
                  keys: Iterable[str] | None = None, latex: bool = False, title: str | None = None,
                  figures: bool = True) -> dict[str, Path]:
-    """Write ``cells.csv``, ``summary.csv``, ``index.html`` (and ``summary-<dataset>.tex``) to ``out``."""
+    """Write ``cells.csv``, ``summary.csv``, ``index.html``, ``summary.md`` (and
+    ``summary-<dataset>.tex``) to ``out``."""
     from bench.report.html import dataset_table, headline_metrics, render
+    from bench.report.markdown import summary_markdown
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,10 +140,13 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
               "failed": sum(c["status"] == "failed" for c in cells),
               "flagged": sum(bool(c["flagged"]) for c in cells)}
     run_names = sorted({c["run"] for c in cells})
-    page = render(title or f"recshrink report: {', '.join(run_names) or 'no cells'}", sources, datasets,
-                  _problems(cells), _method_info(c["method"] for c in cells), _environments(cells),
-                  [{**r, "config": r["config"]} for r in runs], counts, _notes(cells))
+    title = title or f"recshrink report: {', '.join(run_names) or 'no cells'}"
+    notes = _notes(cells)
+    page = render(title, sources, datasets, _problems(cells), _method_info(c["method"] for c in cells),
+                  _environments(cells), [{**r, "config": r["config"]} for r in runs], counts, notes)
     paths["html"].write_text(page, encoding="utf-8")
+    paths["markdown"] = out / "summary.md"
+    paths["markdown"].write_text(summary_markdown(title, datasets, notes), encoding="utf-8")
     if latex and not summary.empty:
         from bench.report.latex import summary_latex
 
