@@ -131,6 +131,27 @@ def budget_clashes(store: ResultStore, cells: list[CellSpec]) -> int:
     return clashes
 
 
+def other_version_cells(store: ResultStore, cells: list[CellSpec]) -> tuple[int, list[str]]:
+    """Planned cells the store holds finished under the same budget but another code version.
+
+    A cell's key includes the code version (package version and git commit), so after a commit a
+    rerun recomputes them instead of resuming: ``(count, those versions)``, for the run's log.
+    """
+    versions: dict[tuple[str, str], set[str]] = {}
+    for old in store.cells():
+        if old["status"] == "ok":
+            ident = (report_identity(old["spec"]), json.dumps(old["spec"].get("budget"), sort_keys=True))
+            versions.setdefault(ident, set()).add(old["spec"].get("code_version", ""))
+    count, seen = 0, set()
+    for c in cells:
+        ident = (report_identity(dataclasses.asdict(c)), json.dumps(c.budget, sort_keys=True))
+        other = versions.get(ident, set()) - {c.code_version}
+        if other:
+            count += 1
+            seen |= other
+    return count, sorted(seen)
+
+
 def run_matrix(
     config: MatrixConfig,
     out_dir: Path | str | None = None,
@@ -173,6 +194,13 @@ def run_matrix(
         log(f"{config.name}: WARNING: {clashes} of these cells are already in {out / 'results.sqlite'} under "
             f"another training budget; reports show the newest cell of each method, target and seed, so "
             f"these will replace the others there. Use another --out to keep both.")
+    n_other, versions = other_version_cells(store, todo)
+    if n_other:
+        shown = ", ".join(versions[:3]) + (", ..." if len(versions) > 3 else "")
+        log(f"{config.name}: NOTE: {n_other} of these cells are already in {out / 'results.sqlite'} from "
+            f"other code ({shown}); cell keys include the code version ({cells[0].code_version} now), so "
+            f"they run again and reports show the newer results. To resume without recomputing, run "
+            f"from the commit that started the matrix.")
     run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
                              environment(cells[0].device if cells else "cpu"))
     outcome = "finished"

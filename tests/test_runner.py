@@ -236,6 +236,26 @@ def test_cli_run_prints_a_json_summary(tiny_root, toy_plugin, tmp_path, capsys):
     assert "tiny/lightgcn[emb=1]/seed0: ok" in captured.err
 
 
+def test_rerun_from_other_code_says_which_cells_run_again(tiny_root, tmp_path, monkeypatch):
+    import bench.runner as runner
+
+    body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nseeds = [0, 1]\nemb_targets = [1.0]\n'
+    cfg = load_config(tiny_config(tiny_root, body))
+    monkeypatch.setattr(runner, "code_version", lambda: "0.1.0+aaaaaaaaaaaa")
+    first: list[str] = []
+    run_matrix(cfg, tmp_path / "out", **{**QUIET, "log": first.append})
+    assert not any("NOTE" in line for line in first)
+    monkeypatch.setattr(runner, "code_version", lambda: "0.1.0+bbbbbbbbbbbb")
+    lines: list[str] = []
+    summary = run_matrix(cfg, tmp_path / "out", **{**QUIET, "log": lines.append})
+    assert (summary.already_done, summary.ran) == (0, 2)  # recomputed, not resumed
+    (note,) = [line for line in lines if "NOTE" in line]
+    assert "2 of these cells" in note and "0.1.0+aaaaaaaaaaaa" in note and "0.1.0+bbbbbbbbbbbb now" in note
+    lines.clear()
+    run_matrix(cfg, tmp_path / "out", **{**QUIET, "log": lines.append})  # same code again: resumes
+    assert not any("NOTE" in line for line in lines)
+
+
 def test_rerun_under_another_budget_warns_that_the_report_will_replace_cells(tiny_root, tmp_path):
     body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nseeds = [0]\nemb_targets = [1.0]\n'
     cfg = load_config(tiny_config(tiny_root, body))
