@@ -299,25 +299,27 @@ class MethodContext:
 
     def fit(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
             extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0,
-            sampler: EpochSampler | None = None) -> TrainResult:
+            sampler: EpochSampler | None = None, stage: str = "training") -> TrainResult:
         """Train ``model`` with the shared BPR loop and add its cost (time, epochs, MACs) to ``cost``.
 
         See :meth:`fit_stage` for the arguments and how the cost is counted.
         """
-        cost, result = self.fit_stage(model, config, hooks, extra_macs_per_epoch, sampler)
+        cost, result = self.fit_stage(model, config, hooks, extra_macs_per_epoch, sampler, stage)
         self.cost = self.cost.add(cost)
         return result
 
     def fit_stage(self, model: Any, config: TrainConfig | None = None, hooks: Sequence[TrainHook] = (),
                   extra_macs_per_epoch: float | Callable[[TrainResult], float] = 0.0,
-                  sampler: EpochSampler | None = None) -> tuple[TrainingCost, TrainResult]:
+                  sampler: EpochSampler | None = None, stage: str = "training"
+                  ) -> tuple[TrainingCost, TrainResult]:
         """Train ``model`` with the shared BPR loop; return this run's own cost and its result.
 
         For a cached stage, which records its cost and is charged when a cell uses it. MACs per
         epoch are counted by fvcore on the model's BPR forward (x3 for the backward) over the
         sampler's triples per epoch and batch, plus ``extra_macs_per_epoch`` for work the hooks do
         outside it (counted by the method; a callable gets the finished run, for counts known only
-        after training). ``sampler``: see :func:`bench.training.fit_bpr`.
+        after training). ``sampler``: see :func:`bench.training.fit_bpr`. ``stage``: its name in
+        :attr:`stages` (a cached stage's name replaces it).
         """
         from bench.measure.flops import count_train_macs_per_epoch
 
@@ -329,7 +331,7 @@ class MethodContext:
         batch = config.batch_size if sampler is None else sampler.batch_triples(config.batch_size)
         macs = count_train_macs_per_epoch(model, n_triples, batch, self.data.n_users, self.data.n_items)
         extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
-        self.stages.append({"stage": f"fit{len(self.stages) + 1}", "epochs": result.epochs,
+        self.stages.append({"stage": stage, "epochs": result.epochs,
                             "best_epoch": result.best_epoch, "budget_epochs": config.epochs, "cached": False})
         return TrainingCost(seconds, result.epochs, macs + extra), result
 

@@ -221,10 +221,12 @@ class LEGCF(Method):
 
     @staticmethod
     def fit(ctx: MethodContext, model: torch.nn.Module, config: TrainConfig, hook: TrainHook,
-            o: dict[str, Any], extra_macs: float = 0.0) -> tuple[TrainingCost, TrainResult]:
+            o: dict[str, Any], extra_macs: float = 0.0, stage: str = "legcf-pretrain"
+            ) -> tuple[TrainingCost, TrainResult]:
         """One stage through the shared loop with LEGCF's sampler; returns that stage's own cost."""
         sampler = MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"])
-        return ctx.fit_stage(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs)
+        return ctx.fit_stage(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs,
+                             stage=stage)
 
     def fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
         b = ctx.budget
@@ -271,7 +273,7 @@ class LEGCF(Method):
         hook = LegcfHook(model, o["clip"], o["update_every"], o["chunk"])
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["update_epochs"])
         extra = self.update_macs(model) / o["update_every"]
-        cost, result = self.fit(ctx, model, config, hook, o, extra)
+        cost, result = self.fit(ctx, model, config, hook, o, extra, stage="legcf-update")
         return {**stage_meta(cost, result), "updates": hook.updates}, cost
 
     # --- the method ------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ class LEGCF(Method):
         settings = {
             "c": c, "t": t, "w_star": o["w_star"], "ablation": o["ablation"],
             "update_every": o["update_every"], "outside_design_range": outside,
-            "report_note": "; ".join(notes) or None,
+            "report_note": notes or None,
             "options_resolved": dict(o), "pretrain": pre,
             "update_stage": stage2, "compress_seconds_this_call": seconds,
         }

@@ -246,7 +246,8 @@ class LERG(Method):
             seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o)
+            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o,
+                                     stage="lerg-pretrain")
             return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds)
 
         state, meta, hit = ctx.stage("lerg-pretrain", self._fields(ctx, o), build)
@@ -308,7 +309,8 @@ class LERG(Method):
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model.inner, o["clip"]), o)
+        cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
+                                 stage="lerg-finetune")
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
         info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,
                 "placeholder_rows": int(centroids.shape[0]), "pruned": len(pruned)}

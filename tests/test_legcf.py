@@ -566,11 +566,16 @@ def test_compress_measures_the_paper_parameter_count(legcf_runs):
 
 
 def test_the_exported_row_sums_and_the_report_notes_follow_the_stages(legcf_runs):
-    _, model = legcf_runs["none"]
+    ctx, model = legcf_runs["none"]
+    # the cell's training stages: stage 1 (built and cached here) and stage 2, with their budgets
+    assert [(st["stage"], st["cached"], st["budget_epochs"]) for st in ctx.stages] == [
+        ("legcf-pretrain", False, 2), ("legcf-update", False, 2)]
+    frozen_ctx = legcf_runs["no-update"][0]
+    assert [(st["stage"], st["cached"]) for st in frozen_ctx.stages] == [("legcf-pretrain", True)]
     sums = model.module.assignment().value.sum(1)
     assert model.measurements["assignment_row_sum_mean"] == pytest.approx(float(sums.mean()))
     expected = LEGCF.update_notes("recall@10", model.settings["pretrain"], model.settings["update_stage"])
-    assert model.settings["report_note"] == ("; ".join(expected) or None)
+    assert model.settings["report_note"] == (expected or None)
     # "no-update": S is the init (rows sum to 1) and there is no stage 2 to note
     _, frozen = legcf_runs["no-update"]
     assert frozen.measurements["assignment_row_sum_mean"] == pytest.approx(1.0)

@@ -190,9 +190,9 @@ def finetuned():
     seen: dict = {}
     original = LEGCF.fit
 
-    def watching_fit(ctx, model, config, hook, sampler, extra_macs=0.0):
+    def watching_fit(ctx, model, config, hook, sampler, extra_macs=0.0, stage="training"):
         if not isinstance(model, PlaceholderModel):
-            return original(ctx, model, config, hook, sampler, extra_macs)
+            return original(ctx, model, config, hook, sampler, extra_macs, stage)
         seen["params"] = sorted(n for n, p in model.named_parameters() if p.requires_grad)
         # one backward: which tensors get a gradient
         users = torch.from_numpy(ctx.data.train[:50, 0])

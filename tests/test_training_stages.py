@@ -37,7 +37,7 @@ def test_fit_stage_records_the_stage_and_whether_the_budget_cut_it(monkeypatch, 
     ctx = method_context(epochs=budget)
     ctx.fit_stage(small_model(ctx))
     (stage,) = training_stages(None, ctx.stages)
-    assert stage == {"stage": "fit1", "epochs": ran, "best_epoch": best, "budget_epochs": budget,
+    assert stage == {"stage": "training", "epochs": ran, "best_epoch": best, "budget_epochs": budget,
                      "cached": False, "at_budget": at_budget}
 
 
@@ -74,5 +74,14 @@ def test_the_report_notes_cells_whose_stage_ran_out_of_budget():
                 "settings": {}, "info": {"training_stages": stages}}
 
     notes = _notes([cell(0, True), cell(1, True), cell(2, False)])
-    assert notes == [{"dataset": "d", "variant": "legcf", "note": BUDGET_NOTE.format(stages="legcf-pretrain"),
+    assert notes == [{"dataset": "d", "variant": "legcf", "note": BUDGET_NOTE.format(stage="legcf-pretrain"),
                       "cells": 2}]
+
+
+def test_report_notes_may_be_a_string_or_a_list_and_are_counted_one_by_one():
+    def cell(seed, note):
+        return {"status": "ok", "dataset": "d", "method": "legcf", "seed": seed, "spec": {"options": {}},
+                "settings": {"report_note": note}, "info": {}}
+
+    notes = _notes([cell(0, ["a", "b"]), cell(1, "a"), cell(2, None), cell(3, ["b; with a semicolon"])])
+    assert [(n["note"], n["cells"]) for n in notes] == [("a", 2), ("b", 1), ("b; with a semicolon", 1)]

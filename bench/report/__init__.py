@@ -67,13 +67,14 @@ def _problems(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-BUDGET_NOTE = ("still improving when the epoch budget ran out (best validation epoch = last allowed "
-               "epoch) in stage(s) {stages}: at this budget its quality is a lower bound")
+BUDGET_NOTE = ("stage {stage} was still improving when the epoch budget ran out (its best validation "
+               "epoch was the last allowed): at this budget the result is a lower bound")
 
 
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, e.g.
-    "not comparable to the paper") and the training stages the epoch budget cut short
+    """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
+    string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
+    budget cut short
     (``info["training_stages"]``), with how many cells carry each."""
     from bench.report.tables import variant_label
 
@@ -82,13 +83,12 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if c["status"] != "ok":
             continue
         variant = variant_label(c["method"], c["spec"].get("options", {}))
-        note = (c.get("settings") or {}).get("report_note")
-        if note:
+        notes = (c.get("settings") or {}).get("report_note") or []
+        for note in [notes] if isinstance(notes, str) else notes:
             counter[(c["dataset"], variant, note)] += 1
-        stages = (c.get("info") or {}).get("training_stages", [])
-        at_budget = [s["stage"] for s in stages if s.get("at_budget")]
-        if at_budget:
-            counter[(c["dataset"], variant, BUDGET_NOTE.format(stages=", ".join(at_budget)))] += 1
+        for stage in (c.get("info") or {}).get("training_stages", []):
+            if stage.get("at_budget"):
+                counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage["stage"]))] += 1
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
 
