@@ -113,38 +113,43 @@ def _fmt_cell(result: dict[str, Any]) -> str:
     return f"{head}  " + "  ".join(parts) + flag
 
 
-def budget_clashes(store: ResultStore, cells: list[CellSpec]) -> int:
-    """Planned cells whose identity the store already holds under another training budget.
+def _budget_json(budget: Any) -> str:
+    return json.dumps(budget, sort_keys=True)
+
+
+def budget_clashes(stored: list[dict[str, Any]], cells: list[CellSpec]) -> int:
+    """Planned cells whose identity the store (its cells, ``stored``) already holds under another
+    training budget.
 
     A report shows one cell per identity (the newest), so such a run would replace the other
     budget's cells in the report; runs with different budgets belong in different stores.
     """
     budgets: dict[str, set[str]] = {}
-    for old in store.cells():
-        budget = json.dumps(old["spec"].get("budget"), sort_keys=True)
-        budgets.setdefault(report_identity(old["spec"]), set()).add(budget)
+    for old in stored:
+        budgets.setdefault(report_identity(old["spec"]), set()).add(_budget_json(old["spec"].get("budget")))
     clashes = 0
     for c in cells:
-        mine = json.dumps(c.budget, sort_keys=True)
+        mine = _budget_json(c.budget)
         if budgets.get(report_identity(dataclasses.asdict(c)), {mine}) - {mine}:
             clashes += 1
     return clashes
 
 
-def other_version_cells(store: ResultStore, cells: list[CellSpec]) -> tuple[int, list[str]]:
-    """Planned cells the store holds finished under the same budget but another code version.
+def other_version_cells(stored: list[dict[str, Any]], cells: list[CellSpec]) -> tuple[int, list[str]]:
+    """Planned cells the store (its cells, ``stored``) holds finished under the same budget but
+    another code version.
 
     A cell's key includes the code version (package version and git commit), so after a commit a
     rerun recomputes them instead of resuming: ``(count, those versions)``, for the run's log.
     """
     versions: dict[tuple[str, str], set[str]] = {}
-    for old in store.cells():
+    for old in stored:
         if old["status"] == "ok":
-            ident = (report_identity(old["spec"]), json.dumps(old["spec"].get("budget"), sort_keys=True))
+            ident = (report_identity(old["spec"]), _budget_json(old["spec"].get("budget")))
             versions.setdefault(ident, set()).add(old["spec"].get("code_version", ""))
     count, seen = 0, set()
     for c in cells:
-        ident = (report_identity(dataclasses.asdict(c)), json.dumps(c.budget, sort_keys=True))
+        ident = (report_identity(dataclasses.asdict(c)), _budget_json(c.budget))
         other = versions.get(ident, set()) - {c.code_version}
         if other:
             count += 1
@@ -189,12 +194,13 @@ def run_matrix(
                        (" (rerun)" if retry_failed else " (skipped; --retry-failed reruns them)"))
     log(f"{config.name}: {len(cells)} cells, {len(done)} already done{failed_note}; running {len(todo)} "
         f"on {executor.name}; results in {out / 'results.sqlite'}")
-    clashes = budget_clashes(store, todo)
+    stored = store.cells() if todo else []  # read once for both checks below
+    clashes = budget_clashes(stored, todo)
     if clashes:
         log(f"{config.name}: WARNING: {clashes} of these cells are already in {out / 'results.sqlite'} under "
             f"another training budget; reports show the newest cell of each method, target and seed, so "
             f"these will replace the others there. Use another --out to keep both.")
-    n_other, versions = other_version_cells(store, todo)
+    n_other, versions = other_version_cells(stored, todo)
     if n_other:
         shown = ", ".join(versions[:3]) + (", ..." if len(versions) > 3 else "")
         log(f"{config.name}: NOTE: {n_other} of these cells are already in {out / 'results.sqlite'} from "

@@ -334,9 +334,9 @@ class LEGCF(Method):
         }
         outside = c > DESIGN_MAX_C
         measurements["assignment_row_sum_mean"] = float(s.value.sum(1).mean())
-        notes = [f"legcf c={c} is above {DESIGN_MAX_C}, the largest codebook the paper tested"
-                 ] if outside else []
-        notes += self.update_notes(ctx.budget.valid_metric, pre, stage2)
+        notes = self.update_notes(ctx.budget.valid_metric, pre, stage2)
+        if outside:
+            notes.insert(0, f"legcf c={c} is above {DESIGN_MAX_C}, the largest codebook the paper tested")
         settings = {
             "c": c, "t": t, "w_star": o["w_star"], "ablation": o["ablation"],
             "update_every": o["update_every"], "outside_design_range": outside,

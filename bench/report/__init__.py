@@ -74,8 +74,7 @@ BUDGET_NOTE = ("stage {stage} was still improving when the epoch budget ran out 
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
-    budget cut short
-    (``info["training_stages"]``), with how many cells carry each."""
+    budget cut short (``info["training_stages"]``), with how many cells carry each."""
     from bench.report.tables import variant_label
 
     counter: Counter = Counter()
