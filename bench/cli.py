@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=2, help="propagation layers (default 2)")
     p.add_argument("--batch-size", type=int, default=2048, help="BPR batch size (default 2048)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant, or cosine-annealed per epoch to --lr-min (default constant)")
+    p.add_argument("--lr-min", type=float, default=0.0, help="cosine schedule's floor (default 0)")
+    p.add_argument("--lr-period", type=int, default=0,
+                   help="epochs of the cosine schedule (default 0: --epochs)")
     p.add_argument("--reg", type=float, default=1e-4, help="L2 weight on batch rows (default 1e-4)")
     p.add_argument("--reg-form", choices=("squared", "norm"), default="squared",
                    help="L2 form: LightGCN paper 'squared' or RecBole 'norm' (default squared)")
@@ -129,7 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
     config = TrainConfig(
-        dim=args.dim, n_layers=args.layers, lr=args.lr, reg=args.reg, reg_form=args.reg_form,
+        dim=args.dim, n_layers=args.layers, lr=args.lr, lr_schedule=args.lr_schedule,
+        lr_min=args.lr_min, lr_period=args.lr_period, reg=args.reg, reg_form=args.reg_form,
         batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
         eval_every=args.eval_every, valid_metric=args.valid_metric, ks=ks, seed=args.seed,
         device=args.device,

@@ -5,8 +5,15 @@ training positive of the user) for every training interaction, shuffles the trip
 takes Adam steps on mini-batches of BPR loss plus the L2 penalty of the batch's layer-0 rows.
 Every ``eval_every`` epochs the model is evaluated on the validation split by full ranking;
 the state with the best ``valid_metric`` is kept and restored at the end, and training stops
-after ``patience`` validations without improvement. Test metrics are computed once, on the
-restored state, masking training and validation items.
+after ``patience`` validations without improvement: ``epochs`` is a maximum, and a run whose
+best validation is at that maximum was still improving (a lower bound, not a converged result).
+Test metrics are computed once, on the restored state, masking training and validation items.
+
+The learning rate is constant (``lr_schedule = "constant"``) or cosine-annealed per epoch
+(``"cosine"``, SGDR without restarts as ``torch.optim.lr_scheduler.CosineAnnealingLR`` steps it
+once per epoch): epoch ``e`` (from 1) trains at
+``lr_min + (lr - lr_min) (1 + cos(pi min(e - 1, T) / T)) / 2`` with ``T = lr_period`` (0: the
+budget's ``epochs``), and at ``lr_min`` after ``T`` epochs.
 """
 
 from __future__ import annotations
@@ -48,6 +55,18 @@ class BPRModel(Protocol):
     def load_state_dict(self, state): ...
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (counted from 1) under ``config``'s schedule (module docstring)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    period = config.lr_period or config.epochs
+    k = min(epoch - 1, period)
+    return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(math.pi * k / period)) / 2
+
+
 class TrainHook:
     """Method-specific steps inside :func:`fit_bpr` (no-ops by default).
 
@@ -75,11 +94,19 @@ class TrainHook:
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of a BPR training run (defaults: RecBole's LightGCN, batch 2048)."""
+    """Hyperparameters of a BPR training run.
+
+    Defaults: RecBole's LightGCN dimension, layers, lr and batch size (64, 2, 1e-3, 2048) with
+    LightGCN's own L2 form (``reg_form = "squared"``, ``0.5 sum ||row||^2 / B`` at 1e-4); stop on
+    ``patience`` validations without improvement, at most ``epochs`` epochs.
+    """
 
     dim: int = 64
     n_layers: int = 2
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    lr_period: int = 0
     reg: float = 1e-4
     reg_form: str = "squared"
     batch_size: int = 2048
@@ -104,12 +131,17 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "patience": self.patience >= 1,
             "eval_every": self.eval_every >= 1,
+            "lr_schedule": self.lr_schedule in LR_SCHEDULES,
+            "lr_min": 0 <= self.lr_min <= self.lr,
+            "lr_period": self.lr_period >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 "invalid training option(s): "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                + (f" (lr_schedule is one of {LR_SCHEDULES})" if "lr_schedule" in bad else "")
+                + (" (0 <= lr_min <= lr)" if "lr_min" in bad else "")
             )
         _, _, k = self.valid_metric.partition("@")
         if not k.isdigit() or int(k) not in self.ks:
@@ -210,6 +242,9 @@ def fit_bpr(
     epoch = step = 0
     for epoch in bar:
         t0 = time.perf_counter()
+        lr = scheduled_lr(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         for hook in hooks:
             hook.epoch_start(epoch)
         users_all, pos_all, neg_all = sampler.epoch(gen)
@@ -237,7 +272,7 @@ def fit_bpr(
                 hook.step_end(step, optimizer)
             total += loss.item() * u.numel()
         epoch_seconds.append(time.perf_counter() - t0)
-        row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1]}
+        row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1], "lr": lr}
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             res = evaluate_split(model, data, "valid", config)
             value = res.metrics[config.valid_metric]

@@ -114,3 +114,46 @@ def test_invalid_options_and_empty_validation_are_rejected():
     data.valid = np.zeros((0, 2), dtype=np.int64)
     with pytest.raises(EmptySplitError, match="validation split is empty"):
         train_lightgcn(data, small_config(), progress=False)
+
+
+def test_cosine_schedule_matches_torch_cosine_annealing_per_epoch():
+    from bench.training import scheduled_lr
+
+    cfg = small_config(lr=1e-2, lr_schedule="cosine", lr_min=1e-4, epochs=12)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    for epoch in range(1, cfg.epochs + 1):  # the DSL code steps its scheduler after each epoch
+        assert scheduled_lr(cfg, epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        sched.step()
+    # an explicit period shorter than the budget: the floor is held after it
+    short = small_config(lr=1e-2, lr_schedule="cosine", lr_min=1e-4, lr_period=4, epochs=12)
+    assert [scheduled_lr(short, e) for e in (5, 9, 12)] == [1e-4] * 3
+    assert scheduled_lr(small_config(lr=0.05), 7) == 0.05
+
+
+def test_fit_bpr_trains_each_epoch_at_the_scheduled_lr():
+    data = clustered_data()
+    res = train_lightgcn(data, small_config(epochs=5, lr_schedule="cosine", lr_min=0.01), progress=False)
+    expected = [0.01 + 0.04 * (1 + np.cos(np.pi * k / 5)) / 2 for k in range(5)]
+    assert [h["lr"] for h in res.history] == pytest.approx(expected, rel=1e-12)
+    const = train_lightgcn(data, small_config(epochs=3), progress=False)
+    assert [h["lr"] for h in const.history] == [0.05] * 3
+
+
+def test_a_converged_run_stops_on_patience_well_before_its_maximum():
+    data = clustered_data()
+    cfg = small_config(epochs=300, patience=3, eval_every=2, lr=0.2)
+    res = train_lightgcn(data, cfg, progress=False)
+    assert res.epochs < cfg.epochs  # stopped by the rule, not by the maximum
+    assert res.epochs - res.best_epoch == cfg.patience * cfg.eval_every
+    assert res.best_epoch < res.epochs
+
+
+def test_invalid_schedules_are_rejected_with_the_choices():
+    with pytest.raises(ValueError, match=r"lr_schedule='step'.*one of \('constant', 'cosine'\)"):
+        small_config(lr_schedule="step").validate()
+    with pytest.raises(ValueError, match="lr_min"):
+        small_config(lr_schedule="cosine", lr_min=0.5).validate()
+    with pytest.raises(ValueError, match="lr_period=-1"):
+        small_config(lr_period=-1).validate()
