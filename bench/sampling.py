@@ -95,11 +95,14 @@ class MultiNegativeSampler:
     Per epoch, ``|train|`` users are drawn uniformly with replacement among **all** users and the
     draws of users without a training item are skipped. Each draw takes one positive uniformly
     among the user's training items and ``n_neg`` distinct negatives (never a training positive),
-    giving ``n_neg`` triples ``(u, i+, i-)`` that stay together in one batch: ``batch_size`` counts
-    draws, so a step takes ``batch_size * n_neg`` triples.
+    giving ``n_neg`` triples ``(u, i+, i-)``. Grouped (the default), a draw's triples stay together
+    in one batch and ``batch_size`` counts draws, so a step takes ``batch_size * n_neg`` triples;
+    with ``shuffle_triples`` the epoch's triples are permuted as one list and ``batch_size`` counts
+    triples (the authors' loader: all triples shuffled, then minibatches of ``bpr_batch``).
     """
 
-    def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int, n_neg: int = 5) -> None:
+    def __init__(self, train_pairs: np.ndarray, n_users: int, n_items: int, n_neg: int = 5,
+                 shuffle_triples: bool = False) -> None:
         if n_neg < 1:
             raise ValueError(f"n_neg must be >= 1, got {n_neg}")
         self.negatives = NegativeSampler(train_pairs, n_users, n_items)
@@ -111,6 +114,7 @@ class MultiNegativeSampler:
             raise ValueError(f"user {worst} has only {n_items - degree[worst]} non-positive items; "
                              f"{n_neg} distinct negatives cannot be drawn")
         self.n_users, self.n_items, self.n_neg = n_users, n_items, n_neg
+        self.shuffle_triples = shuffle_triples
         self.n_draws = len(train_pairs)
         self.indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(degree)]))
         self.degree = torch.from_numpy(degree)
@@ -126,7 +130,11 @@ class MultiNegativeSampler:
         pos = self.items[self.indptr[users] + offset]
         neg = self.distinct_negatives(users, generator)
         k = self.n_neg
-        return users.repeat_interleave(k), pos.repeat_interleave(k), neg.reshape(-1)
+        users, pos, neg = users.repeat_interleave(k), pos.repeat_interleave(k), neg.reshape(-1)
+        if self.shuffle_triples:
+            perm = torch.randperm(users.numel(), generator=generator)
+            users, pos, neg = users[perm], pos[perm], neg[perm]
+        return users, pos, neg
 
     def distinct_negatives(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``(len(users), n_neg)`` items, distinct within a row, none a positive of the row's user."""
@@ -148,4 +156,4 @@ class MultiNegativeSampler:
         return bad
 
     def batch_triples(self, batch_size: int) -> int:
-        return batch_size * self.n_neg
+        return batch_size if self.shuffle_triples else batch_size * self.n_neg

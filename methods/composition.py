@@ -213,8 +213,25 @@ class Assignment:
 
 
 @torch.no_grad()
+def refit_values(h_rows: torch.Tensor, h_meta: torch.Tensor, index: torch.Tensor,
+                 ridge: float = 1e-8) -> torch.Tensor:
+    """Per row, the least-squares values on the kept columns: ``argmin_x ||x H_meta[J] - h||^2``.
+
+    ``J = index[p]`` (t columns); solved by the t x t normal equations ``(A Aᵀ + ridge·I) x = A h``
+    with ``A = H_meta[J]`` (``ridge`` only guards a singular ``A Aᵀ``, e.g. two equal meta rows).
+    This is not the authors' update: it replaces the kept values of the minimum-norm solution,
+    which for ``c > d`` carry only about ``d/c`` of each row's mass, by the best values on the same
+    support, so ``S̃ H_meta`` approximates ``H_full`` as closely as ``t`` columns allow.
+    """
+    a = h_meta[index]  # (rows, t, d)
+    gram = a @ a.transpose(1, 2)
+    gram = gram + ridge * torch.eye(index.shape[1], dtype=gram.dtype, device=gram.device)
+    rhs = (a @ h_rows.unsqueeze(2)).squeeze(2)
+    return torch.linalg.solve(gram, rhs)
+
+
 def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk: int = 4096,
-                      eps: float = 1e-6) -> tuple[Assignment, int]:
+                      eps: float = 1e-6, refit: bool = False) -> tuple[Assignment, int]:
     """LEGCF's closed-form update (§2.6, paper Eq. 13-15): ``S̃ = H_full · pinv(H_meta)``, then per
     row the ``t`` largest **signed** values with their values (topk), everything else 0.
 
@@ -222,6 +239,13 @@ def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk:
     unbatched result. No renormalisation or softmax (the code has none); a kept value below ``eps``
     is clamped to ``eps`` so every row keeps ``t`` positive entries (the spec's choice; the code
     would fail its ``Â' ∈ [0, 1]`` assertion instead). Returns the new ``S`` and the clamp count.
+
+    With ``c > d`` the update shrinks ``S``: ``H_meta`` has rank ``d``, so the minimum-norm row of
+    ``S̃`` is the projection of a row that reproduces ``H_full`` onto a ``d``-dimensional subspace
+    of ``R^c``, which spreads its mass over about all ``c`` columns, and the ``t`` kept entries hold
+    about ``d/c`` of it. Repeated every epoch, the factor compounds (the codebook can only partly
+    grow back in between). ``refit = True`` (not the authors') replaces the kept values by the
+    least-squares values on the same columns (:func:`refit_values`) before the clamp.
     """
     c = h_meta.shape[0]
     _check_t(t, c)
@@ -230,10 +254,10 @@ def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk:
     pinv = torch.linalg.pinv(h_meta)  # d x c: minimum-norm least squares for c > d
     idx, val = [], []
     for start in range(0, h_full.shape[0], chunk):
-        dense = h_full[start : start + chunk] @ pinv
-        top = torch.topk(dense, t, dim=1)
+        rows = h_full[start : start + chunk]
+        top = torch.topk(rows @ pinv, t, dim=1)
         idx.append(top.indices)
-        val.append(top.values)
+        val.append(refit_values(rows, h_meta, top.indices) if refit else top.values)
     index = torch.cat(idx) if idx else torch.zeros(0, t, dtype=torch.int64)
     value = torch.cat(val) if val else torch.zeros(0, t)
     clamped = int((value < eps).sum())

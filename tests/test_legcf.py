@@ -221,6 +221,100 @@ def test_batched_update_equals_unbatched(chunk):
     np.testing.assert_allclose(dense_s(whole), ref, rtol=1e-5, atol=1e-7)
 
 
+def _shrink_case(seed: int = 11, n: int = 300, c: int = 64, d: int = 8, t: int = 2):
+    """``H_full = S0 H_meta`` with a METIS-like S0 (rows summing to 1) and ``c = 8 d``."""
+    rng = np.random.default_rng(seed)
+    index = np.stack([rng.permutation(c)[:t] for _ in range(n)])
+    value = np.tile([0.6] + [0.4 / (t - 1)] * (t - 1), (n, 1))
+    s0 = Assignment(torch.from_numpy(index), torch.from_numpy(value).float(), c)
+    h_meta = torch.from_numpy(rng.standard_normal((c, d)))
+    return s0, h_meta, torch.from_numpy(dense_s(s0)) @ h_meta
+
+
+def test_pinv_update_shrinks_rows_by_about_d_over_c_and_the_shrink_compounds():
+    # the documented collapse of the authors' update for c > d: the t kept entries of the
+    # minimum-norm row carry a small share of the row's mass (about d/c = 1/8 here, below 0.35)
+    _, h_meta, h_full = _shrink_case()
+    new, _ = assignment_update(h_full, h_meta, 2)
+    first = float(new.value.sum(1).mean())
+    assert first < 0.35
+    # applied again to the H it now reproduces, the shrink compounds
+    again, _ = assignment_update(torch.from_numpy(dense_s(new)) @ h_meta, h_meta, 2)
+    assert float(again.value.sum(1).mean()) < 0.5 * first
+
+
+def test_lsq_refit_keeps_row_sums_in_band_over_repeated_updates():
+    # c = 8d: the pinv's top-2 columns miss the true support of many rows, so the refitted rows
+    # of those sum to less than 1; but the mean stays in the band [0.5, 1.2] (pinv: 0.155, then
+    # 0.043, 0.013, ...) and repeating the update does not shrink it further
+    s0, h_meta, _ = _shrink_case()
+    s, means = s0, []
+    for _ in range(5):
+        s, _ = assignment_update(torch.from_numpy(dense_s(s)) @ h_meta, h_meta, 2, refit=True)
+        means.append(float(s.value.sum(1).mean()))
+        assert float(s.value.sum(1).min()) > 0
+    assert all(0.5 <= m <= 1.2 for m in means)
+    assert min(means) >= 0.99 * means[0]
+
+
+def test_lsq_refit_never_fits_h_worse_than_the_pinv_values_on_the_same_columns():
+    # the training signal of the update is how well S~ H_meta reproduces H_full; on the same
+    # support the refit is the least-squares optimum, so it can only lower that error
+    rng = np.random.default_rng(12)
+    n, c, d, t = 200, 40, 6, 2
+    h_meta = torch.from_numpy(rng.standard_normal((c, d)))
+    h_full = torch.from_numpy(np.abs(rng.standard_normal((n, c))) @ h_meta.numpy() / c)
+    pinv, _ = assignment_update(h_full, h_meta, t)
+    refit, _ = assignment_update(h_full, h_meta, t, refit=True)
+    assert torch.equal(pinv.index, refit.index)  # only the values change
+    err_pinv = ((torch.from_numpy(dense_s(pinv)) @ h_meta - h_full) ** 2).sum(1)
+    err_refit = ((torch.from_numpy(dense_s(refit)) @ h_meta - h_full) ** 2).sum(1)
+    unclamped = (refit.value > 1e-6).all(1)
+    assert unclamped.sum() > n // 2
+    assert (err_refit[unclamped] <= err_pinv[unclamped] + 1e-9).all()
+    assert err_refit[unclamped].sum() < 0.5 * err_pinv[unclamped].sum()
+    # brute force: the refit values solve each row's t x t normal equations
+    for p in range(5):
+        a = h_meta[refit.index[p]].numpy()
+        x, *_ = np.linalg.lstsq(a.T, h_full[p].numpy(), rcond=None)
+        if (x > 1e-6).all():
+            np.testing.assert_allclose(np.sort(refit.value[p].numpy()), np.sort(x), rtol=1e-4)
+
+
+def test_shuffled_triples_are_the_grouped_ones_permuted_and_batches_count_triples():
+    rng = np.random.default_rng(3)
+    pairs = np.unique(np.stack([rng.integers(0, 30, 200), rng.integers(0, 25, 200)], 1), axis=0)
+    grouped = MultiNegativeSampler(pairs, 30, 25, n_neg=3)
+    shuffled = MultiNegativeSampler(pairs, 30, 25, n_neg=3, shuffle_triples=True)
+    a = torch.stack(grouped.epoch(torch.Generator().manual_seed(5)), 1)
+    b = torch.stack(shuffled.epoch(torch.Generator().manual_seed(5)), 1)
+    assert not torch.equal(a, b)
+    assert sorted(map(tuple, a.tolist())) == sorted(map(tuple, b.tolist()))
+    assert (grouped.batch_triples(100), shuffled.batch_triples(100)) == (300, 100)
+
+
+def test_both_stages_validate_every_epoch_with_the_authors_patience(monkeypatch):
+    import bench.context as context_module
+
+    seen = []
+    real = context_module.fit_bpr
+
+    def spy(model, data, config, **kw):
+        seen.append((config.eval_every, config.patience, config.lr, config.batch_size,
+                     kw["sampler"].shuffle_triples))
+        return real(model, data, config, **kw)
+
+    monkeypatch.setattr(context_module, "fit_bpr", spy)
+    ctx = method_context(0, dim=16, eval_every=5, patience=2)  # the shared budget's coarse cadence
+    LEGCF(pretrain_epochs=2, update_epochs=2).compress(ctx, Target(0.5))
+    assert seen == [(1, 10, 1e-3, 2048, True)] * 2
+    seen.clear()
+    ctx = method_context(0, dim=16, eval_every=5, patience=2)
+    LEGCF(pretrain_epochs=2, update_epochs=2, eval_every=0, patience=0, lr=0, batch_triples=0
+          ).compress(ctx, Target(0.5))
+    assert seen == [(5, 2, ctx.budget.lr, ctx.budget.batch_size, False)] * 2
+
+
 def test_update_rejects_bad_arguments():
     h = torch.randn(4, 3)
     with pytest.raises(ValueError, match="chunk"):
