@@ -259,14 +259,20 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
         if phase in memory.baseline:
             m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
     m["peak_mem_method"] = memory.method
-    clash = sorted(set(compressed.measurements) & (set(m) | {"base_train_seconds"}))
+    clash = sorted(set(compressed.measurements)
+                   & (set(m) | {"base_train_seconds", "train_seconds_total", "train_epochs_total"}))
     if clash:
         raise ValueError(f"method {spec.method!r} reports measurements the harness owns: {clash}")
     m.update(compressed.measurements)
     base = ctx.base_info
+    own_is_base = base is not None and cost == base["training"]  # the reference: the base itself
+    m["train_seconds_total"], m["train_epochs_total"] = cost.seconds, cost.epochs
     if base is not None:
         m["base_train_seconds"] = base["training"].seconds
         result["base_checkpoint"] = base["state_hash"]
+        if not own_is_base:
+            m["train_seconds_total"] += base["training"].seconds
+            m["train_epochs_total"] += base["training"].epochs
     stages = training_stages(base, ctx.stages)
     result["info"]["training_stages"] = stages
     m["stages_at_budget"] = sum(s["at_budget"] for s in stages)

@@ -85,3 +85,38 @@ def test_report_notes_may_be_a_string_or_a_list_and_are_counted_one_by_one():
 
     notes = _notes([cell(0, ["a", "b"]), cell(1, "a"), cell(2, None), cell(3, ["b; with a semicolon"])])
     assert [(n["note"], n["cells"]) for n in notes] == [("a", 2), ("b", 1), ("b; with a semicolon", 1)]
+
+
+def test_an_unconverged_dense_reference_is_noted_for_every_comparison_on_its_dataset():
+    from bench.report import UNCONVERGED_REFERENCE_NOTE
+
+    def cell(dataset, method, at_budget):
+        return {"status": "ok", "dataset": dataset, "method": method, "seed": 0, "spec": {"options": {}},
+                "settings": {}, "info": {"training_stages": [{"stage": "base", "at_budget": at_budget}]}}
+
+    notes = _notes([cell("a", "lightgcn", True), cell("a", "magnitude", True), cell("b", "lightgcn", False),
+                    cell("b", "magnitude", False)])
+    general = [n for n in notes if n["note"] == UNCONVERGED_REFERENCE_NOTE]
+    assert general == [{"dataset": "a", "variant": "all", "note": UNCONVERGED_REFERENCE_NOTE, "cells": 1}]
+    assert {n["dataset"] for n in notes} == {"a"}  # nothing to say about the converged dataset b
+
+
+def test_a_cell_reports_its_own_and_its_total_training_cost(tiny_root, tmp_path):
+    from bench.config import load_config
+    from bench.runner import run_matrix
+    from bench.store import ResultStore
+    from tests.conftest import tiny_config
+
+    body = 'datasets = ["tiny"]\nseeds = [0]\nmethods = ["lightgcn", "magnitude"]\nemb_targets = [0.5]\n'
+    summary = run_matrix(load_config(tiny_config(tiny_root, body)), tmp_path / "out", progress=False,
+                         log=lambda m: None, report=False)
+    assert summary.ok == 2
+    with ResultStore(tmp_path / "out" / "results.sqlite") as store:
+        ref, mag = sorted((c for c in store.cells()), key=lambda c: c["method"] != "lightgcn")
+    ref, mag = ref["measurements"], mag["measurements"]
+    # the reference is the base itself: its total is its own cost, counted once
+    assert ref["train_seconds_total"] == ref["train_seconds"] == ref["base_train_seconds"]
+    assert ref["train_epochs_total"] == ref["train_epochs"]
+    # a method fine-tuned from the base also pays for the base
+    assert mag["train_seconds_total"] == pytest.approx(mag["train_seconds"] + mag["base_train_seconds"])
+    assert mag["train_epochs_total"] == mag["train_epochs"] + ref["train_epochs"]

@@ -71,6 +71,12 @@ BUDGET_NOTE = ("stage {stage} was still improving when the epoch budget ran out 
                "epoch was the last allowed): at this budget the result is a lower bound")
 
 
+UNCONVERGED_REFERENCE_NOTE = (
+    "the dense reference (lightgcn) was still improving when its epoch budget ran out: every "
+    "figure relative to dense on this dataset compares against an unconverged model, and a method "
+    "that trains longer from the base checkpoint can pass it without being better")
+
+
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
@@ -88,6 +94,12 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for stage in (c.get("info") or {}).get("training_stages", []):
             if stage.get("at_budget"):
                 counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage["stage"]))] += 1
+    from bench.report.tables import REFERENCE
+
+    for c in cells:
+        if c["status"] == "ok" and c["method"] == REFERENCE and any(
+                s.get("at_budget") for s in (c.get("info") or {}).get("training_stages", [])):
+            counter[(c["dataset"], "all", UNCONVERGED_REFERENCE_NOTE)] += 1
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
 

@@ -30,7 +30,8 @@ COST_COLUMNS = [
     ("peak_mem_scoring_bytes", "peak mem scoring (MiB)", "min", "mib"),
     ("latency_scoring_b64_p50_ms", "latency b64 p50 (ms)", "min", "{:.3g}"),
     ("latency_propagation_p50_ms", "propagation p50 (ms)", "min", "{:.3g}"),
-    ("train_seconds", "train s", "min", "{:.1f}"),
+    ("train_seconds", "train s (own)", "min", "{:.1f}"),
+    ("train_seconds_total", "train s (total)", "min", "{:.1f}"),
 ]
 
 
