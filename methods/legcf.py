@@ -51,6 +51,7 @@ from bench.training import TrainHook
 from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
 from methods.composition import (
     EXPANDED_BASES,
+    PARTITION_RULE,
     Assignment,
     CompositionalLightGCN,
     assignment_update,
@@ -58,7 +59,7 @@ from methods.composition import (
     legcf_honest_params,
     legcf_params,
     metis_assignment,
-    metis_parts,
+    metis_partition,
     random_assignment,
 )
 from methods.registry import register_method
@@ -226,10 +227,9 @@ class LEGCF(Method):
             s = random_assignment(n, o["c"], o["t"], rng)
             info = {"init": "random"}
         else:
-            parts = metis_parts(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
-            s = metis_assignment(parts, o["c"], o["t"], o["w_star"], rng)
-            sizes = np.bincount(parts, minlength=o["c"])
-            info = {"init": "metis", "part_size_min": int(sizes.min()), "part_size_max": int(sizes.max())}
+            partition = metis_partition(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
+            s = metis_assignment(partition.labels, o["c"], o["t"], o["w_star"], rng)
+            info = {"init": "metis", **partition.info()}
         info["seconds"] = time.perf_counter() - t0
         return s, info
 
@@ -262,7 +262,7 @@ class LEGCF(Method):
                 "batch_size": b.batch_size,
                 "ks": list(b.ks), "valid_metric": b.valid_metric, "backend": b.backend,
                 "init_kind": "random" if o["ablation"] == "random-init" else "metis",
-                **{k: o[k] for k in keys}}
+                "partition": PARTITION_RULE, **{k: o[k] for k in keys}}
 
     @staticmethod
     def update_macs(model: CompositionalLightGCN) -> float:

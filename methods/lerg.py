@@ -43,11 +43,12 @@ from bench.context import stage_meta
 from bench.device import seed_everything
 from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
 from methods.composition import (
+    PARTITION_RULE,
     Assignment,
     CompositionalLightGCN,
     index_bits,
     metis_assignment,
-    metis_parts,
+    metis_partition,
 )
 from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook
 from methods.lerg_graph import (
@@ -224,7 +225,7 @@ class LERG(Method):
         return {"lerg_version": STAGE_VERSION, "seed": ctx.seed, "dim": b.dim, "n_layers": b.n_layers,
                 "batch_size": b.batch_size, "eval_every": b.eval_every, "patience": b.patience,
                 "ks": list(b.ks), "valid_metric": b.valid_metric, "backend": b.backend,
-                **{k: o[k] for k in keys}}
+                "partition": PARTITION_RULE, **{k: o[k] for k in keys}}
 
     def _model(self, ctx: MethodContext, o: dict[str, Any], graph, s: Assignment) -> CompositionalLightGCN:
         return CompositionalLightGCN(graph, s.to(ctx.device), ctx.budget.dim, ctx.budget.n_layers,
@@ -240,15 +241,16 @@ class LERG(Method):
 
         def build():
             t0 = time.perf_counter()
-            parts = metis_parts(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
-            s = metis_assignment(parts, o["c"], o["t"], o["w_star"], ctx.rng("lerg", 1))
+            partition = metis_partition(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
+            s = metis_assignment(partition.labels, o["c"], o["t"], o["w_star"], ctx.rng("lerg", 1))
             init_seconds = time.perf_counter() - t0
             seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
             cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o,
                                      stage="lerg-pretrain")
-            return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds)
+            return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds,
+                                                  init=partition.info())
 
         state, meta, hit = ctx.stage("lerg-pretrain", self._fields(ctx, o), build)
         model = self._model(ctx, o, graph, Assignment.of_state(state))

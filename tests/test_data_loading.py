@@ -116,6 +116,36 @@ def test_citeulike_splits_are_disjoint(shared_datasets):
     assert_disjoint(load_dataset("citeulike", shared_datasets))
 
 
+def test_gowalla_from_the_local_files_with_their_given_validation_split(shared_datasets):
+    data = load_dataset("gowalla", shared_datasets)
+    stats = data.stats()
+    assert (stats["n_users"], stats["n_items"]) == (29858, 40981)
+    assert (stats["n_train"], stats["n_valid"], stats["n_test"]) == (719081, 91047, 217242)
+    assert stats["read"] == {"train": 719081, "valid": 91047, "test": 217242}
+    assert stats["n_train_users"] == stats["n_valid_users"] == stats["n_test_users"] == 29858
+    assert stats["duplicates_removed"] == 0 and stats["cross_split_duplicates_removed"] == 0
+    assert data.info["source"] == "local" and data.info["format"] == "adjacency"
+    assert set(data.info["files"]) == {"train", "valid", "test"}
+    assert "valid_from_train" not in data.info  # the given valid.txt is used, nothing is carved
+    assert_disjoint(data)
+
+
+def test_gowalla_download_fallback_carves_validation_when_no_valid_file(tmp_path):
+    spec = builtin_catalog()["gowalla"]
+    assert [s.kind for s in spec.sources] == ["local", "download"]
+    download = spec.sources[1]
+    assert set(download.files) == set(download.urls) == {"train", "test"}
+    assert all(u.startswith("https://raw.githubusercontent.com/kuandeng/LightGCN/")
+               for u in download.urls.values())
+    # the download's layout (train.txt + test.txt, no valid.txt) is read by the fallback source
+    lines = "".join(f"{u} " + " ".join(str((u + k) % 12) for k in range(10)) + "\n" for u in range(5))
+    write_files(tmp_path / "gowalla", {"train.txt": lines, "test.txt": "0 10\n1 11\n"})
+    data = load_dataset("gowalla", tmp_path)
+    assert data.info["source"] == "download" and data.info["valid_from_train"] == 0.1
+    assert len(data.train) + len(data.valid) == 50 and len(data.valid) == 5  # 1 of 10 per user
+    assert len(data.test) == 2
+
+
 @pytest.mark.recbole
 def test_ml100k_from_the_recbole_package(tmp_path):
     if recbole_file(ML100K_INTER) is None:

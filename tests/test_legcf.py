@@ -135,7 +135,7 @@ def test_metis_parts_with_isolated_nodes_and_c_close_to_n(c):
 def test_metis_parts_fix_up_fills_empty_parts(monkeypatch):
     import pymetis
 
-    def lopsided(c, adjacency, options):  # METIS leaving most parts empty
+    def lopsided(c, adjacency, options, **kwargs):  # METIS leaving most parts empty
         n = len(adjacency.adj_starts) - 1
         return 0, [0] * (n - 2) + [1, 1]
 

@@ -219,6 +219,18 @@ def finetuned():
     return ctx, model, seen
 
 
+def test_pretrain_records_the_metis_partition(finetuned):
+    ctx, model, _ = finetuned
+    init = model.settings["pretrain"]["init"]
+    data, c = ctx.data, model.settings["c"]
+    labels = metis_parts(data.n_users, data.n_items, data.train, c, ctx.seed)
+    assert init["partition_method"] in ("kway", "recursive") and init["partition_empty_repaired"] >= 0
+    distinct = {(int(u), int(i)) for u, i in data.train}
+    inside = sum(labels[u] == labels[data.n_users + i] for u, i in distinct) / len(distinct)
+    assert init["partition_edges_inside"] == pytest.approx(inside)
+    assert init["part_size_min"] >= 1
+
+
 def test_finetuning_trains_only_the_codebook_and_steps(finetuned):
     _, model, seen = finetuned
     assert isinstance(model.module, PlaceholderModel)
