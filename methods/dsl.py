@@ -17,6 +17,15 @@ Spec ``shared/specs/dsl.md`` §9 "faithful mode": train LightGCN from scratch wi
 * Schedule (§3.4, paper Eq. 2): ``rho_t = eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2`` with the
   code's floor ``eta = 0.005`` (:func:`update_ratio_at`), on the planned ``T_end``.
 
+Training regime (§2, §4): the optimiser, its learning-rate schedule, dim, layers, batch, reg and
+epochs are the budget's. The code's regime is Adam at lr 1e-2 cosine-annealed per epoch to 1e-4
+over 1000 epochs (budget ``lr_schedule = "cosine"``, ``lr_min = 1e-4``, ``lr_period = 1000``), d = 64,
+3 layers, batch 1024, and its sampler (option ``sampler = "user"``): ``|R_train|`` triples per epoch,
+each a user uniform over all users, a positive uniform among that user's training items and a
+uniform negative that is not one of them (:class:`bench.sampling.MultiNegativeSampler` with one
+negative). The default ``sampler = "interaction"`` is the harness's: every training interaction once
+per epoch, so users are drawn in proportion to their degree, as for the other methods.
+
 Cost accounting (§6): the trainer stores and computes densely (dense table, dense gradient, dense
 Adam moments, plus a boolean mask), so the harness's fvcore count of the dense BPR step is the
 honest training MAC figure and the peak-RSS it measures is the honest memory. Beside them the
@@ -35,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bench.sampling import EpochSampler, MultiNegativeSampler
 from bench.training import TrainHook, build_lightgcn
 from methods.base import CompressedModel, Knob, Method, MethodError, Target
 from methods.masking import (
@@ -49,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.context import MethodContext
 
 DECAYS = ("cosine", "linear", "constant")
+SAMPLERS = ("interaction", "user")
 # dsl.md §9: the auto exploration interval is this many epochs (the reference's dT = 3000 iterations
 # is 2.48 epochs of Yelp2018 at batch 1024).
 AUTO_INTERVAL_EPOCHS = 2.5
@@ -329,13 +340,24 @@ class DSL(Method):
         Knob("reset_adam_on_grow", False, "zero the Adam moments of newly grown entries (the reference "
                                           "never resets them)"),
         Knob("fix_mask", False, "never explore: train on the static random initial mask (the RP baseline)"),
+        Knob("sampler", "interaction", "epoch triples: 'interaction' = every training interaction once "
+                                       "(the harness default); 'user' = the code's: |train| draws of a "
+                                       "uniform user, a uniform positive of theirs, a uniform negative "
+                                       "(dsl.md §2)", choices=SAMPLERS),
     )
     target_mapping = ("K = round(emb x (U + I) x d) kept entries of the joint user+item table (one global "
                       "unstructured mask); dim and layers are the budget's")
     uses_base = False
     simplifications = (
-        "optimiser is the shared budget's plain Adam at a constant lr (the code: lr 1e-2 cosine-annealed "
-        "per epoch to 1e-4 over 1000 epochs); dim, layers, batch, reg and epochs are the budget's",
+        "optimiser, lr schedule, dim, layers, batch, reg and epochs are the budget's (by default a constant "
+        "lr); the code's regime is Adam with budget lr = 1e-2, lr_schedule = cosine, lr_min = 1e-4, "
+        "lr_period = 1000 (annealed per epoch), dim 64, 3 layers, batch 1024, reg 1e-4, 1000 epochs "
+        "(bench/configs/dsl-official.toml)",
+        "sampler = interaction (the default) samples every training interaction once per epoch, as the "
+        "other methods do; the code draws |R_train| users uniformly, then a uniform positive of each "
+        "(sampler = user). sampler = user skips the draws of users without a training item, where the "
+        "code would fail (it assumes every user has one): on such data (yelp-lightgnn: 538 of 42,712 "
+        "users) an epoch has that fraction fewer triples, and T_end is planned on the expected count",
         "model selection on validation with early stopping, best-validation state restored (the code "
         "reports the best test epoch); the rho schedule is always computed on the planned "
         "T_end = epochs x batches per epoch, also when early stopping ends training sooner",
@@ -359,6 +381,16 @@ class DSL(Method):
         if not 0 <= o["eta_min"] <= 1:
             raise MethodError(f"option dsl.eta_min must lie in [0, 1], got {o['eta_min']}")
 
+    def epoch_sampler(self, ctx: MethodContext) -> EpochSampler | None:
+        """The ``sampler`` option's epoch sampler; ``None`` is the harness default (every interaction
+        once). ``user``: :class:`bench.sampling.MultiNegativeSampler` with one negative, the code's
+        sampler (dsl.md §2), except that draws of users without a training item are skipped (the
+        code assumes there are none); its ``triples_per_epoch`` is then the expected count."""
+        if self.options["sampler"] == "interaction":
+            return None
+        data = ctx.data
+        return MultiNegativeSampler(data.train, data.n_users, data.n_items, n_neg=1)
+
     @staticmethod
     def initial_model(ctx: MethodContext, target: Target, config=None) -> tuple[MaskedLightGCN, int]:
         """The masked LightGCN at step 0 (dsl.md §3.1 with exact K) and the budget ``K``."""
@@ -375,13 +407,17 @@ class DSL(Method):
         config = context.train_config()
         model, k = self.initial_model(context, target, config)
         n = (model.n_users + model.n_items) * model.dim
-        iters_per_epoch = math.ceil(len(context.data.train) / config.batch_size)
+        sampler = self.epoch_sampler(context)
+        if sampler is None:
+            iters_per_epoch = math.ceil(len(context.data.train) / config.batch_size)
+        else:
+            iters_per_epoch = math.ceil(sampler.triples_per_epoch / sampler.batch_triples(config.batch_size))
         t_end = config.epochs * iters_per_epoch
         interval = exploration_interval(iters_per_epoch, o["update_interval"])
         hook = DSLHook(model, t_end, interval, o["update_ratio"], o["eta_min"], o["decay"],
                        rng=context.rng("dsl"), reset_adam_on_grow=o["reset_adam_on_grow"],
                        fix_mask=o["fix_mask"])
-        result = context.fit(model, config, hooks=[hook])
+        result = context.fit(model, config, hooks=[hook], sampler=sampler)
         model.apply_mask_()  # the restored best state already satisfies it; kept as a guard
 
         parts, shared_settings, measurements = masked_model_report(model)
@@ -412,7 +448,7 @@ class DSL(Method):
             **shared_settings, "dim": model.dim, "n_layers": layers, "density": k / n,
             "update_ratio": o["update_ratio"], "eta_min": min(o["eta_min"], o["update_ratio"]),
             "decay": o["decay"], "reset_adam_on_grow": o["reset_adam_on_grow"], "fix_mask": o["fix_mask"],
-            "update_interval": interval,
+            "update_interval": interval, "sampler": o["sampler"],
             "update_interval_rule": ("given" if o["update_interval"] else f"auto: floor("
                                      f"{AUTO_INTERVAL_EPOCHS} x {iters_per_epoch} iterations/epoch + 0.5)"),
             "iterations_per_epoch": iters_per_epoch, "t_end_planned": t_end,

@@ -10,8 +10,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from bench.data.dataset import InteractionData
 from bench.device import seed_everything
-from bench.training import TrainHook
+from bench.sampling import InteractionSampler, MultiNegativeSampler
+from bench.training import TrainHook, scheduled_lr
 from methods.base import MethodError, Target
 from methods.dsl import (
     DSL,
@@ -289,12 +291,126 @@ def test_same_seed_same_mask_and_values():
 
 def test_option_checks():
     assert DSL().options == {"update_ratio": 0.5, "update_interval": 0, "eta_min": 0.005, "decay": "cosine",
-                             "reset_adam_on_grow": False, "fix_mask": False}
-    for bad in ({"update_ratio": 1.5}, {"update_interval": -2}, {"eta_min": -0.1}, {"decay": "step"}):
+                             "reset_adam_on_grow": False, "fix_mask": False, "sampler": "interaction"}
+    for bad in ({"update_ratio": 1.5}, {"update_interval": -2}, {"eta_min": -0.1}, {"decay": "step"},
+                {"sampler": "edge"}):
         with pytest.raises(MethodError):
             DSL(**bad)
     with pytest.raises(MethodError, match="cannot compress edge"):
         DSL.check_target(Target(0.5, edge=0.5), 2)
+
+
+# --- the training-regime options change only what they name ---------------------------------------
+
+def recorded_run(monkeypatch, options, seed=0, **budget):
+    """``DSL(**options)`` on the toy data; records the mask training starts from, the triples of
+    every epoch and the optimiser's lr at every step. Returns ``(ctx, out, record)``."""
+    record = {"epochs": [], "lr": []}
+    for cls in (InteractionSampler, MultiNegativeSampler):
+        def epoch(self, generator, _orig=cls.epoch):
+            triples = _orig(self, generator)
+            record["epochs"].append(triples)
+            return triples
+        monkeypatch.setattr(cls, "epoch", epoch)
+
+    def step_end(self, step, optimizer, _orig=DSLHook.step_end):
+        record["lr"].append(optimizer.param_groups[0]["lr"])
+        return _orig(self, step, optimizer)
+
+    monkeypatch.setattr(DSLHook, "step_end", step_end)
+    ctx = method_context(seed, **{"epochs": 3, "eval_every": 1, "patience": 100, **budget})
+    fit_stage = ctx.fit_stage
+
+    def recording(model, *args, **kwargs):
+        record["mask"] = model.mask.clone()
+        return fit_stage(model, *args, **kwargs)
+
+    ctx.fit_stage = recording
+    seed_everything(seed)
+    out = DSL(**options).compress(ctx, Target(0.5))
+    monkeypatch.undo()
+    return ctx, out, record
+
+
+def test_sampler_option_changes_only_the_triples(monkeypatch):
+    ctx, default, rec = recorded_run(monkeypatch, {"update_interval": 4})
+    _, user, rec_user = recorded_run(monkeypatch, {"update_interval": 4, "sampler": "user"})
+    assert torch.equal(rec["mask"], rec_user["mask"])  # same emb_mask stream: same initial mask
+    data = ctx.data
+    gen = torch.Generator().manual_seed(ctx.budget.seed)  # fit_bpr's generator
+    expected = MultiNegativeSampler(data.train, data.n_users, data.n_items, n_neg=1).epoch(gen)
+    assert all(torch.equal(a, b) for a, b in zip(rec_user["epochs"][0], expected, strict=True))
+    gen = torch.Generator().manual_seed(ctx.budget.seed)
+    expected = InteractionSampler(data.train, data.n_users, data.n_items).epoch(gen)
+    assert all(torch.equal(a, b) for a, b in zip(rec["epochs"][0], expected, strict=True))
+    assert not torch.equal(rec["epochs"][0][0], rec_user["epochs"][0][0])
+    assert len(rec["epochs"]) == len(rec_user["epochs"]) == 3
+    # everything else is the same schedule; the trained tables differ
+    for key in ("iterations_per_epoch", "t_end_planned", "update_interval", "explorations_done"):
+        assert default.settings[key] == user.settings[key], key
+    assert (default.settings["sampler"], user.settings["sampler"]) == ("interaction", "user")
+    assert rec["lr"] == rec_user["lr"] == [ctx.budget.lr] * default.settings["iterations_done"]
+    assert not torch.equal(default.module.layer0(), user.module.layer0())
+
+
+def skewed_data() -> InteractionData:
+    """User u trains on u + 1 items (1 to 20) of 30; one valid and one test item each."""
+    rng = np.random.default_rng(0)
+    train, valid, test = [], [], []
+    for u in range(20):
+        items = rng.permutation(30)
+        train += [(u, i) for i in items[: u + 1]]
+        valid.append((u, items[u + 1]))
+        test.append((u, items[u + 2]))
+    return InteractionData("skewed", 20, 30, np.array(train), np.array(valid), np.array(test))
+
+
+def test_user_sampler_draws_users_uniformly_not_by_degree():
+    data = skewed_data()
+    ctx = method_context(0, data=data)
+    assert DSL().epoch_sampler(ctx) is None  # the harness default: every interaction once
+    sampler = DSL(sampler="user").epoch_sampler(ctx)
+    assert isinstance(sampler, MultiNegativeSampler) and sampler.n_neg == 1
+    assert sampler.triples_per_epoch == len(data.train) == 210
+    gen = torch.Generator().manual_seed(0)
+    counts = np.zeros(20)
+    positives = set(map(tuple, data.train.tolist()))
+    for _ in range(20):
+        users, pos, neg = sampler.epoch(gen)
+        assert users.numel() == 210
+        counts += np.bincount(users.numpy(), minlength=20)
+        assert all((u, i) in positives for u, i in zip(users.tolist(), pos.tolist(), strict=True))
+        assert not any((u, i) in positives for u, i in zip(users.tolist(), neg.tolist(), strict=True))
+    # 4200 draws, 210 expected per user; by degree the last user would get 20x the first's
+    assert counts.max() / counts.min() < 1.5 and abs(counts.mean() - 210) < 1e-9
+    by_degree = np.bincount(InteractionSampler(data.train, 20, 30).epoch(gen)[0].numpy(), minlength=20)
+    assert by_degree.tolist() == list(range(1, 21))
+
+
+def test_cosine_lr_schedule_is_followed_and_the_constant_default_is_unchanged(monkeypatch):
+    budget = {"lr": 0.05, "lr_schedule": "cosine", "lr_min": 1e-3, "lr_period": 2}
+    ctx, out, rec = recorded_run(monkeypatch, {"update_interval": 4}, **budget)
+    per_epoch = out.settings["iterations_per_epoch"]
+    config = ctx.train_config(**budget)
+    expected = [scheduled_lr(config, 1 + step // per_epoch) for step in range(3 * per_epoch)]
+    assert rec["lr"] == expected
+    assert expected[0] == 0.05 and expected[-1] == 1e-3 and len(set(expected)) == 3
+    # the default constant schedule: DSL's result equals the training path without the options
+    # (no sampler given to the loop, the budget's constant lr), bit for bit
+    _, default, _ = recorded_run(monkeypatch, {"update_interval": 4})
+    _, given, _ = recorded_run(monkeypatch, {"update_interval": 4, "sampler": "interaction"},
+                               lr_schedule="constant", lr_min=1e-3, lr_period=2)
+    ctx = method_context(0, epochs=3, eval_every=1, patience=100)
+    seed_everything(0)
+    model, _ = DSL.initial_model(ctx, Target(0.5))
+    t_end = 3 * math.ceil(len(ctx.data.train) / ctx.budget.batch_size)
+    hook = DSLHook(model, t_end, 4, 0.5, 0.005, "cosine", rng=ctx.rng("dsl"))
+    result = ctx.fit(model, ctx.train_config(), hooks=[hook])
+    for run in (default, given):
+        assert torch.equal(run.module.mask, model.mask)
+        assert torch.equal(run.module.layer0(), model.layer0())
+        assert run.settings["best_epoch"] == result.best_epoch
+    assert not torch.equal(out.module.layer0(), model.layer0())
 
 
 # --- cost helpers (invariant 13) and evaluation (12) -----------------------------------------------
