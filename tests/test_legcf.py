@@ -514,6 +514,18 @@ def test_c500_corresponds_to_the_spec_ratio(n, c500):
     assert legcf_params(500, 2, n, 128) / (n * 128) == pytest.approx(c500, abs=5e-5)
 
 
+@pytest.mark.parametrize("n,rho,expected", [(22_531, 0.10, (500, 9)), (22_531, 0.05, (500, 3)),
+                                            (22_531, 0.02, (98, 2)), (69_534, 0.10, (500, 11))])
+def test_c_max_keeps_the_paper_codebook_and_spends_the_rest_on_t(n, rho, expected):
+    c, t = solve_codebook(rho, n, 128, c_max=500)
+    assert (c, t) == expected
+    budget = rho * n * 128
+    assert legcf_params(c, t, n, 128) <= budget
+    if c == 500:  # one more assignment entry per entity would not fit
+        assert legcf_params(c, t + 1, n, 128) > budget
+    assert solve_codebook(rho, n, 128, t=2, c_max=500) == solve_codebook(rho, n, 128, t=2)  # explicit t
+
+
 def test_solver_falls_back_to_t1_and_then_fails_clearly():
     n, d = 1_000, 128
     c, t = solve_codebook(0.015, n, d)  # t=2 needs 2,384 parameters, the budget is 1,920
