@@ -375,6 +375,10 @@ class LEGCF(Method):
         }
         outside = c > DESIGN_MAX_C
         measurements["assignment_row_sum_mean"] = float(s.value.sum(1).mean())
+        init = pre.get("init", {})
+        for key in ("partition_edges_inside", "partition_empty_repaired"):
+            if key in init:  # METIS init only
+                measurements[key] = float(init[key])
         notes = self.update_notes(ctx.budget.valid_metric, pre, stage2)
         if outside:
             notes.insert(0, f"legcf c={c} is above {DESIGN_MAX_C}, the largest codebook the paper tested")

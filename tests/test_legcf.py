@@ -666,6 +666,10 @@ def test_compress_measures_the_paper_parameter_count(legcf_runs):
     assert model.measurements["legcf_params_paper"] == c * d + t * n
     assert model.measurements["emb_ratio_honest"] == pytest.approx(legcf_honest_params(c, t, n, d) / (n * d))
     assert sizes["edge_achieved"] == 1.0
+    init = model.settings["pretrain"]["init"]
+    assert model.measurements["partition_edges_inside"] == init["partition_edges_inside"]
+    assert 0 < model.measurements["partition_edges_inside"] < 1
+    assert model.measurements["partition_empty_repaired"] == init["partition_empty_repaired"]
     assert model.settings["update_stage"]["updates"]  # stage 2 ran its updates
     users, items = model.representations()
     assert users.shape == (60, d) and items.shape == (40, d) and torch.isfinite(users).all()
