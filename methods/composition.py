@@ -328,6 +328,7 @@ def refit_values(h_rows: torch.Tensor, h_meta: torch.Tensor, index: torch.Tensor
     return torch.linalg.solve(gram, rhs)
 
 
+@torch.no_grad()
 def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk: int = 4096,
                       eps: float = 1e-6, refit: bool = False) -> tuple[Assignment, int]:
     """LEGCF's closed-form update (§2.6, paper Eq. 13-15): ``S̃ = H_full · pinv(H_meta)``, then per
