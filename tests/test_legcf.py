@@ -719,7 +719,8 @@ def test_no_update_ablation_keeps_the_metis_init(legcf_runs):
     c, t = model.settings["c"], model.settings["t"]
     data = ctx.data
     parts = metis_parts(data.n_users, data.n_items, data.train, c, ctx.seed)
-    init = metis_assignment(parts, c, t, 0.6, ctx.rng("legcf", 1))
+    assert model.settings["w_star"] == 0.9  # the code's default
+    init = metis_assignment(parts, c, t, 0.9, ctx.rng("legcf", 1))
     np.testing.assert_allclose(dense_s(model.module.assignment()), dense_s(init))
     assert model.settings["update_stage"] is None
     assert model.settings["pretrain"]["cached"]  # stage 1 of the first run was reused
