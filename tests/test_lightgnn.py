@@ -43,6 +43,16 @@ from tests.conftest import method_context, run_single_cell
 from tests.test_training import clustered_data
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The toy problems are tiny: one thread avoids the thread pool's overhead (several times faster
+    on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def toy_pairs(seed: int = 0, n_users: int = 12, n_items: int = 9, per_user: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.array([(u, i) for u in range(n_users) for i in rng.choice(n_items, per_user, replace=False)])
