@@ -13,7 +13,11 @@ Stages (spec §5-§7):
    graph ``Ĉ`` (§2: with ``hops = 2`` it adds only user-user and item-item co-interaction
    entries, no new user-item edges), learnable weights on every entry, trained with BPR,
    prediction KD, embedding KD, uniformity part A and decay (losses 1, 2, 3, 4, 6) from the
-   teacher. Cached per (dataset, teacher, options, seed) in the base checkpoint directory.
+   teacher. It starts from Xavier init, as in the authors' code (``middle_init = "teacher"``
+   copies the teacher's layer-0 table instead). Cached per (dataset, teacher, options, seed) in
+   the base checkpoint directory. **Gate** (``middle_gate``, on in ``cpu``): when its best
+   validation metric is below the teacher's, the student distils from the teacher instead (as the
+   ``no-intermediate`` ablation does; the cell's ``intermediate.gate`` and report note say so).
 3. **Student** (:meth:`LightGNN.student_runs`, §7): the weighted model on ``Â`` with the budget's
    depth, ``k + 1`` runs. Each run trains with all six losses (part B from run 2 with the δ
    schedule) from the intermediate model, keeps the best **validation** epoch (never test), and
@@ -32,9 +36,17 @@ are reported beside it.
 
 Profiles: ``paper`` (the authors' Yelp settings: 8-layer authors' teacher, 6-layer intermediate
 for 300 epochs, 600 epochs per run, lr 1e-4, full-softmax terms; a GPU job) and ``cpu`` (the
-default; spec §12's lite profile: shared teacher, 2-layer intermediate warm-started from the
-teacher for 3 epochs, 3 epochs per run at the budget's lr, 2048 sampled candidates per contrastive
-term). ``cpu`` results are labelled as not comparable to the paper.
+default; spec §12's lite profile: shared teacher, 2-layer intermediate from Xavier init for 3
+epochs at the budget's lr with the gate, 3 epochs per run at the budget's lr, 2048 sampled
+candidates per contrastive term). ``cpu`` results are labelled as not comparable to the paper.
+
+Why Xavier and not a warm start from the teacher in ``cpu``: uniformity part A (spec §4 item 4)
+uses raw dot products at temperature 1 with weight 1. The authors start the intermediate from
+Xavier init, where every dot product is near 0 and the term sits at its floor (``4 ln 2048 = 30.5``
+with 2048 candidates). The shared teacher's trained table, under the sum readout on ``Ĉ``, puts
+it at 248 at step 0 on ``yelp-lightgnn`` (d = 32, lr 5e-3), and training against it dropped
+validation Recall@20 from the teacher's 0.074 to 0.033 after one epoch. From Xavier at the same
+lr it reached 0.070 after one epoch and 0.075 after two.
 """
 
 from __future__ import annotations
@@ -77,13 +89,13 @@ if TYPE_CHECKING:  # pragma: no cover
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "teacher": "shared", "teacher_layers": 0, "middle_layers": 2, "middle_epochs": 3,
-        "middle_lr": 0.0, "middle_init": "teacher", "epochs_per_run": 3, "lr": 0.0,
+        "middle_lr": 0.0, "middle_init": "xavier", "middle_gate": True, "epochs_per_run": 3, "lr": 0.0,
         "candidates": 2048,
     },
     "paper": {  # spec §10, Yelp column
         "teacher": "authors", "teacher_layers": 8, "middle_layers": 6, "middle_epochs": 300,
-        "middle_lr": 1e-4, "middle_init": "xavier", "epochs_per_run": 600, "lr": 1e-4,
-        "candidates": 0,
+        "middle_lr": 1e-4, "middle_init": "xavier", "middle_gate": False, "epochs_per_run": 600,
+        "lr": 1e-4, "candidates": 0,
     },
 }
 # bump when a change alters what a cached stage (teacher, intermediate, run) would contain
@@ -124,6 +136,8 @@ class LightGNN(Method):
         _profile_knob("middle_lr", "intermediate model learning rate (0: the budget's)"),
         _profile_knob("middle_init", "intermediate model init: Xavier or the teacher's table",
                       ("xavier", "teacher")),
+        _profile_knob("middle_gate", "distil from the teacher instead when the intermediate model's "
+                      "best validation metric is below the teacher's", (True, False)),
         _profile_knob("epochs_per_run", "student epochs in every pruning run"),
         _profile_knob("lr", "student learning rate (0: the budget's)"),
         _profile_knob("candidates", "candidates per contrastive denominator (0: all nodes)"),
@@ -155,9 +169,17 @@ class LightGNN(Method):
         "Model selection and the pruning snapshot use validation Recall@20 (the code uses test); a "
         "tie with the run's best does not move the snapshot (the code's >=).",
         "Each pruning drops exactly floor(n p) entries (the code: floor(n p) + 1 plus ties).",
-        "Profile 'cpu' (the default): shared 2-layer teacher, 2-layer intermediate warm-started from "
-        "the teacher for 3 epochs, 3 epochs per run, 2048 sampled candidates per contrastive "
-        "denominator. Its results are NOT comparable to the paper's numbers.",
+        "Profile 'cpu' (the default): shared 2-layer teacher (mean readout, trained with the budget), "
+        "2-layer intermediate from Xavier init (the code's) for 3 epochs at the budget's lr (the code: "
+        "lr 1e-4 for 300 epochs, which barely moves a Xavier table in 3), 3 epochs per run at the "
+        "budget's lr, 2048 sampled candidates per contrastive denominator. Its results are NOT "
+        "comparable to the paper's numbers.",
+        "Validation gate on the intermediate model (not in the code; on in 'cpu', off in 'paper'): "
+        "when its best validation metric is below the teacher's, the student distils from the "
+        "teacher, with the sigma term from the teacher and no w^M term, as in 'no-intermediate'. A "
+        "short intermediate can end below its teacher, and distilling from a worse model than the "
+        "teacher at hand cannot help the student; the cell records it (intermediate.gate, a report "
+        "note).",
         "Ablation 'binary-edge' freezes the weights at their binary carried values in every run "
         "(the code adds such runs after learned ones); 'no-intermediate' distils from the teacher "
         "and takes the sigma term from it (inferred from the flags; no script runs it).",
@@ -182,6 +204,8 @@ class LightGNN(Method):
         if o["teacher"] not in ("shared", "authors") or o["middle_init"] not in ("xavier", "teacher"):
             raise MethodError("lightgnn.teacher must be 'shared' or 'authors' and lightgnn.middle_init "
                               "'xavier' or 'teacher'")
+        if not isinstance(o["middle_gate"], bool):
+            raise MethodError(f"lightgnn.middle_gate must be true or false, got {o['middle_gate']!r}")
         if o["epochs_per_run"] < 1 or o["middle_epochs"] < 1 or o["hops"] < 1:
             raise MethodError("lightgnn.epochs_per_run, middle_epochs and hops must be >= 1")
         if not 0 < o["closure_sample"] <= 1:
@@ -231,7 +255,8 @@ class LightGNN(Method):
                 layers = model.layers()
                 users, items = model.propagate()
             info = {"kind": "shared", "layers": model.n_layers, "state_hash": base.state_hash,
-                    "readout": "mean", "graph": "plain", "cached": True, "seconds": 0.0}
+                    "readout": "mean", "graph": "plain", "cached": True, "seconds": 0.0,
+                    "valid_metric": base.valid.get(ctx.budget.valid_metric)}
             cost = TrainingCost()
         else:
             graph = build_graph("self_loops", n_users, ctx.data.n_items, ctx.data.train, ctx.device)
@@ -437,14 +462,23 @@ class LightGNN(Method):
         graph = build_graph(o["student_graph"], data.n_users, data.n_items, data.train, ctx.device)
         lineage: dict[str, Any] = {"teacher": teacher_info["state_hash"]}
         middle_info: dict[str, Any] | None = None
-        if o["ablation"] == "no-intermediate":
+        middle: WeightedLightGCN | None = None
+        if o["ablation"] != "no-intermediate":
+            middle, middle_info = self.intermediate(ctx, o, teacher, teacher_table, teacher_info)
+            ctx.cost = ctx.cost.add(TrainingCost(**middle_info["cost"]))
+            lineage["middle"] = middle_info["state_hash"]
+            gate = middle_gate(o["middle_gate"], teacher_info.get("valid_metric"),
+                               middle_info["valid_metric"])
+            middle_info["gate"] = gate
+            if gate["fired"]:  # the intermediate ended below the teacher on validation
+                ctx.log(gate["note"])
+                lineage["kd_source"] = "teacher (gate)"
+                middle = None
+        if middle is None:  # distil from the teacher, which also gives the sigma term (no w^M)
             kd = teacher
             sigma_source = torch.cat([teacher.users, teacher.items], dim=0)
             w_middle = None
         else:
-            middle, middle_info = self.intermediate(ctx, o, teacher, teacher_table, teacher_info)
-            ctx.cost = ctx.cost.add(TrainingCost(**middle_info["cost"]))
-            lineage["middle"] = middle_info["state_hash"]
             with torch.no_grad():
                 layers = middle.layers()
                 final = middle.readout_of(layers)
@@ -496,7 +530,8 @@ class LightGNN(Method):
         first = history[0]
         settings = {
             "profile": o["profile"], "comparable_to_paper": o["profile"] == "paper",
-            "report_note": None if o["profile"] == "paper" else CPU_NOTE,
+            "report_note": [n for n in (None if o["profile"] == "paper" else CPU_NOTE,
+                                        (middle_info or {}).get("gate", {}).get("note")) if n] or None,
             "schedule": o["schedule"], "prunings": schedule.k, "runs": schedule.runs,
             "p_emb": schedule.p_emb, "p_adj": schedule.p_adj, "nominal_ratios": list(schedule.expected()),
             "ablation": o["ablation"], "kept_entries": int(mask.sum()), "table_entries": mask.numel(),
@@ -512,6 +547,20 @@ class LightGNN(Method):
         return CompressedModel(module=out, artifact=parts, graph=compact, n_layers=layers,
                                training=ctx.cost, settings=settings, measurements=measurements,
                                graph_bits=csr_graph_bits(alive_n, compact.n_nodes))
+
+
+def middle_gate(enabled: bool, teacher_valid: float | None, middle_valid: float | None) -> dict[str, Any]:
+    """The validation gate on the intermediate model (the harness's, in neither the paper nor the
+    authors' code): ``fired`` when it is on and the intermediate's best validation metric is below
+    the teacher's; the student then distils from the teacher."""
+    fired = bool(enabled and teacher_valid is not None and middle_valid is not None
+                 and middle_valid < teacher_valid)
+    note = None
+    if fired:
+        note = (f"lightgnn: the intermediate model's best validation metric ({middle_valid:.4f}) was below "
+                f"the teacher's ({teacher_valid:.4f}), so the student distilled from the teacher")
+    return {"enabled": bool(enabled), "fired": fired, "teacher_valid": teacher_valid,
+            "middle_valid": middle_valid, "note": note}
 
 
 def ctx_chunk_bytes(ctx: MethodContext) -> int:

@@ -12,7 +12,7 @@ from methods.base import MethodError, Target
 from methods.contrastive import chunked_logsumexp, chunked_positive_ce
 from methods.graph import normalized_adjacency
 from methods.lightgcn import LightGCN
-from methods.lightgnn import LightGNN
+from methods.lightgnn import LightGNN, middle_gate
 from methods.lightgnn_losses import (
     DistillationObjective,
     LossWeights,
@@ -41,6 +41,16 @@ from methods.weighted_graph import (
 )
 from tests.conftest import method_context, run_single_cell
 from tests.test_training import clustered_data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The toy problems are tiny: one thread avoids the thread pool's overhead (several times faster
+    on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def toy_pairs(seed: int = 0, n_users: int = 12, n_items: int = 9, per_user: int = 3) -> np.ndarray:
@@ -400,6 +410,48 @@ def test_export_measures_alive_entries(compressed_pair):
     assert model.settings["report_note"] and not model.settings["comparable_to_paper"]
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_intermediate_does_not_fall_below_the_teacher(seed):
+    """The intermediate model from the authors' fresh (Xavier) init ends at or above its starting
+    point, the teacher, on validation (a warm start from the teacher's table fell to less than half
+    of it on Yelp); the toy budget's lr 0.05 is too high for it, 0.01 is used."""
+    method = small_lightgnn(middle_lr=0.01, middle_epochs=6)
+    ctx = method_context(seed)
+    o = method.resolved(ctx)
+    assert o["middle_init"] == "xavier" and o["middle_gate"]
+    teacher, table, teacher_info = method.teacher(ctx, o)
+    _, info = method.intermediate(ctx, o, teacher, table, teacher_info)
+    assert info["valid_metric"] >= teacher_info["valid_metric"] > 0
+
+
+def test_gate_decision_is_recorded(compressed_pair):
+    """The cpu profile's gate records both validation metrics and hands the student a distillation
+    source that is not below the teacher on validation."""
+    first, second = compressed_pair
+    info = first.settings["intermediate"]
+    gate = info["gate"]
+    assert gate["enabled"] and info["valid_metric"] == gate["middle_valid"]
+    assert gate["teacher_valid"] == first.settings["teacher"]["valid_metric"] > 0
+    assert gate["fired"] == (gate["middle_valid"] < gate["teacher_valid"])
+    source = gate["teacher_valid"] if gate["fired"] else gate["middle_valid"]
+    assert source >= gate["teacher_valid"]
+    assert second.settings["intermediate"]["gate"] == gate  # the cached intermediate, the same decision
+
+
+def test_gate_falls_back_to_the_teacher():
+    """An intermediate that ends below the teacher (here: the authors' lr 1e-4 for one epoch from
+    Xavier) is replaced by the teacher: the runs equal the no-intermediate ablation's exactly."""
+    opts = {"middle_init": "xavier", "middle_lr": 1e-4, "middle_epochs": 1, "epochs_per_run": 1}
+    gated = small_lightgnn(**opts).compress(method_context(0), Target(0.8, 0.95))
+    gate = gated.settings["intermediate"]["gate"]
+    assert gate["fired"] and gate["middle_valid"] < gate["teacher_valid"]
+    assert gate["note"] in gated.settings["report_note"]
+    direct = small_lightgnn(**opts, ablation="no-intermediate").compress(method_context(0), Target(0.8, 0.95))
+    assert [h["valid_metric"] for h in gated.settings["runs_history"]] == [
+        h["valid_metric"] for h in direct.settings["runs_history"]]
+    assert not middle_gate(False, 0.5, 0.1)["fired"] and middle_gate(True, 0.5, 0.1)["fired"]
+
+
 def test_deterministic_masks_and_random_ablation_differs():
     a = small_lightgnn().compress(method_context(1), Target(0.5, 0.8))
     b = small_lightgnn().compress(method_context(1), Target(0.5, 0.8))
@@ -421,6 +473,8 @@ def test_ablations_run(ablation):
 def test_option_errors():
     with pytest.raises(MethodError, match="ablation"):
         LightGNN(ablation="no-everything")
+    with pytest.raises(MethodError, match="middle_gate"):
+        LightGNN(middle_gate="yes")
     with pytest.raises(MethodError, match="epochs_per_run"):
         LightGNN(epochs_per_run=-1).resolved(method_context(0))
     with pytest.raises(MethodError, match="cannot compress layers"):
