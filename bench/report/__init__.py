@@ -80,8 +80,9 @@ UNCONVERGED_REFERENCE_NOTE = (
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
-    budget cut short (``info["training_stages"]``), with how many cells carry each."""
-    from bench.report.tables import variant_label
+    budget cut short (``info["training_stages"]``), with how many cells carry each; a cut stage of the
+    dense reference adds a note for the whole dataset (variant ``all``)."""
+    from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
     for c in cells:
@@ -91,14 +92,10 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         notes = (c.get("settings") or {}).get("report_note") or []
         for note in [notes] if isinstance(notes, str) else notes:
             counter[(c["dataset"], variant, note)] += 1
-        for stage in (c.get("info") or {}).get("training_stages", []):
-            if stage.get("at_budget"):
-                counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage["stage"]))] += 1
-    from bench.report.tables import REFERENCE
-
-    for c in cells:
-        if c["status"] == "ok" and c["method"] == REFERENCE and any(
-                s.get("at_budget") for s in (c.get("info") or {}).get("training_stages", [])):
+        cut = [s["stage"] for s in (c.get("info") or {}).get("training_stages", []) if s.get("at_budget")]
+        for stage in cut:
+            counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage))] += 1
+        if cut and c["method"] == REFERENCE:
             counter[(c["dataset"], "all", UNCONVERGED_REFERENCE_NOTE)] += 1
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
