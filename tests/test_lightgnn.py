@@ -279,6 +279,29 @@ def test_prediction_kd_is_stationary_when_student_matches_teacher():
     assert s_u2.grad.abs().max() > 1e-3
 
 
+def test_prediction_kd_equals_the_brute_force_soft_bce_and_its_gradient():
+    g = torch.Generator().manual_seed(3)
+    t_u = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    t_i = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    s_u = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s_i = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    u, j1, j2 = torch.tensor([0, 1, 1, 5, 0]), torch.tensor([0, 4, 2, 3, 0]), torch.tensor([4, 3, 2, 1, 1])
+    tau = 2.0
+    got = prediction_kd(s_u, s_i, t_u, t_i, u, j1, j2, tau)
+    got.backward()
+    ref_u, ref_i = s_u.detach().clone().requires_grad_(True), s_i.detach().clone().requires_grad_(True)
+    terms = []
+    for a, b, c in zip(u.tolist(), j1.tolist(), j2.tolist(), strict=True):
+        q = torch.sigmoid((t_u[a] @ t_i[b] - t_u[a] @ t_i[c]) / tau)
+        p = torch.sigmoid((ref_u[a] @ ref_i[b] - ref_u[a] @ ref_i[c]) / tau)
+        terms.append(-(q * torch.log(p + 1e-8) + (1 - q) * torch.log(1 - p + 1e-8)))
+    expected = torch.stack(terms).mean()
+    expected.backward()
+    assert float(got) == pytest.approx(float(expected), rel=1e-12)
+    assert torch.allclose(s_u.grad, ref_u.grad, atol=1e-12)
+    assert torch.allclose(s_i.grad, ref_i.grad, atol=1e-12)
+
+
 def test_embedding_kd_scale_invariant_and_positive():
     target = torch.nn.functional.normalize(torch.randn(7, 4))
     student = torch.randn(7, 4)
