@@ -69,10 +69,12 @@ class CellSpec:
     checkpoint_dir: str | None = None
     progress: bool = False
     threads: int | None = None  # torch CPU threads for this cell (None: leave as is)
+    # cells the executor runs at once (recorded with the result, not part of the key; None: unknown)
+    concurrent_cells: int | None = 1
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("run", "data_dir", "checkpoint_dir", "progress", "threads"):
+        for k in ("run", "data_dir", "checkpoint_dir", "progress", "threads", "concurrent_cells"):
             d.pop(k)
         return d
 
@@ -129,7 +131,8 @@ def finish_result(result: dict[str, Any], spec: CellSpec, device: torch.device |
     from bench.environment import environment
 
     result["finished_at"] = _now()
-    result["environment"] = {**environment(device), "code_version": spec.code_version}
+    result["environment"] = {**environment(device), "code_version": spec.code_version,
+                             "concurrent_cells": spec.concurrent_cells}
     return result
 
 

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun cells stored as failed")
     p.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:N)")
     ex = p.add_mutually_exclusive_group()
-    ex.add_argument("--workers", type=int, default=None, help="run cells in N local worker processes")
+    ex.add_argument("--workers", type=int, default=None,
+                    help="run cells in N local worker processes (default: the config's 'workers', else 1 "
+                         "in-process)")
     ex.add_argument("--dask-workers", type=int, default=None,
                     help="run cells on a Dask LocalCluster of N worker processes")
     ex.add_argument("--scheduler", default=None, help="run cells on the Dask scheduler at ADDRESS")
@@ -208,6 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor = ProcessExecutor(args.workers, args.threads)
     elif args.dask_workers is not None or args.scheduler is not None:
         executor = DaskExecutor(args.scheduler, args.dask_workers, args.threads)
+    elif config.workers > 1:  # the config's default when the command line names no executor
+        executor = ProcessExecutor(config.workers, args.threads)
     else:
         executor = SequentialExecutor()
         if args.threads is not None:

@@ -14,6 +14,8 @@ Schema (README, "Matrix configuration"):
     seeds = [0, 1, 2]              # required
     device = "auto"                # optional: auto, cpu, cuda, cuda:N
     data_dir = "datasets"          # optional: the data root
+    workers = 2                    # optional: cells at once in local worker processes when the
+                                   # command line names no executor (default 1: in-process)
 
     [budget]                       # optional: the shared training budget (bench.training.TrainConfig)
     epochs = 100
@@ -27,7 +29,7 @@ TOML cannot hold both ``methods = [...]`` and ``[methods.<name>]``; to give a me
 
     [methods.lightgcn]
     [methods.dsl]
-    update_every = 100             # a knob of the method (``recshrink methods`` lists them)
+    update_interval = 100          # a knob of the method (``recshrink methods`` lists them)
     emb_targets = [0.5]            # per-method targets (also edge_targets, targets)
     [methods.dsl.budget]           # per-method budget overrides
     epochs = 200
@@ -58,7 +60,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TOP_KEYS = ("name", "description", "datasets", "methods", "emb_targets", "edge_targets", "targets",
-            "seeds", "device", "data_dir", "budget", "measure")
+            "seeds", "device", "data_dir", "budget", "measure", "workers")
 METHOD_RESERVED = ("budget", "emb_targets", "edge_targets", "targets")
 BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("seed", "device"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -90,6 +92,7 @@ class MatrixConfig:
     data_dir: str | None = None
     description: str = ""
     source: str = "<config>"
+    workers: int = 1
     text: str = ""
 
     def cells(self, device: str, checksums: dict[str, str], code_version: str,
@@ -300,6 +303,9 @@ def parse_config(table: dict[str, Any], source: str = "<config>", text: str = ""
     device = table.get("device", "auto")
     if not isinstance(device, str) or not re.match(r"^(auto|cpu|cuda(:\d+)?)$", device):
         raise _err(source, "device", f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+    workers = table.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise _err(source, "workers", f"must be an integer >= 1, got {workers!r}")
     budget = _budget(table.get("budget", {}), source, "budget")
     measure = _measure(table.get("measure", {}), source)
     methods = _methods(table["methods"], source)
@@ -320,6 +326,7 @@ def parse_config(table: dict[str, Any], source: str = "<config>", text: str = ""
         name=name, datasets=list(dict.fromkeys(datasets)), methods=methods, targets=targets,
         seeds=list(dict.fromkeys(seeds)), budget=budget, measure=measure, device=device,
         data_dir=data_dir, description=str(table.get("description", "")), source=source, text=text,
+        workers=workers,
     )
 
 

@@ -41,6 +41,7 @@ def failed_result(spec: CellSpec, error: str) -> dict[str, Any]:
 
 class SequentialExecutor:
     name = "sequential"
+    concurrent_cells = 1
 
     def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
         for spec in specs:
@@ -71,7 +72,7 @@ class ProcessExecutor:
     def __init__(self, workers: int, threads: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
-        self.workers = workers
+        self.workers = self.concurrent_cells = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self._pool: ProcessPoolExecutor | None = None
 
@@ -138,6 +139,8 @@ class DaskExecutor:
             raise ValueError("give a scheduler address or --dask-workers N >= 1")
         self.cluster = None
         self.threads = threads
+        # a local cluster's size is known; a remote scheduler's workers may be on other machines
+        self.concurrent_cells = n_workers if address is None else None
         if address is not None:
             self.client = Client(address)
         else:

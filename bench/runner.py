@@ -178,8 +178,9 @@ def run_matrix(
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
-    cells = plan(config, device, ckpt)
     executor = executor or SequentialExecutor()
+    concurrent = getattr(executor, "concurrent_cells", None)
+    cells = [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
     store = ResultStore(out / "results.sqlite")
     statuses = store.statuses()
     done = [c for c in cells if statuses.get(c.key) == "ok"]

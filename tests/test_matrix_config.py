@@ -84,6 +84,8 @@ def test_edge_targets_cross_emb_targets(tiny_root):
      "methods.toy-truncate: method 'toy-truncate' cannot compress edge"),
     ('emb_targets = [0.5]\n[methods.toy-truncate.budget]\nepoch = 3\n',
      "methods.toy-truncate.budget.epoch: unknown budget option"),
+    ('methods = ["lightgcn"]\nemb_targets = [0.5]\nworkers = 0\n', "workers: must be an integer >= 1, got 0"),
+    ('methods = ["lightgcn"]\nemb_targets = [0.5]\nworkers = "2"\n', "workers: must be an integer >= 1"),
 ])
 def test_bad_configs_name_the_key(tiny_root, toy_plugin, body, message):
     body = body if "datasets" in body else 'datasets = ["tiny"]\n' + body

@@ -190,6 +190,33 @@ def test_worker_processes_give_the_sequential_metrics(tiny_root, toy_plugin, tmp
                          checkpoint_dir=tmp_path / "ck-proc", **QUIET)
     assert summary.ok == 3
     assert _metrics(tmp_path / "proc") == _metrics(tmp_path / "seq")
+    # each result says how many cells shared the machine while it ran
+    assert {c["environment"]["concurrent_cells"] for c in stored(tmp_path / "proc").values()} == {2}
+    assert {c["environment"]["concurrent_cells"] for c in stored(tmp_path / "seq").values()} == {1}
+
+
+def test_a_config_with_workers_runs_its_cells_in_that_many_processes(tiny_root, toy_plugin, tmp_path,
+                                                                    monkeypatch):
+    import bench.runner
+    from bench.cli import main
+    from bench.executors import ProcessExecutor, SequentialExecutor
+
+    seen = []
+
+    def fake_run_matrix(config, out, executor, **kwargs):
+        seen.append(executor)
+        return bench.runner.RunSummary(out_dir=tmp_path, total=0, already_done=0, skipped_failed=0)
+
+    monkeypatch.setattr(bench.runner, "run_matrix", fake_run_matrix)
+    body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nemb_targets = [0.5]\nseeds = [0]\n'
+    two = tiny_config(tiny_root, "workers = 2\n" + body, name="two")
+    one = tiny_config(tiny_root, body, name="one")
+    assert main(["run", str(two), "--no-progress"]) == 0
+    assert main(["run", str(two), "--workers", "1", "--no-progress"]) == 0  # the command line wins
+    assert main(["run", str(one), "--no-progress"]) == 0
+    assert isinstance(seen[0], ProcessExecutor) and seen[0].workers == 2
+    assert isinstance(seen[1], ProcessExecutor) and seen[1].workers == 1
+    assert isinstance(seen[2], SequentialExecutor)
 
 
 def test_killed_run_loses_no_finished_cell_and_leaves_no_partial_row(tiny_root, toy_plugin, tmp_path):

@@ -120,3 +120,14 @@ def test_a_cell_reports_its_own_and_its_total_training_cost(tiny_root, tmp_path)
     # a method fine-tuned from the base also pays for the base
     assert mag["train_seconds_total"] == pytest.approx(mag["train_seconds"] + mag["base_train_seconds"])
     assert mag["train_epochs_total"] == mag["train_epochs"] + ref["train_epochs"]
+
+
+def test_cells_that_shared_the_machine_are_noted_for_their_dataset():
+    from bench.report import SHARED_MACHINE_NOTE
+
+    def cell(dataset, concurrent):
+        return {"status": "ok", "dataset": dataset, "method": "magnitude", "seed": 0, "spec": {"options": {}},
+                "settings": {}, "info": {}, "environment": {"concurrent_cells": concurrent}}
+
+    notes = _notes([cell("a", 2), cell("a", 2), cell("b", 1), cell("c", None)])
+    assert notes == [{"dataset": "a", "variant": "all", "note": SHARED_MACHINE_NOTE.format(n=2), "cells": 2}]

@@ -77,11 +77,17 @@ UNCONVERGED_REFERENCE_NOTE = (
     "that trains longer from the base checkpoint can pass it without being better")
 
 
+SHARED_MACHINE_NOTE = (
+    "{n} cells ran at once on one machine (one worker process each): their time, latency and "
+    "memory figures were measured while other cells ran and are not those of an idle machine")
+
+
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
     budget cut short (``info["training_stages"]``), with how many cells carry each; a cut stage of the
-    dense reference adds a note for the whole dataset (variant ``all``)."""
+    dense reference, and cells run several at once on one machine, add a note for the whole dataset
+    (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
@@ -97,6 +103,9 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage))] += 1
         if cut and c["method"] == REFERENCE:
             counter[(c["dataset"], "all", UNCONVERGED_REFERENCE_NOTE)] += 1
+        concurrent = (c.get("environment") or {}).get("concurrent_cells")
+        if concurrent is not None and concurrent > 1:
+            counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
 
