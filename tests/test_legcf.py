@@ -27,7 +27,14 @@ from methods.composition import (
     random_assignment,
 )
 from methods.graph import normalized_adjacency
-from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook, solve_codebook
+from methods.legcf import (
+    LEGCF,
+    InfeasibleTargetError,
+    LegcfHook,
+    adam_moments,
+    load_adam_moments,
+    solve_codebook,
+)
 from tests.conftest import method_context, run_single_cell
 from tests.test_training import clustered_data, small_config
 
@@ -635,6 +642,67 @@ def test_train_end_keeps_the_last_state_not_the_best():
     first, final = (Assignment(st["assign_index"], st["assign_value"], 6)
                     for st in (recorder.states[0], last))
     assert not np.allclose(dense_s(first), dense_s(final))
+
+
+def test_adam_moments_carry_over_exactly_to_a_new_optimiser():
+    from bench.training import make_adam
+
+    def copy_of(model):
+        twin = _toy_model()[3]
+        twin.load_state_dict(model.state_dict())
+        return twin
+
+    _, _, _, model = _toy_model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_adam(params, 0.01)
+    gen = torch.Generator().manual_seed(5)
+    grads = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(4)]
+
+    def step(optimizer, ps, gs):
+        for p, g in zip(ps, gs, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+
+    for gs in grads[:3]:
+        step(opt, params, gs)
+    moments = adam_moments(model, opt)
+    twin = copy_of(model)
+    twin_params = [p for p in twin.parameters() if p.requires_grad]
+    carried = make_adam(twin_params, 0.01)
+    assert load_adam_moments(twin, carried, moments) == len(params)
+    fresh_model = copy_of(model)
+    fresh_params = [p for p in fresh_model.parameters() if p.requires_grad]
+    fresh = make_adam(fresh_params, 0.01)
+    step(opt, params, grads[3])
+    step(carried, twin_params, grads[3])
+    step(fresh, fresh_params, grads[3])
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params, strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(params, fresh_params, strict=True))
+    assert all(float(v) == 4 for k, v in adam_moments(twin, carried).items() if k.endswith(".step"))
+
+
+def test_stage_2_continues_stage_1s_adam_unless_asked_for_a_fresh_one(tmp_path, monkeypatch):
+    import methods.legcf as legcf_module
+
+    calls = []
+    real = legcf_module.load_adam_moments
+
+    def spy(model, optimizer, moments):
+        calls.append({k: float(v) for k, v in moments.items() if k.endswith(".step")})
+        return real(model, optimizer, moments)
+
+    monkeypatch.setattr(legcf_module, "load_adam_moments", spy)
+    models = {}
+    for mode in ("continue", "fresh"):
+        ctx = method_context(0, checkpoint_dir=tmp_path, dim=16)
+        models[mode] = LEGCF(stage2_adam=mode, pretrain_epochs=2, update_epochs=1).compress(ctx, Target(0.5))
+    assert len(calls) == 1  # only the "continue" run loaded stage 1's moments (stage 1 cached for both)
+    pre = models["continue"].settings["pretrain"]
+    assert "adam" not in pre and not pre["cached"] and models["fresh"].settings["pretrain"]["cached"]
+    steps = set(calls[0].values())
+    assert len(steps) == 1 and steps.pop() > 0  # every parameter's step count carried over
+    a, b = (models[m].representations()[0] for m in ("continue", "fresh"))
+    assert not torch.allclose(a, b)  # a different optimiser state gives a different stage 2
 
 
 # --- the method end to end --------------------------------------------------------------------------
