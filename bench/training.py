@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.device import resolve_device, seed_everything
 from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
@@ -311,9 +313,6 @@ def fit_bpr(
 
 def build_lightgcn(data: InteractionData, config: TrainConfig, device: torch.device):
     """The LightGCN backbone over the full training graph, initialised from the global generator."""
-    from methods.graph import normalized_adjacency
-    from methods.lightgcn import LightGCN
-
     graph = normalized_adjacency(
         data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
         backend=config.backend, device=device,

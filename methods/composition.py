@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.graph import NormalizedGraph, sparse_matmul, unique_pairs
+from bench.api import NormalizedGraph, sparse_matmul, unique_pairs
 from methods.quantization import MIN_STEP, fake_quantize, init_steps
 
 EXPANDED_BASES = ("norm_adj", "raw_adj")

@@ -37,26 +37,35 @@ training-state bytes (§6.4) and the paper's own MAC bookkeeping, labelled ``pap
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from bench.sampling import EpochSampler, MultiNegativeSampler
-from bench.training import TrainHook, build_lightgcn
-from methods.base import CompressedModel, Knob, Method, MethodError, Target
+from bench.api import (
+    CompressedModel,
+    EpochSampler,
+    Knob,
+    Method,
+    MethodError,
+    MultiNegativeSampler,
+    Target,
+    TrainHook,
+    build_lightgcn,
+    register_method,
+)
 from methods.masking import (
+    MASK_STREAMS,
     MaskedLightGCN,
     exact_random_mask,
     kept_count,
     masked_model_report,
 )
-from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 DECAYS = ("cosine", "linear", "constant")
 SAMPLERS = ("interaction", "user")
@@ -325,6 +334,7 @@ class DSL(Method):
     """Dynamic Sparse Learning, faithful mode of dsl.md §9 (see the module docstring)."""
 
     axes = ("emb",)
+    random_streams: ClassVar[Mapping[str, int]] = {"emb_mask": MASK_STREAMS["emb_mask"], "dsl": 4}
     description = ("Dynamic Sparse Learning (Wang et al., WSDM 2024): LightGCN trained from scratch with a "
                    "fixed budget of nonzero embedding entries, periodically pruning by magnitude and "
                    "regrowing by gradient")

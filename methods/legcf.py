@@ -52,16 +52,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from bench.sampling import MultiNegativeSampler
-from bench.training import TrainHook
-from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
+from bench.api import (
+    ArtifactPart,
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    MultiNegativeSampler,
+    Target,
+    TrainHook,
+    TrainingCost,
+    register_method,
+    seed_everything,
+    stage_meta,
+)
 from methods.composition import (
     EXPANDED_BASES,
     PARTITION_RULE,
@@ -75,11 +85,9 @@ from methods.composition import (
     metis_partition,
     random_assignment,
 )
-from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from bench.training import TrainConfig, TrainResult
+    from bench.api import MethodContext, TrainConfig, TrainResult
 
 # bump when a change alters what a cached stage would contain
 STAGE_VERSION = 3
@@ -195,6 +203,7 @@ class LEGCF(Method):
     """See the module docstring."""
 
     axes = ("emb",)
+    random_streams: ClassVar[Mapping[str, int]] = {"legcf": 6}
     description = ("LEGCF: entity embeddings composed from a small codebook through a sparse "
                    "assignment (t entries per row, METIS init), meta nodes in the graph, "
                    "closed-form assignment updates (SIGIR 2024)")

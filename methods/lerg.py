@@ -32,16 +32,26 @@ before ``m`` is known, with the placeholder terms at their largest (``r' = r``, 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
+from bench.api import (
+    ArtifactPart,
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainingCost,
+    register_method,
+    seed_everything,
+    stage_meta,
+)
 from methods.composition import (
     PARTITION_RULE,
     Assignment,
@@ -61,10 +71,9 @@ from methods.lerg_graph import (
     select_entities,
 )
 from methods.quantization import BITS, quantize_codes
-from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 STAGE_VERSION = 1
 EDGE_TOLERANCE = 0.01
@@ -151,6 +160,7 @@ class LERG(Method):
     """See the module docstring."""
 
     axes = ("emb", "edge", "bits")
+    random_streams: ClassVar[Mapping[str, int]] = {"lerg": 7}
     description = ("LERG: LEGCF's compositional table with an LSQ-quantised codebook, LP entity "
                    "selection, a rewired graph without pruned entities, k-means placeholders and "
                    "fine-tuning of retained entities (TOIS 2025; no official code)")

@@ -53,14 +53,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.lightgcn import layer_sum
+from bench.api import (
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainingCost,
+    layer_sum,
+    register_method,
+    seed_everything,
+    stage_meta,
+)
 from methods.lightgnn_losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
 from methods.lightgnn_pruning import (
     SCHEDULES,
@@ -72,8 +81,7 @@ from methods.lightgnn_pruning import (
     schedule_for_target,
     sigma_term,
 )
-from methods.masking import sparse_aware_propagation_macs, sparse_table_parts
-from methods.registry import register_method
+from methods.masking import MASK_STREAMS, sparse_aware_propagation_macs, sparse_table_parts
 from methods.weighted_graph import (
     EntryGraph,
     WeightedLightGCN,
@@ -83,8 +91,7 @@ from methods.weighted_graph import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from bench.training import TrainConfig
+    from bench.api import MethodContext, TrainConfig
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
@@ -117,6 +124,7 @@ class LightGNN(Method):
     """See the module docstring."""
 
     axes = ("emb", "edge")
+    random_streams: ClassVar[Mapping[str, int]] = {**MASK_STREAMS, "lightgnn": 5}
     uses_base = True
     description = ("LightGNN: learnable edge weights and iterative pruning of edges and embedding "
                    "entries, distilled from a teacher through an intermediate model on the "

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from methods.base import ArtifactPart, CompressedModel, Method, Target
-from methods.registry import register_method
+from bench.api import ArtifactPart, CompressedModel, Method, Target, register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from methods.lightgcn import LightGCN
+    from bench.api import LightGCN, MethodContext
 
 
 def dense_tables(model: LightGCN) -> list[ArtifactPart]:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError, Target
 from bench.sampling import MultiNegativeSampler
 from bench.training import TrainHook, fit_bpr
-from methods.base import MethodError, Target
 from methods.composition import (
     Assignment,
     CompositionalLightGCN,
@@ -26,7 +27,6 @@ from methods.composition import (
     metis_parts,
     random_assignment,
 )
-from methods.graph import normalized_adjacency
 from methods.legcf import (
     LEGCF,
     InfeasibleTargetError,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError, Target
 from bench.measure.size import achieved_compression
-from methods.base import MethodError, Target
 from methods.composition import CompositionalLightGCN, index_bits, metis_assignment, metis_parts
-from methods.graph import normalized_adjacency
 from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook
 from methods.lerg import LERG, PlaceholderModel, lerg_bits, lerg_honest_bits, solve_lerg_codebook
 from methods.quantization import code_range, dequantize, fake_quantize, init_steps, quantize_codes

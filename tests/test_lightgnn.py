@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import MethodError, Target
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import MethodError, Target
 from methods.contrastive import chunked_logsumexp, chunked_positive_ce
-from methods.graph import normalized_adjacency
-from methods.lightgcn import LightGCN
 from methods.lightgnn import LightGNN, middle_gate
 from methods.lightgnn_losses import (
     DistillationObjective,

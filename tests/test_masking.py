@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import MethodError
-from methods.graph import normalized_adjacency
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError
 from methods.masking import (
     KeepMasked,
     MaskedLightGCN,

@@ -1,12 +1,13 @@
 """The method contract (issue 3): what a compression method declares, receives and returns.
 
 A method is a subclass of :class:`Method` registered under a name with
-:func:`methods.registry.register_method`. It declares
+:func:`bench.registry.register_method`. It declares
 
 * ``axes``: which of :data:`AXES` it compresses (``emb`` embedding entries, ``edge`` edges
   used in propagation, ``layers`` propagation depth, ``bits`` numeric precision);
 * ``knobs``: its hyperparameters, each with a default and a one-line description;
 * ``target_mapping``: one sentence on how a preservation :class:`Target` becomes knob values;
+* ``random_streams``: the named numpy random streams it draws from ``context.rng(name)``;
 
 and implements :meth:`Method.compress`, which gets a context (dataset, device, seed, training
 budget, progress, the shared base LightGCN checkpoint; see :mod:`bench.context`) and a target,
@@ -25,8 +26,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
+    from bench.backbone.graph import NormalizedGraph
     from bench.context import MethodContext
-    from methods.graph import NormalizedGraph
 
 AXES: tuple[str, ...] = ("emb", "edge", "layers", "bits")
 AXIS_DESCRIPTIONS = {
@@ -247,6 +248,10 @@ class Method:
     target_mapping: ClassVar[str] = ""
     uses_base: ClassVar[bool] = False
     simplifications: ClassVar[tuple[str, ...]] = ()
+    #: the numpy random streams the method draws with ``context.rng(name)``: name -> stream id. The
+    #: id is part of the seed (``[seed, id, *spawn]``), so changing it changes results; a name is the
+    #: same stream in every method that declares it (the registry checks).
+    random_streams: ClassVar[Mapping[str, int]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options = self.resolve_options(options)
