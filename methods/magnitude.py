@@ -31,7 +31,7 @@ from bench.api import (
     evaluate_split,
     register_method,
 )
-from methods.masking import KeepMasked, MaskedLightGCN, kept_count, magnitude_mask, masked_model_report
+from methods.shared.masking import KeepMasked, MaskedLightGCN, kept_count, magnitude_mask, masked_model_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext

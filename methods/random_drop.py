@@ -26,7 +26,8 @@ from bench.api import (
     register_method,
     unique_pairs,
 )
-from methods.masking import (
+from methods.shared.dense import dense_tables
+from methods.shared.masking import (
     MASK_STREAMS,
     KeepMasked,
     MaskedLightGCN,
@@ -35,7 +36,6 @@ from methods.masking import (
     masked_model_report,
     per_row_random_mask,
 )
-from methods.reference import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext

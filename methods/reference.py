@@ -9,18 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.api import ArtifactPart, CompressedModel, Method, Target, register_method
+from bench.api import CompressedModel, Method, Target, register_method
+from methods.shared.dense import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.api import LightGCN, MethodContext
-
-
-def dense_tables(model: LightGCN) -> list[ArtifactPart]:
-    """The artifact of a dense LightGCN: its two float32 layer-0 tables."""
-    return [
-        ArtifactPart("user_emb", "values", model.user_emb.detach()),
-        ArtifactPart("item_emb", "values", model.item_emb.detach()),
-    ]
+    from bench.api import MethodContext
 
 
 @register_method("lightgcn")

@@ -61,7 +61,7 @@ from bench.api import (
     seed_everything,
     unique_pairs,
 )
-from methods.reference import dense_tables
+from methods.shared.dense import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext

@@ -1,6 +1,7 @@
 """The house's import rules: the harness (``bench``) never imports a method (``methods``), a method
-imports the harness only through :mod:`bench.api`, no method imports another method, and there is
-no import cycle among the modules of ``bench`` and ``methods``.
+imports the harness only through :mod:`bench.api`, no method imports another method (what several
+need lives in ``methods.shared``, which imports no method), and there is no import cycle among the
+modules of ``bench`` and ``methods``.
 
 Imports are read with :mod:`ast`, including imports inside functions; imports under
 ``if TYPE_CHECKING:`` are left out (they never run).
@@ -131,6 +132,13 @@ def test_methods_import_the_harness_only_through_its_api():
     bad = sorted(f"{a} -> {b}" for a, edges in graph.items() if a.startswith("methods")
                  for b in edges if b.split(".")[0] == "bench" and b != "bench.api")
     assert not bad, "methods import deep harness modules (use bench.api):\n" + "\n".join(bad)
+
+
+def test_no_method_imports_another_method():
+    graph = import_graph()
+    bad = sorted(f"{a} -> {b}" for a, edges in graph.items() for b in edges
+                 if a.startswith("methods") and _method_of(b) and _method_of(a) != _method_of(b))
+    assert not bad, "methods import other methods (move shared code to methods.shared):\n" + "\n".join(bad)
 
 
 def test_no_import_cycle():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.backbone.graph import normalized_adjacency
-from methods import lerg_graph as lg
+from methods.lerg import graph as lg
 
 
 def _random_graph(seed: int, n_users: int, n_items: int, n_edges: int) -> np.ndarray:

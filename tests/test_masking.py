@@ -8,7 +8,7 @@ import torch
 
 from bench.backbone.graph import normalized_adjacency
 from bench.contract import MethodError
-from methods.masking import (
+from methods.shared.masking import (
     KeepMasked,
     MaskedLightGCN,
     exact_random_mask,

@@ -11,8 +11,8 @@ from bench.backbone.lightgcn import LightGCN
 from bench.contract import Target
 from bench.measure.size import achieved_compression
 from bench.training import TrainHook
-from methods.masking import MaskedLightGCN
 from methods.random_drop import RandomDrop, drop_edges, dropped_graph
+from methods.shared.masking import MaskedLightGCN
 from tests.conftest import method_context, random_interactions
 
 

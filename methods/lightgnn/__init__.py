@@ -27,7 +27,7 @@ Stages (spec §5-§7):
    over (not rewound), a new Adam. Every run's end state is cached, so a deeper target with the
    same rates reuses the runs it shares with a shallower one.
 
-Target mapping (§8, :func:`methods.lightgnn_pruning.schedule_for_target`): ``k =
+Target mapping (§8, :func:`methods.lightgnn.pruning.schedule_for_target`): ``k =
 round(ln ρ_e / ln 0.8)`` prunings; ``schedule = "exact"`` solves the per-run rates for the target,
 ``"mild"``/``"aggressive"`` use Table 4's (0.2, 0.05) / (0.2, 0.15). The harness measures what was
 kept: the table's stored entries, and edges as directed user-item entries / (2 x interactions);
@@ -70,8 +70,8 @@ from bench.api import (
     seed_everything,
     stage_meta,
 )
-from methods.lightgnn_losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
-from methods.lightgnn_pruning import (
+from methods.lightgnn.losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
+from methods.lightgnn.pruning import (
     SCHEDULES,
     Schedule,
     drop_random,
@@ -81,14 +81,14 @@ from methods.lightgnn_pruning import (
     schedule_for_target,
     sigma_term,
 )
-from methods.masking import MASK_STREAMS, sparse_aware_propagation_macs, sparse_table_parts
-from methods.weighted_graph import (
+from methods.lightgnn.weighted_graph import (
     EntryGraph,
     WeightedLightGCN,
     build_graph,
     closure_graph,
     csr_graph_bits,
 )
+from methods.shared.masking import MASK_STREAMS, sparse_aware_propagation_macs, sparse_table_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext, TrainConfig

@@ -1,8 +1,8 @@
 """``lerg``: LERG (arXiv 2505.18999, TOIS 2025), an extension of LEGCF: an LSQ-quantised
 compositional codebook, entity selection by a linear program, a rewired graph without the pruned
 entities, a k-means placeholder codebook for them, and fine-tuning of the retained entities only.
-Spec ``shared/specs/legcf-lerg.md`` §3 and §4; shared pieces: :mod:`methods.composition`,
-:mod:`methods.quantization`, :mod:`methods.lerg_graph`.
+Spec ``shared/specs/legcf-lerg.md`` §3 and §4; shared pieces: :mod:`methods.shared.composition`,
+:mod:`methods.shared.quantization`, :mod:`methods.lerg.graph`.
 
 **No official code exists** and the full paper text was not available: the spec marks which
 details are inferred ([I]); each is an option below with the spec's default, listed in
@@ -52,16 +52,7 @@ from bench.api import (
     seed_everything,
     stage_meta,
 )
-from methods.composition import (
-    PARTITION_RULE,
-    Assignment,
-    CompositionalLightGCN,
-    index_bits,
-    metis_assignment,
-    metis_partition,
-)
-from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook
-from methods.lerg_graph import (
+from methods.lerg.graph import (
     IMPORTANCE_MODES,
     REROUTE_MODES,
     importance_scores,
@@ -70,7 +61,16 @@ from methods.lerg_graph import (
     rewired_graph,
     select_entities,
 )
-from methods.quantization import BITS, quantize_codes
+from methods.shared.composition import (
+    PARTITION_RULE,
+    Assignment,
+    CompositionalLightGCN,
+    index_bits,
+    metis_assignment,
+    metis_partition,
+)
+from methods.shared.composition_training import InfeasibleTargetError, LegcfHook, fit_composition_stage
+from methods.shared.quantization import BITS, quantize_codes
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext
@@ -257,7 +257,7 @@ class LERG(Method):
             seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o,
+            cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model, o["clip"]), o,
                                      stage="lerg-pretrain")
             return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds,
                                                   init=partition.info())
@@ -321,7 +321,7 @@ class LERG(Method):
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
+        cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
                                  stage="lerg-finetune")
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
         info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,
