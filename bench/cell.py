@@ -181,7 +181,7 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     from bench.context import BaseCheckpoints, MethodContext
     from bench.data.loading import load_dataset
     from bench.device import resolve_device, seed_everything
-    from bench.evaluation import evaluate_scores
+    from bench.evaluation import evaluate_scores, excluded_splits
     from bench.measure.flops import count_inference_flops
     from bench.measure.latency import latency_info, measure_latency
     from bench.measure.memory import PhaseMemory
@@ -234,12 +234,13 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     def score_rows(u: torch.Tensor) -> torch.Tensor:
         return compressed.score(users[u], item_t)
 
-    train_m, valid_m, test_m = (data.matrix(s) for s in ("train", "valid", "test"))
+    matrices = {s: data.matrix(s) for s in ("train", "valid", "test")}
+    exclude = {s: [matrices[e] for e in excluded_splits(s)] for s in ("test", "valid")}
     with torch.no_grad(), memory.phase("scoring"):
-        test = evaluate_scores(score_rows, test_m, [train_m, valid_m], ks=config.ks,
+        test = evaluate_scores(score_rows, matrices["test"], exclude["test"], ks=config.ks,
                                memory_bytes=config.eval_memory_bytes, device=device).metrics
     with torch.no_grad():
-        valid = evaluate_scores(score_rows, valid_m, [train_m], ks=config.ks,
+        valid = evaluate_scores(score_rows, matrices["valid"], exclude["valid"], ks=config.ks,
                                 memory_bytes=config.eval_memory_bytes, device=device).metrics
     timings["evaluate"] = time.perf_counter() - t
 

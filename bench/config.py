@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cell import DEFAULT_MEASURE, CellSpec
-from bench.contract import MethodError, Target
+from bench.contract import REFERENCE, MethodError, Target
 from bench.registry import available_methods, get_method
 from bench.training import TrainConfig
 
@@ -113,7 +113,7 @@ class MatrixConfig:
                 )
                 out.setdefault(spec.key, spec)
         # cells sharing a base checkpoint run next to each other
-        return sorted(out.values(), key=lambda c: (c.dataset, c.seed, c.method != "lightgcn",
+        return sorted(out.values(), key=lambda c: (c.dataset, c.seed, c.method != REFERENCE,
                                                    c.method, -c.emb_target))
 
 

@@ -1,7 +1,8 @@
-"""The method contract (issue 3): what a compression method declares, receives and returns.
+"""The method contract: what a compression method declares, receives and returns.
 
-A method is a subclass of :class:`Method` registered under a name with
-:func:`bench.registry.register_method`. It declares
+A method is a subclass of :class:`Method` (imported, like everything a method uses from the
+harness, from :mod:`bench.api`), found by the registry (:mod:`bench.registry`) under a name. It
+declares
 
 * ``axes``: which of :data:`AXES` it compresses (``emb`` embedding entries, ``edge`` edges
   used in propagation, ``layers`` propagation depth, ``bits`` numeric precision);
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.backbone.graph import NormalizedGraph
     from bench.context import MethodContext
 
+#: the name of the uncompressed reference every method is compared with (the shared base LightGCN
+#: itself, registered by methods/reference.py)
+REFERENCE = "lightgcn"
 AXES: tuple[str, ...] = ("emb", "edge", "layers", "bits")
 AXIS_DESCRIPTIONS = {
     "emb": "embedding entries stored",

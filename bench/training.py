@@ -33,7 +33,13 @@ from bench.backbone.graph import normalized_adjacency
 from bench.backbone.lightgcn import LightGCN
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.device import resolve_device, seed_everything
-from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
+from bench.evaluation import (
+    DEFAULT_EVAL_MEMORY_BYTES,
+    DEFAULT_KS,
+    EvalResult,
+    evaluate_embeddings,
+    excluded_splits,
+)
 from bench.sampling import EpochSampler, InteractionSampler
 
 
@@ -202,7 +208,7 @@ def evaluate_split(
     """Full-ranking metrics on ``valid`` (masking train) or ``test`` (masking train and valid)."""
     with torch.no_grad():
         users, items = model.propagate()
-    exclude = [data.matrix("train")] + ([data.matrix("valid")] if split == "test" else [])
+    exclude = [data.matrix(s) for s in excluded_splits(split)]
     return evaluate_embeddings(
         users, items, data.matrix(split), exclude, ks=config.ks, memory_bytes=config.eval_memory_bytes
     )

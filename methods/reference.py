@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.api import CompressedModel, Method, Target, register_method
+from bench.api import REFERENCE, CompressedModel, Method, Target, register_method
 from methods.shared.dense import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext
 
 
-@register_method("lightgcn")
+@register_method(REFERENCE)
 class LightGCNReference(Method):
     axes = ()
     description = "Uncompressed LightGCN (He et al., SIGIR 2020): the reference every method is compared with"
