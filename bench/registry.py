@@ -21,7 +21,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from bench.contract import AXES, Method, MethodError
+from bench.contract import AXES, REFERENCE, Method, MethodError
 
 ENTRY_POINT_GROUP = "recshrink.methods"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -139,6 +139,9 @@ def get_method(name: str) -> type[Method]:
     methods = available_methods()
     if name not in methods:
         hint = f" (plugin failed to load: {_PLUGIN_ERRORS[name]})" if name in _PLUGIN_ERRORS else ""
+        if REFERENCE not in methods:
+            hint += (" (recshrink's built-in methods are missing: its entry points are not installed;"
+                     " run `pip install -e .` in the repository)")
         raise UnknownMethodError(f"unknown method {name!r}{hint}; available: {', '.join(methods)}")
     return methods[name]
 

@@ -159,3 +159,34 @@ def test_random_streams_are_declared_by_the_methods(clean_registry):
     assert ctx.rng("edge_mask", 5).integers(2**30) == np.random.default_rng([3, 1, 5]).integers(2**30)
     with pytest.raises(KeyError, match="unknown random stream 'dsl'"):
         ctx.rng("dsl")
+
+
+def test_no_method_at_all_says_to_install_the_package(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_SOURCES", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
+    with pytest.raises(registry.NoMethodsError, match=r"pip install -e \."):
+        registry.available_methods()
+
+
+def test_builtins_come_from_recshrinks_own_entry_points():
+    from importlib import metadata
+
+    eps = {ep.name: ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
+           if ep.dist is not None and ep.dist.name == "recshrink"}
+    assert set(eps) == {"lightgcn", "random-drop", "magnitude", "unkd", "dsl", "lightgnn", "legcf", "lerg"}
+    for name, ep in eps.items():
+        assert ep.load() is get_method(name)
+
+
+def test_an_entry_point_may_name_a_module_that_registers_by_import(clean_registry, monkeypatch):
+    from importlib import metadata
+
+    real = metadata.entry_points
+    extra = metadata.EntryPoint("by-import", "tests.plugin_by_import", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [*real(group=group), extra])
+    registry.load_all(reload_plugins=True)
+    assert get_method("toy-by-import").description == "registered by importing its module"
+    assert registry.method_source("toy-by-import") == "tests.plugin_by_import.ByImport"
+    assert "lightgcn" in registry.available_methods()
