@@ -28,7 +28,6 @@ from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.backbone.graph import NormalizedGraph
-    from bench.context import MethodContext
 
 #: the name of the uncompressed reference every method is compared with (the shared base LightGCN
 #: itself, registered by methods/reference.py)
@@ -286,7 +285,9 @@ class Method:
                 f"target was {target.as_dict()}"
             )
 
-    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+    def compress(self, context: Any, target: Target) -> CompressedModel:
+        """The compressed model for ``target``; ``context`` is a :class:`bench.context.MethodContext`
+        (typed ``Any`` here: the context depends on the contract, not the other way round)."""
         raise NotImplementedError
 
     @classmethod

@@ -3,8 +3,8 @@ imports the harness only through :mod:`bench.api`, no method imports another met
 need lives in ``methods.shared``, which imports no method), and there is no import cycle among the
 modules of ``bench`` and ``methods``.
 
-Imports are read with :mod:`ast`, including imports inside functions; imports under
-``if TYPE_CHECKING:`` are left out (they never run).
+Imports are read with :mod:`ast`, all of them: inside functions and under ``if TYPE_CHECKING:``
+too (a typing-only cycle is still a cycle to a reader, and a type checker follows it).
 """
 
 from __future__ import annotations
@@ -29,12 +29,6 @@ def all_modules() -> dict[str, Path]:
     return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imported(node: ast.AST, name: str, is_package: bool, known: set[str]) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
@@ -53,7 +47,7 @@ def _imported(node: ast.AST, name: str, is_package: bool, known: set[str]) -> li
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of ``bench`` and ``methods`` it imports (at run time)."""
+    """Module -> the modules of ``bench`` and ``methods`` it imports."""
     modules = all_modules()
     known = set(modules)
     graph: dict[str, set[str]] = {}
@@ -63,9 +57,6 @@ def import_graph() -> dict[str, set[str]]:
         stack: list[ast.AST] = [ast.parse(path.read_text(), str(path))]
         while stack:
             node = stack.pop()
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                stack.extend(node.orelse)
-                continue
             if isinstance(node, ast.Import | ast.ImportFrom):
                 for target in _imported(node, name, is_package, known):
                     # the nearest module of ours that the import names (a name inside a module: that module)
