@@ -42,8 +42,7 @@ TOY_PLUGIN = '''\
 import torch
 from torch import nn
 
-from bench.contract import ArtifactPart, CompressedModel, Knob, Method
-from bench.backbone.lightgcn import LightGCN
+from bench.api import ArtifactPart, CompressedModel, Knob, LightGCN, Method
 
 
 class _Fixed(nn.Module):
