@@ -32,6 +32,9 @@ from typing import Any
 
 import torch
 
+from bench.contract import Target
+from bench.registry import get_method
+
 # a target missed by more than this (absolute, in ratio units) flags the cell
 FLAG_TOLERANCE = 0.02
 DEFAULT_MEASURE: dict[str, Any] = {
@@ -173,17 +176,17 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
 
 
 def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
+    # imported here for import time only: the config parser and the report import this module for
+    # CellSpec and report_identity and need none of the training and measuring stack
     from bench.context import BaseCheckpoints, MethodContext
     from bench.data.loading import load_dataset
     from bench.device import resolve_device, seed_everything
-    from bench.evaluation import evaluate_scores
+    from bench.evaluation import evaluate_scores, excluded_splits
     from bench.measure.flops import count_inference_flops
     from bench.measure.latency import latency_info, measure_latency
     from bench.measure.memory import PhaseMemory
     from bench.measure.size import achieved_compression
     from bench.training import TrainConfig, TrainingDivergedError
-    from methods.base import Target
-    from methods.registry import get_method
 
     timings = result["timings"]
     t = time.perf_counter()
@@ -206,7 +209,7 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     checkpoints = BaseCheckpoints(Path(spec.checkpoint_dir) if spec.checkpoint_dir else None)
     ctx = MethodContext(data=data, device=device, seed=spec.seed, budget=config,
                         checkpoints=checkpoints, progress=spec.progress,
-                        log=lambda msg: None)
+                        log=lambda msg: None, streams=cls.random_streams)
     if cls.uses_base:
         t = time.perf_counter()
         ctx.prepare_base()
@@ -231,12 +234,13 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     def score_rows(u: torch.Tensor) -> torch.Tensor:
         return compressed.score(users[u], item_t)
 
-    train_m, valid_m, test_m = (data.matrix(s) for s in ("train", "valid", "test"))
+    matrices = {s: data.matrix(s) for s in ("train", "valid", "test")}
+    exclude = {s: [matrices[e] for e in excluded_splits(s)] for s in ("test", "valid")}
     with torch.no_grad(), memory.phase("scoring"):
-        test = evaluate_scores(score_rows, test_m, [train_m, valid_m], ks=config.ks,
+        test = evaluate_scores(score_rows, matrices["test"], exclude["test"], ks=config.ks,
                                memory_bytes=config.eval_memory_bytes, device=device).metrics
     with torch.no_grad():
-        valid = evaluate_scores(score_rows, valid_m, [train_m], ks=config.ks,
+        valid = evaluate_scores(score_rows, matrices["valid"], exclude["valid"], ks=config.ks,
                                 memory_bytes=config.eval_memory_bytes, device=device).metrics
     timings["evaluate"] = time.perf_counter() - t
 

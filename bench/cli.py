@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+# Each subcommand imports what it needs inside its function, for import time only: `recshrink --help`
+# and argument errors should not load torch and the training stack.
+
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
@@ -170,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from methods.registry import describe_methods, plugin_errors
+    from bench.registry import describe_methods, plugin_errors
 
     rows = describe_methods()
     if args.json:
@@ -236,12 +239,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.config import ConfigError
+    from bench.contract import MethodError
     from bench.data.catalog import CatalogError
     from bench.data.readers import DataFormatError
     from bench.data.sources import ChecksumError, DatasetUnavailableError
     from bench.store import StoreError
     from bench.training import TrainingDivergedError
-    from methods.base import MethodError
 
     args = build_parser().parse_args(argv)
     handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run,

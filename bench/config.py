@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.cell import DEFAULT_MEASURE, CellSpec
+from bench.contract import REFERENCE, MethodError, Target
+from bench.registry import available_methods, get_method
 from bench.training import TrainConfig
-from methods.base import MethodError, Target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,8 +99,6 @@ class MatrixConfig:
     def cells(self, device: str, checksums: dict[str, str], code_version: str,
               checkpoint_dir: str | None = None, progress: bool = False) -> list[CellSpec]:
         """The matrix, one :class:`CellSpec` per (dataset, method, target, seed), without duplicates."""
-        from methods.registry import get_method
-
         out: dict[str, CellSpec] = {}
         for dataset, entry in itertools.product(self.datasets, self.methods):
             cls = get_method(entry.name)
@@ -114,7 +113,7 @@ class MatrixConfig:
                 )
                 out.setdefault(spec.key, spec)
         # cells sharing a base checkpoint run next to each other
-        return sorted(out.values(), key=lambda c: (c.dataset, c.seed, c.method != "lightgcn",
+        return sorted(out.values(), key=lambda c: (c.dataset, c.seed, c.method != REFERENCE,
                                                    c.method, -c.emb_target))
 
 
@@ -232,8 +231,6 @@ def _measure(value: Any, source: str) -> dict[str, Any]:
 
 
 def _methods(value: Any, source: str) -> list[MethodEntry]:
-    from methods.registry import available_methods, get_method
-
     if value == "all":
         return [MethodEntry(n) for n in available_methods()]
     if isinstance(value, list):
@@ -271,7 +268,6 @@ def _methods(value: Any, source: str) -> list[MethodEntry]:
 def parse_config(table: dict[str, Any], source: str = "<config>", text: str = "") -> MatrixConfig:
     """Validate a parsed TOML table; every error names the key (see the module docstring)."""
     from bench.data.catalog import CatalogError, data_root, get_spec
-    from methods.registry import get_method
 
     unknown = sorted(set(table) - set(TOP_KEYS))
     if unknown:

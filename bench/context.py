@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.backbone.graph import NormalizedGraph, normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import TrainingCost
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
+from bench.measure.flops import count_train_macs_per_epoch
+from bench.measure.memory import PhaseMemory
+from bench.registry import random_streams
 from bench.sampling import EpochSampler
 from bench.training import TrainConfig, TrainHook, TrainResult, build_lightgcn, config_dict, fit_bpr
-from methods.base import TrainingCost
-from methods.graph import NormalizedGraph, normalized_adjacency
-from methods.lightgcn import LightGCN
 
 CHECKPOINT_VERSION = 1
-# numpy stream ids of MethodContext.rng (spec unkd-and-baselines.md §0; dsl its own)
-STREAMS = {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4, "lightgnn": 5, "legcf": 6, "lerg": 7}
 # options that change where or how fast a model trains, not what it learns
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
@@ -198,9 +199,6 @@ class BaseCheckpoints:
 
     @staticmethod
     def _train(data: InteractionData, config: TrainConfig, device: torch.device, progress: bool):
-        from bench.measure.flops import count_train_macs_per_epoch
-        from bench.measure.memory import PhaseMemory
-
         seed_everything(config.seed)
         model = build_lightgcn(data, config, device)
         memory = PhaseMemory(device)
@@ -224,7 +222,7 @@ class BaseCheckpoints:
 
 @dataclass
 class MethodContext:
-    """Everything a method's ``compress`` may use; see :mod:`methods.base` for the contract."""
+    """Everything a method's ``compress`` may use; see :mod:`bench.contract` for the contract."""
 
     data: InteractionData
     device: torch.device
@@ -236,6 +234,9 @@ class MethodContext:
     cost: TrainingCost = field(default_factory=TrainingCost)
     #: every training stage this cell ran or reused: name, epochs, best epoch, epoch budget
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: the random streams :meth:`rng` draws (name -> id): the cell's method's ``random_streams``;
+    #: None: every stream a registered method declares
+    streams: Mapping[str, int] | None = None
     _base_key: str | None = None
 
     def prepare_base(self) -> None:
@@ -272,15 +273,17 @@ class MethodContext:
                                     backend=backend or self.budget.backend, device=self.device)
 
     def rng(self, stream: str, *spawn: int) -> np.random.Generator:
-        """``numpy.random.default_rng([seed, STREAMS[stream]])``: the spec's per-purpose streams.
+        """``numpy.random.default_rng([seed, id, *spawn])``: the spec's per-purpose streams.
 
-        Specs (unkd-and-baselines.md §0): edge mask ``[s, 1]``, embedding mask ``[s, 2]``, UnKD
-        pairs ``[s, 3]``; a mask never changes when another component consumes randomness.
-        ``spawn`` integers extend the seed (e.g. a pruning run's index: ``[s, id, run]``).
+        A method declares the streams it draws, name -> id, in its ``random_streams`` (specs,
+        unkd-and-baselines.md §0: edge mask ``[s, 1]``, embedding mask ``[s, 2]``, UnKD pairs
+        ``[s, 3]``); a mask never changes when another component consumes randomness. ``spawn``
+        integers extend the seed (e.g. a pruning run's index: ``[s, id, run]``).
         """
-        if stream not in STREAMS:
-            raise KeyError(f"unknown random stream {stream!r}; known: {sorted(STREAMS)}")
-        return np.random.default_rng([self.seed, STREAMS[stream], *spawn])
+        streams = random_streams() if self.streams is None else self.streams
+        if stream not in streams:
+            raise KeyError(f"unknown random stream {stream!r}; known: {sorted(streams)}")
+        return np.random.default_rng([self.seed, streams[stream], *spawn])
 
     def stage(self, name: str, fields: dict[str, Any],
               build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
@@ -321,8 +324,6 @@ class MethodContext:
         after training). ``sampler``: see :func:`bench.training.fit_bpr`. ``stage``: its name in
         :attr:`stages` (a cached stage's name replaces it).
         """
-        from bench.measure.flops import count_train_macs_per_epoch
-
         config = config or self.budget
         t0 = time.perf_counter()
         result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler)

@@ -29,9 +29,17 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.device import resolve_device, seed_everything
-from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
+from bench.evaluation import (
+    DEFAULT_EVAL_MEMORY_BYTES,
+    DEFAULT_KS,
+    EvalResult,
+    evaluate_embeddings,
+    excluded_splits,
+)
 from bench.sampling import EpochSampler, InteractionSampler
 
 
@@ -200,7 +208,7 @@ def evaluate_split(
     """Full-ranking metrics on ``valid`` (masking train) or ``test`` (masking train and valid)."""
     with torch.no_grad():
         users, items = model.propagate()
-    exclude = [data.matrix("train")] + ([data.matrix("valid")] if split == "test" else [])
+    exclude = [data.matrix(s) for s in excluded_splits(split)]
     return evaluate_embeddings(
         users, items, data.matrix(split), exclude, ks=config.ks, memory_bytes=config.eval_memory_bytes
     )
@@ -311,9 +319,6 @@ def fit_bpr(
 
 def build_lightgcn(data: InteractionData, config: TrainConfig, device: torch.device):
     """The LightGCN backbone over the full training graph, initialised from the global generator."""
-    from methods.graph import normalized_adjacency
-    from methods.lightgcn import LightGCN
-
     graph = normalized_adjacency(
         data.n_users, data.n_items, data.train[:, 0], data.train[:, 1],
         backend=config.backend, device=device,

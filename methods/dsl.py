@@ -4,7 +4,7 @@ Spec ``shared/specs/dsl.md`` §9 "faithful mode": train LightGCN from scratch wi
 ``K`` nonzero entries of the joint ``(U + I) x d`` layer-0 table (one global unstructured mask, §2).
 
 * Init (§3.1, §6.1): an exact random subset of ``K = round(r (U + I) d)`` entries, drawn with
-  ``ctx.rng("emb_mask")`` by :func:`methods.masking.exact_random_mask`, i.e. the same mask as
+  ``ctx.rng("emb_mask")`` by :func:`methods.shared.masking.exact_random_mask`, i.e. the same mask as
   ``random-drop``'s embedding mask for the same seed; ``E <- E * M``.
 * Every iteration (§3.2): forward on the table itself (masked entries are 0, the mask is not in the
   autograd graph, so inactive entries get their true dense gradient), dense Adam step (moments of
@@ -30,33 +30,42 @@ Cost accounting (§6): the trainer stores and computes densely (dense table, den
 Adam moments, plus a boolean mask), so the harness's fvcore count of the dense BPR step is the
 honest training MAC figure and the peak-RSS it measures is the honest memory. Beside them the
 method reports the storage of the final table dense-with-zeros and in the smallest sparse format
-(:func:`methods.masking.masked_model_report`), sparse-aware propagation MACs, the analytic
+(:func:`methods.shared.masking.masked_model_report`), sparse-aware propagation MACs, the analytic
 training-state bytes (§6.4) and the paper's own MAC bookkeeping, labelled ``paper_style_`` (§6.2).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from bench.sampling import EpochSampler, MultiNegativeSampler
-from bench.training import TrainHook, build_lightgcn
-from methods.base import CompressedModel, Knob, Method, MethodError, Target
-from methods.masking import (
+from bench.api import (
+    CompressedModel,
+    EpochSampler,
+    Knob,
+    Method,
+    MethodError,
+    MultiNegativeSampler,
+    Target,
+    TrainHook,
+    build_lightgcn,
+    register_method,
+)
+from methods.shared.masking import (
+    MASK_STREAMS,
     MaskedLightGCN,
     exact_random_mask,
     kept_count,
     masked_model_report,
 )
-from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 DECAYS = ("cosine", "linear", "constant")
 SAMPLERS = ("interaction", "user")
@@ -325,6 +334,7 @@ class DSL(Method):
     """Dynamic Sparse Learning, faithful mode of dsl.md §9 (see the module docstring)."""
 
     axes = ("emb",)
+    random_streams: ClassVar[Mapping[str, int]] = {"emb_mask": MASK_STREAMS["emb_mask"], "dsl": 4}
     description = ("Dynamic Sparse Learning (Wang et al., WSDM 2024): LightGCN trained from scratch with a "
                    "fixed budget of nonzero embedding entries, periodically pruning by magnitude and "
                    "regrowing by gradient")

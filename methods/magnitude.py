@@ -20,13 +20,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench.training import TrainConfig, evaluate_split
-from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.masking import KeepMasked, MaskedLightGCN, kept_count, magnitude_mask, masked_model_report
-from methods.registry import register_method
+from bench.api import (
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainConfig,
+    TrainingCost,
+    evaluate_split,
+    register_method,
+)
+from methods.shared.masking import KeepMasked, MaskedLightGCN, kept_count, magnitude_mask, masked_model_report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 VARIANTS = ("omp", "magprune")
 

@@ -9,15 +9,26 @@ exact count, and stay fixed while the model trains from scratch with the shared 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
-from methods.base import CompressedModel, Knob, Method, Target
-from methods.graph import NormalizedGraph, normalized_adjacency, unique_pairs
-from methods.lightgcn import LightGCN
-from methods.masking import (
+from bench.api import (
+    CompressedModel,
+    Knob,
+    LightGCN,
+    Method,
+    NormalizedGraph,
+    Target,
+    normalized_adjacency,
+    register_method,
+    unique_pairs,
+)
+from methods.shared.dense import dense_tables
+from methods.shared.masking import (
+    MASK_STREAMS,
     KeepMasked,
     MaskedLightGCN,
     exact_random_mask,
@@ -25,11 +36,9 @@ from methods.masking import (
     masked_model_report,
     per_row_random_mask,
 )
-from methods.reference import dense_tables
-from methods.registry import register_method
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 EDGE_NORMS = ("recompute", "original")
 
@@ -83,6 +92,7 @@ class RandomDrop(Method):
     """
 
     axes = ("emb", "edge")
+    random_streams: ClassVar[Mapping[str, int]] = dict(MASK_STREAMS)
     description = ("Random edge dropping (PinSage-style), random embedding-entry dropping, or both: "
                    "masks drawn once with exact counts, model trained from scratch")
     knobs = (

@@ -9,23 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from methods.base import ArtifactPart, CompressedModel, Method, Target
-from methods.registry import register_method
+from bench.api import REFERENCE, CompressedModel, Method, Target, register_method
+from methods.shared.dense import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from methods.lightgcn import LightGCN
+    from bench.api import MethodContext
 
 
-def dense_tables(model: LightGCN) -> list[ArtifactPart]:
-    """The artifact of a dense LightGCN: its two float32 layer-0 tables."""
-    return [
-        ArtifactPart("user_emb", "values", model.user_emb.detach()),
-        ArtifactPart("item_emb", "values", model.item_emb.detach()),
-    ]
-
-
-@register_method("lightgcn")
+@register_method(REFERENCE)
 class LightGCNReference(Method):
     axes = ()
     description = "Uncompressed LightGCN (He et al., SIGIR 2020): the reference every method is compared with"

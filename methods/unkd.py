@@ -40,26 +40,35 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch.nn import functional as F
 
-from bench.device import seed_everything
-from bench.training import TrainHook
-from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.graph import NormalizedGraph, unique_pairs
-from methods.lightgcn import LightGCN
-from methods.reference import dense_tables
-from methods.registry import register_method
+from bench.api import (
+    CompressedModel,
+    Knob,
+    LightGCN,
+    Method,
+    MethodError,
+    NormalizedGraph,
+    Target,
+    TrainHook,
+    TrainingCost,
+    register_method,
+    seed_everything,
+    unique_pairs,
+)
+from methods.shared.dense import dense_tables
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 LOG2 = math.log(2.0)
-KD_STREAM = "kd_pairs"  # MethodContext.rng stream: numpy default_rng([seed, 3]) (spec §0)
+# MethodContext.rng stream: numpy default_rng([seed, 3]) (spec §0), declared in UnKD.random_streams
+KD_STREAM = "kd_pairs"
 
 
 # --- §1.2 popularity groups ----------------------------------------------------------------------
@@ -504,6 +513,7 @@ class UnKD(Method):
     """UnKD (Chen et al., WSDM 2023), spec unkd-and-baselines.md §1; see the module docstring."""
 
     axes = ("emb",)
+    random_streams: ClassVar[Mapping[str, int]] = {KD_STREAM: 3}
     description = ("Unbiased knowledge distillation (Chen et al., WSDM 2023): a smaller LightGCN student "
                    "learns the frozen base model's rankings within item-popularity groups")
     knobs = (

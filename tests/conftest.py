@@ -42,8 +42,7 @@ TOY_PLUGIN = '''\
 import torch
 from torch import nn
 
-from methods.base import ArtifactPart, CompressedModel, Knob, Method
-from methods.lightgcn import LightGCN
+from bench.api import ArtifactPart, CompressedModel, Knob, LightGCN, Method
 
 
 class _Fixed(nn.Module):
@@ -158,7 +157,7 @@ def toy_plugin(toy_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch):
     import importlib
     import sys
 
-    from methods import registry
+    from bench import registry
 
     registry.load_all()  # built-ins register on first import: before the plugin is on the path
     monkeypatch.syspath_prepend(str(toy_plugin_dir))

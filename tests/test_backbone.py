@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.graph import normalized_adjacency
-from methods.lightgcn import LightGCN, l2_penalty
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN, l2_penalty
 from tests.conftest import random_interactions
 
 

@@ -10,11 +10,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError, Target
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
 from bench.sampling import InteractionSampler, MultiNegativeSampler
 from bench.training import TrainHook, scheduled_lr
-from methods.base import MethodError, Target
 from methods.dsl import (
     DSL,
     DSLHook,
@@ -27,8 +28,7 @@ from methods.dsl import (
     training_state_bytes,
     update_ratio_at,
 )
-from methods.graph import normalized_adjacency
-from methods.masking import MaskedLightGCN, exact_random_mask, sparse_storage_bits
+from methods.shared.masking import MaskedLightGCN, exact_random_mask, sparse_storage_bits
 from tests.conftest import method_context, run_single_cell
 
 N_ENTRIES = (60 + 40) * 8  # the clustered toy data, dim 8

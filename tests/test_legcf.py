@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError, Target
 from bench.sampling import MultiNegativeSampler
 from bench.training import TrainHook, fit_bpr
-from methods.base import MethodError, Target
-from methods.composition import (
+from methods.legcf import LEGCF, solve_codebook
+from methods.shared.composition import (
     Assignment,
     CompositionalLightGCN,
     PartitionError,
@@ -26,14 +28,11 @@ from methods.composition import (
     metis_parts,
     random_assignment,
 )
-from methods.graph import normalized_adjacency
-from methods.legcf import (
-    LEGCF,
+from methods.shared.composition_training import (
     InfeasibleTargetError,
     LegcfHook,
     adam_moments,
     load_adam_moments,
-    solve_codebook,
 )
 from tests.conftest import method_context, run_single_cell
 from tests.test_training import clustered_data, small_config
@@ -682,16 +681,16 @@ def test_adam_moments_carry_over_exactly_to_a_new_optimiser():
 
 
 def test_stage_2_continues_stage_1s_adam_unless_asked_for_a_fresh_one(tmp_path, monkeypatch):
-    import methods.legcf as legcf_module
+    import methods.shared.composition_training as training_module
 
     calls = []
-    real = legcf_module.load_adam_moments
+    real = training_module.load_adam_moments
 
     def spy(model, optimizer, moments):
         calls.append({k: float(v) for k, v in moments.items() if k.endswith(".step")})
         return real(model, optimizer, moments)
 
-    monkeypatch.setattr(legcf_module, "load_adam_moments", spy)
+    monkeypatch.setattr(training_module, "load_adam_moments", spy)
     models = {}
     for mode in ("continue", "fresh"):
         ctx = method_context(0, checkpoint_dir=tmp_path, dim=16)

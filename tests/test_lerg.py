@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+import methods.lerg as lerg_module
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError, Target
 from bench.measure.size import achieved_compression
-from methods.base import MethodError, Target
-from methods.composition import CompositionalLightGCN, index_bits, metis_assignment, metis_parts
-from methods.graph import normalized_adjacency
-from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook
 from methods.lerg import LERG, PlaceholderModel, lerg_bits, lerg_honest_bits, solve_lerg_codebook
-from methods.quantization import code_range, dequantize, fake_quantize, init_steps, quantize_codes
+from methods.shared.composition import CompositionalLightGCN, index_bits, metis_assignment, metis_parts
+from methods.shared.composition_training import InfeasibleTargetError, LegcfHook
+from methods.shared.quantization import code_range, dequantize, fake_quantize, init_steps, quantize_codes
 from tests.conftest import method_context
 from tests.test_training import clustered_data
 
@@ -188,7 +189,7 @@ def test_lerg_solver_reports_infeasible_targets():
 def finetuned():
     """LERG with 30% of the entities pruned (r = 10 placeholders), watching the fine-tuning fit."""
     seen: dict = {}
-    original = LEGCF.fit
+    original = lerg_module.fit_composition_stage
 
     def watching_fit(ctx, model, config, hook, sampler, extra_macs=0.0, stage="training"):
         if not isinstance(model, PlaceholderModel):
@@ -213,7 +214,7 @@ def finetuned():
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(LEGCF, "fit", staticmethod(watching_fit))
+        mp.setattr(lerg_module, "fit_composition_stage", watching_fit)
         ctx = method_context(0, dim=D_TOY)
         model = LERG(r=10, retention=0.7, pretrain_epochs=2, finetune_epochs=2).compress(ctx, Target(0.5))
     return ctx, model, seen

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods import lerg_graph as lg
-from methods.graph import normalized_adjacency
+from bench.backbone.graph import normalized_adjacency
+from methods.lerg import graph as lg
 
 
 def _random_graph(seed: int, n_users: int, n_items: int, n_edges: int) -> np.ndarray:

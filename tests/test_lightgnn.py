@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import MethodError, Target
-from methods.contrastive import chunked_logsumexp, chunked_positive_ce
-from methods.graph import normalized_adjacency
-from methods.lightgcn import LightGCN
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import MethodError, Target
 from methods.lightgnn import LightGNN, middle_gate
-from methods.lightgnn_losses import (
+from methods.lightgnn.contrastive import chunked_logsumexp, chunked_positive_ce
+from methods.lightgnn.losses import (
     DistillationObjective,
     LossWeights,
     TeacherSignals,
@@ -22,7 +22,7 @@ from methods.lightgnn_losses import (
     positive_matrix,
     prediction_kd,
 )
-from methods.lightgnn_pruning import (
+from methods.lightgnn.pruning import (
     drop_random,
     drop_smallest,
     edge_ratios,
@@ -31,7 +31,7 @@ from methods.lightgnn_pruning import (
     schedule_for_target,
     sigma_term,
 )
-from methods.weighted_graph import (
+from methods.lightgnn.weighted_graph import (
     WeightedLightGCN,
     closure_graph,
     csr_graph_bits,

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from bench.contract import MethodError, Target
 from bench.measure.size import achieved_compression
 from bench.training import evaluate_split
-from methods.base import MethodError, Target
 from methods.magnitude import MagnitudePruning, magprune_mask, magprune_table_mask, omp_mask
-from methods.masking import MaskedLightGCN
+from methods.shared.masking import MaskedLightGCN
 from tests.conftest import method_context
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from methods.base import MethodError
-from methods.graph import normalized_adjacency
-from methods.masking import (
+from bench.backbone.graph import normalized_adjacency
+from bench.contract import MethodError
+from methods.shared.masking import (
     KeepMasked,
     MaskedLightGCN,
     exact_random_mask,

@@ -12,7 +12,7 @@ BASE = 'datasets = ["tiny"]\nseeds = [0, 1]\n'
 
 
 def test_quick_matrix_is_every_method_at_three_targets():
-    from methods.registry import available_methods
+    from bench.registry import available_methods
 
     cfg = load_config(None)
     assert cfg.name == "quick" and cfg.datasets == ["ml-100k"]
@@ -50,7 +50,7 @@ def test_method_tables_give_options_budget_and_targets(tiny_root, toy_plugin):
 
 
 def test_edge_targets_cross_emb_targets(tiny_root):
-    from methods.base import Target
+    from bench.contract import Target
 
     cfg = load_config(tiny_config(tiny_root, BASE + 'methods = ["lightgcn"]\n'
                                                     "emb_targets = [0.5, 0.2]\nedge_targets = [1.0, 0.5]\n"))

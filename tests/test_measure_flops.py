@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from bench.backbone.graph import NormalizedGraph, normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import CompressedModel
 from bench.measure.flops import (
     FLOPS_UNIT,
     analytic_lightgcn_flops,
     count_inference_flops,
     count_train_macs_per_epoch,
 )
-from methods.base import CompressedModel
-from methods.graph import NormalizedGraph, normalized_adjacency
-from methods.lightgcn import LightGCN
 
 N_USERS, N_ITEMS = 30, 40
 

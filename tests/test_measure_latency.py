@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import CompressedModel
 from bench.measure.latency import LatencyStats, latency_info, measure_latency, time_callable
-from methods.base import CompressedModel
-from methods.graph import normalized_adjacency
-from methods.lightgcn import LightGCN
 
 N_USERS, N_ITEMS = 12, 25
 

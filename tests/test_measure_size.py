@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import ArtifactPart, CompressedModel, MethodError
 from bench.measure.size import achieved_compression, artifact_sizes
-from methods.base import ArtifactPart, CompressedModel, MethodError
-from methods.graph import normalized_adjacency
-from methods.lightgcn import LightGCN
 
 
 def test_bits_breakdown_of_a_small_artifact_equals_the_hand_count():

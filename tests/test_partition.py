@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from methods.composition import PartitionError, metis_partition, metis_parts
 from methods.legcf import LEGCF
+from methods.shared.composition import PartitionError, metis_partition, metis_parts
 from tests.conftest import method_context
 from tests.test_training import clustered_data
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone.graph import normalized_adjacency, unique_pairs
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import Target
 from bench.measure.size import achieved_compression
 from bench.training import TrainHook
-from methods.base import Target
-from methods.graph import normalized_adjacency, unique_pairs
-from methods.lightgcn import LightGCN
-from methods.masking import MaskedLightGCN
 from methods.random_drop import RandomDrop, drop_edges, dropped_graph
+from methods.shared.masking import MaskedLightGCN
 from tests.conftest import method_context, random_interactions
 
 

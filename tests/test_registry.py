@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
+from bench import registry
 from bench.cli import main
 from bench.config import load_config
+from bench.contract import Knob, Method, MethodError, Target, UnknownOptionError
+from bench.registry import UnknownMethodError, get_method, register_method
 from bench.runner import run_matrix
-from methods import registry
-from methods.base import Knob, Method, MethodError, Target, UnknownOptionError
-from methods.registry import UnknownMethodError, get_method, register_method
 from tests.conftest import tiny_config
 
 
@@ -127,3 +127,66 @@ def test_plugin_runs_through_the_matrix(toy_plugin, tiny_root, tmp_path):
     assert not half["flagged"]
     assert torch.__version__  # environment recorded
     assert half["environment"]["versions"]["torch"]
+
+
+
+def test_random_streams_are_declared_by_the_methods(clean_registry):
+    import numpy as np
+
+    from tests.conftest import method_context
+
+    assert registry.random_streams() == {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4,
+                                         "lightgnn": 5, "legcf": 6, "lerg": 7}
+    assert get_method("dsl").random_streams == {"emb_mask": 2, "dsl": 4}
+
+    class Clash(Method):
+        description = "x"
+        random_streams = {"dsl": 9}  # noqa: RUF012
+
+    with pytest.raises(MethodError, match="stream 'dsl' has id 9, but method 'dsl' declares it with id 4"):
+        register_method("clash")(Clash)
+
+    class SameId(Method):
+        description = "x"
+        random_streams = {"mine": 4}  # noqa: RUF012
+
+    with pytest.raises(MethodError, match=r"random stream id 4 \('mine'\) is already stream 'dsl'"):
+        register_method("same-id")(SameId)
+
+    ctx = method_context(seed=3)  # no method: every declared stream
+    assert ctx.rng("emb_mask").integers(2**30) == np.random.default_rng([3, 2]).integers(2**30)
+    ctx.streams = get_method("random-drop").random_streams  # what a cell gives its method
+    assert ctx.rng("edge_mask", 5).integers(2**30) == np.random.default_rng([3, 1, 5]).integers(2**30)
+    with pytest.raises(KeyError, match="unknown random stream 'dsl'"):
+        ctx.rng("dsl")
+
+
+def test_no_method_at_all_says_to_install_the_package(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_SOURCES", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
+    with pytest.raises(registry.NoMethodsError, match=r"pip install -e \."):
+        registry.available_methods()
+
+
+def test_builtins_come_from_recshrinks_own_entry_points():
+    from importlib import metadata
+
+    eps = {ep.name: ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
+           if ep.dist is not None and ep.dist.name == "recshrink"}
+    assert set(eps) == {"lightgcn", "random-drop", "magnitude", "unkd", "dsl", "lightgnn", "legcf", "lerg"}
+    for name, ep in eps.items():
+        assert ep.load() is get_method(name)
+
+
+def test_an_entry_point_may_name_a_module_that_registers_by_import(clean_registry, monkeypatch):
+    from importlib import metadata
+
+    real = metadata.entry_points
+    extra = metadata.EntryPoint("by-import", "tests.plugin_by_import", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [*real(group=group), extra])
+    registry.load_all(reload_plugins=True)
+    assert get_method("toy-by-import").description == "registered by importing its module"
+    assert registry.method_source("toy-by-import") == "tests.plugin_by_import.ByImport"
+    assert "lightgcn" in registry.available_methods()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 import bench.context as context_module
+from bench.backbone.lightgcn import LightGCN
 from bench.cell import training_stages
 from bench.context import TrainingCost, stage_meta
 from bench.report import BUDGET_NOTE, _notes
 from bench.training import TrainResult, build_lightgcn
-from methods.lightgcn import LightGCN
 from tests.conftest import method_context
 
 

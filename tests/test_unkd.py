@@ -10,14 +10,14 @@ import pytest
 import torch
 from scipy import stats
 
+from bench.backbone.lightgcn import LightGCN
+from bench.contract import MethodError, Target
 from bench.data.loading import load_dataset
 from bench.measure.flops import count_train_macs_per_epoch
 from bench.measure.size import achieved_compression
+from bench.registry import get_method
 from bench.runner import run_matrix
 from bench.store import ResultStore
-from methods.base import MethodError, Target
-from methods.lightgcn import LightGCN
-from methods.registry import get_method
 from methods.unkd import (
     LOG2,
     PairSampler,

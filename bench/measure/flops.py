@@ -7,7 +7,7 @@ and the like, and skips elementwise operators (additions, means, activations); t
 operator names are reported as ``flops_unsupported_ops`` so nothing is ignored silently.
 
 How: sparse propagation ``Â @ X`` is traced as the custom operator ``recshrink::spmm`` (see
-:meth:`methods.graph.NormalizedGraph.matmul`), which :func:`spmm_flop_handle` charges
+:meth:`bench.backbone.graph.NormalizedGraph.matmul`), which :func:`spmm_flop_handle` charges
 ``nnz x d`` multiply-adds; every analysis here registers that handle.
 
 * inference = propagation (``module.propagate()``, once) + scoring every user against every
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import CompressedModel
+from bench.contract import CompressedModel
 
 with warnings.catch_warnings():
     # fvcore.nn scripts a loss function at import: torch warns that torch.jit.script is deprecated
@@ -188,7 +188,7 @@ def count_train_macs_per_epoch(model: nn.Module, n_train: int, batch_size: int, 
     """Multiply-adds of one training epoch: forward + backward of ``bpr_loss`` on every batch.
 
     ``model`` is anything with ``bpr_loss(users, pos, neg, reg, reg_form) -> (bpr, penalty)``
-    (e.g. :class:`methods.lightgcn.LightGCN`). One forward is traced on random indices (fixed
+    (e.g. :class:`bench.backbone.lightgcn.LightGCN`). One forward is traced on random indices (fixed
     generator, on the parameters' device) for two batch sizes ``b1 = min(batch_size, n_train)``
     and ``b2 = b1 // 2`` (2 and 1 if ``b1`` is 1), which separate the per-batch part
     (propagation, done once per batch) from the per-example part (scoring the triples) exactly.

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods.base import CompressedModel
+from bench.contract import CompressedModel
 
 
 @dataclass

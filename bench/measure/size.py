@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from methods.base import ARTIFACT_KINDS, ArtifactPart, CompressedModel
+from bench.contract import ARTIFACT_KINDS, ArtifactPart, CompressedModel
 
 EDGE_ID_BITS = 32
 

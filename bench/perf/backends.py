@@ -2,7 +2,7 @@
 
     python -m bench.perf.backends --datasets yelp-lightgnn citeulike --threads 2 --out reports/performance
 
-For every dataset and every backend of :data:`methods.graph.BACKENDS` that is installed (torch
+For every dataset and every backend of :data:`bench.backbone.graph.BACKENDS` that is installed (torch
 CSR, torch COO, and ``torch_sparse`` from the optional ``sparse`` extra), it times, on the full
 training graph with d = 64 (``--dim``):
 
@@ -38,7 +38,7 @@ from bench.perf.common import (
 
 
 def available_backends() -> list[str]:
-    from methods.graph import BACKENDS
+    from bench.backbone.graph import BACKENDS
 
     return [b for b in BACKENDS if b != "torch_sparse" or importlib.util.find_spec("torch_sparse")]
 

@@ -153,7 +153,7 @@ def run_recbole(name: str, args: argparse.Namespace, workdir: Path) -> tuple[dic
 
 def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
     """Train our LightGCN with the same hyperparameters; time an epoch, the evaluation and the GEMM floor."""
-    from bench.evaluation import chunk_size_for, evaluate_embeddings
+    from bench.evaluation import chunk_size_for, evaluate_embeddings, excluded_splits
     from bench.training import TrainConfig, evaluate_split, train_lightgcn
 
     config = TrainConfig(
@@ -186,7 +186,7 @@ def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
 
     gemm_chunked, _ = timed(chunked, repeats=args.repeats)
     # the ranking alone (scores, masking, top-K, metrics) on the propagated embeddings
-    exclude = [data.matrix("train"), data.matrix("valid")]
+    exclude = [data.matrix(s) for s in excluded_splits("test")]
     test = data.matrix("test")
     rank_seconds, _ = timed(lambda: evaluate_embeddings(users, items, test, exclude, ks=config.ks,
                                                         memory_bytes=config.eval_memory_bytes),

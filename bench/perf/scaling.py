@@ -334,7 +334,7 @@ def eval_worker(args: argparse.Namespace) -> dict[str, Any]:
     import scipy.sparse as sp
     import torch
 
-    from bench.evaluation import _BYTES_PER_CELL, chunk_size_for, evaluate_embeddings
+    from bench.evaluation import _BYTES_PER_CELL, chunk_size_for, evaluate_embeddings, excluded_splits
     from bench.measure.memory import PhaseMemory
     from bench.perf.common import set_threads
 
@@ -348,7 +348,7 @@ def eval_worker(args: argparse.Namespace) -> dict[str, Any]:
     rows = data.test[np.isin(data.test[:, 0], test_users)]
     heldout = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows[:, 0], rows[:, 1])),
                             shape=(data.n_users, data.n_items))
-    exclude = [data.matrix("train"), data.matrix("valid")]
+    exclude = [data.matrix(s) for s in excluded_splits("test")]
     emb = Path(args.embeddings)
     users = torch.from_numpy(np.load(emb / "users.npy"))
     items = torch.from_numpy(np.load(emb / "items.npy"))

@@ -16,14 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from bench.registry import available_methods
 from bench.report.stats import add_to_summary, comparisons
 from bench.report.tables import cells_frame, load_cells, summary_frame
 from bench.store import ResultStore
 
 
 def _method_info(names: Iterable[str]) -> list[dict[str, Any]]:
-    from methods.registry import available_methods
-
     known = available_methods()
     out = []
     for name in sorted(set(names)):

@@ -41,6 +41,8 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedFormatter, FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
+from bench.contract import REFERENCE
+
 __all__ = [
     "ACCURACY",
     "COSTS",
@@ -61,7 +63,6 @@ COSTS: dict[str, str] = {
     "peak_mem_scoring_bytes": "peak memory, scoring (bytes)",
     "latency_scoring_b64_p50_ms": "scoring latency, 64 users, p50 (ms)",
 }
-REFERENCE = "lightgcn"
 REFERENCE_LABEL = f"{REFERENCE} (uncompressed)"
 
 FIGSIZE = (6.4, 4.0)

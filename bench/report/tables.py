@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from bench.cell import report_identity
+from bench.contract import REFERENCE
 from bench.store import ResultStore
 
-REFERENCE = "lightgcn"
 IDENTITY = ["dataset", "variant", "emb_target", "edge_target", "layers_target"]
 CELL_COLUMNS = ["run", "key", "dataset", "method", "variant", "emb_target", "edge_target", "layers_target",
                 "seed", "status", "flagged", "flag_reason", "error", "emb_achieved", "edge_achieved",

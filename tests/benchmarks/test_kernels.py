@@ -1,7 +1,7 @@
 """pytest-benchmark benchmarks of the hot kernels on the real ``yelp-lightgnn`` dataset (issue 8).
 
 * propagation: ``NormalizedGraph.matmul`` (``Â @ X``, d = 64), forward and forward + backward, for
-  every backend of :data:`methods.graph.BACKENDS` that is installed;
+  every backend of :data:`bench.backbone.graph.BACKENDS` that is installed;
 * one BPR training step of LightGCN as :func:`bench.training.fit_bpr` takes it (``bpr_loss``,
   backward, Adam step) at batch 4096, d = 64, 2 layers;
 * full-ranking evaluation (:func:`bench.evaluation.evaluate_embeddings`, test split, training and
@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 from torch.nn import functional as F
 
+from bench.backbone.graph import BACKENDS, NormalizedGraph, normalized_adjacency
 from bench.data.dataset import InteractionData
 from bench.data.loading import load_dataset
 from bench.device import seed_everything
@@ -43,7 +44,6 @@ from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, 
 from bench.metrics import METRIC_NAMES, metric_key
 from bench.sampling import InteractionSampler
 from bench.training import TrainConfig, build_lightgcn
-from methods.graph import BACKENDS, NormalizedGraph, normalized_adjacency
 from tests.conftest import SHARED_DATASETS
 
 FULL = os.environ.get("RECSHRINK_BENCH_FULL", "").strip().lower() in ("1", "true", "yes")

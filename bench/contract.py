@@ -1,12 +1,14 @@
-"""The method contract (issue 3): what a compression method declares, receives and returns.
+"""The method contract: what a compression method declares, receives and returns.
 
-A method is a subclass of :class:`Method` registered under a name with
-:func:`methods.registry.register_method`. It declares
+A method is a subclass of :class:`Method` (imported, like everything a method uses from the
+harness, from :mod:`bench.api`), found by the registry (:mod:`bench.registry`) under a name. It
+declares
 
 * ``axes``: which of :data:`AXES` it compresses (``emb`` embedding entries, ``edge`` edges
   used in propagation, ``layers`` propagation depth, ``bits`` numeric precision);
 * ``knobs``: its hyperparameters, each with a default and a one-line description;
 * ``target_mapping``: one sentence on how a preservation :class:`Target` becomes knob values;
+* ``random_streams``: the named numpy random streams it draws from ``context.rng(name)``;
 
 and implements :meth:`Method.compress`, which gets a context (dataset, device, seed, training
 budget, progress, the shared base LightGCN checkpoint; see :mod:`bench.context`) and a target,
@@ -25,9 +27,11 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from methods.graph import NormalizedGraph
+    from bench.backbone.graph import NormalizedGraph
 
+#: the name of the uncompressed reference every method is compared with (the shared base LightGCN
+#: itself, registered by methods/reference.py)
+REFERENCE = "lightgcn"
 AXES: tuple[str, ...] = ("emb", "edge", "layers", "bits")
 AXIS_DESCRIPTIONS = {
     "emb": "embedding entries stored",
@@ -247,6 +251,10 @@ class Method:
     target_mapping: ClassVar[str] = ""
     uses_base: ClassVar[bool] = False
     simplifications: ClassVar[tuple[str, ...]] = ()
+    #: the numpy random streams the method draws with ``context.rng(name)``: name -> stream id. The
+    #: id is part of the seed (``[seed, id, *spawn]``), so changing it changes results; a name is the
+    #: same stream in every method that declares it (the registry checks).
+    random_streams: ClassVar[Mapping[str, int]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options = self.resolve_options(options)
@@ -277,7 +285,9 @@ class Method:
                 f"target was {target.as_dict()}"
             )
 
-    def compress(self, context: MethodContext, target: Target) -> CompressedModel:
+    def compress(self, context: Any, target: Target) -> CompressedModel:
+        """The compressed model for ``target``; ``context`` is a :class:`bench.context.MethodContext`
+        (typed ``Any`` here: the context depends on the contract, not the other way round)."""
         raise NotImplementedError
 
     @classmethod

@@ -30,8 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from methods.graph import GraphSize, normalized_adjacency, sparse_matmul, unique_pairs
-from methods.lightgcn import layer_sum
+from bench.api import GraphSize, layer_sum, normalized_adjacency, sparse_matmul, unique_pairs
 
 GRAPH_KINDS = ("self_loops", "plain", "closure")
 READOUTS = ("sum", "mean")
@@ -190,7 +189,7 @@ def self_loop_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu")
 
 
 def plain_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu") -> EntryGraph:
-    """The harness's LightGCN adjacency (no self-loops, :func:`methods.graph.normalized_adjacency`)."""
+    """The harness's LightGCN adjacency (no self-loops, :func:`bench.backbone.graph.normalized_adjacency`)."""
     g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], device=device)
     return EntryGraph(n_users, n_items, g.rows, g.cols, g.values, "plain")
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.graph import NormalizedGraph
+from bench.backbone.graph import NormalizedGraph
 
 INITS = ("xavier_uniform", "xavier_normal", "normal")
 REG_FORMS = ("squared", "norm")

@@ -20,8 +20,7 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import linprog
 
-from methods.base import MethodError
-from methods.graph import NormalizedGraph, normalized_adjacency, unique_pairs
+from bench.api import MethodError, NormalizedGraph, normalized_adjacency, unique_pairs
 
 IMPORTANCE_MODES = ("global_cos", "neighbour_cos")
 REROUTE_MODES = ("substitute", "isolated_only", "none")

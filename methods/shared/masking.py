@@ -19,10 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.training import TrainHook
-from methods.base import ArtifactPart, MethodError
-from methods.graph import NormalizedGraph
-from methods.lightgcn import LightGCN
+from bench.api import ArtifactPart, LightGCN, MethodError, NormalizedGraph, TrainHook
 
 
 def kept_count(ratio: float, n: int) -> int:
@@ -63,6 +60,12 @@ def magnitude_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     mask[order[:k]] = True
     return mask.reshape(values.shape)
+
+
+# the numpy random streams of the random masks (MethodContext.rng): [seed, 1] for an edge mask,
+# [seed, 2] for an embedding mask (spec unkd-and-baselines.md §0); a method that draws them declares
+# them in its random_streams
+MASK_STREAMS = {"edge_mask": 1, "emb_mask": 2}
 
 
 class MaskedLightGCN(LightGCN):

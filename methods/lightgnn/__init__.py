@@ -27,7 +27,7 @@ Stages (spec §5-§7):
    over (not rewound), a new Adam. Every run's end state is cached, so a deeper target with the
    same rates reuses the runs it shares with a shallower one.
 
-Target mapping (§8, :func:`methods.lightgnn_pruning.schedule_for_target`): ``k =
+Target mapping (§8, :func:`methods.lightgnn.pruning.schedule_for_target`): ``k =
 round(ln ρ_e / ln 0.8)`` prunings; ``schedule = "exact"`` solves the per-run rates for the target,
 ``"mild"``/``"aggressive"`` use Table 4's (0.2, 0.05) / (0.2, 0.15). The harness measures what was
 kept: the table's stored entries, and edges as directed user-item entries / (2 x interactions);
@@ -53,16 +53,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from methods.base import CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.lightgcn import layer_sum
-from methods.lightgnn_losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
-from methods.lightgnn_pruning import (
+from bench.api import (
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainingCost,
+    layer_sum,
+    register_method,
+    seed_everything,
+    stage_meta,
+)
+from methods.lightgnn.losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
+from methods.lightgnn.pruning import (
     SCHEDULES,
     Schedule,
     drop_random,
@@ -72,19 +81,17 @@ from methods.lightgnn_pruning import (
     schedule_for_target,
     sigma_term,
 )
-from methods.masking import sparse_aware_propagation_macs, sparse_table_parts
-from methods.registry import register_method
-from methods.weighted_graph import (
+from methods.lightgnn.weighted_graph import (
     EntryGraph,
     WeightedLightGCN,
     build_graph,
     closure_graph,
     csr_graph_bits,
 )
+from methods.shared.masking import MASK_STREAMS, sparse_aware_propagation_macs, sparse_table_parts
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from bench.training import TrainConfig
+    from bench.api import MethodContext, TrainConfig
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
@@ -117,6 +124,7 @@ class LightGNN(Method):
     """See the module docstring."""
 
     axes = ("emb", "edge")
+    random_streams: ClassVar[Mapping[str, int]] = {**MASK_STREAMS, "lightgnn": 5}
     uses_base = True
     description = ("LightGNN: learnable edge weights and iterative pruning of edges and embedding "
                    "entries, distilled from a teacher through an intermediate model on the "

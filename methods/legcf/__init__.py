@@ -1,7 +1,7 @@
 """``legcf``: LEGCF (Liang et al., SIGIR 2024), lightweight embeddings for graph collaborative
 filtering: a codebook of ``c`` meta-embeddings, a sparse assignment ``S`` with ``t`` entries per
 entity, meta nodes inside the propagation graph, and closed-form assignment updates.
-Spec ``shared/specs/legcf-lerg.md`` §2 and §4; the shared pieces are in :mod:`methods.composition`.
+Spec ``shared/specs/legcf-lerg.md`` §2 and §4; the shared pieces are in :mod:`methods.shared.composition`.
 
 Stages (§2.5, the paper's Algorithm 1):
 
@@ -18,7 +18,7 @@ Stages (§2.5, the paper's Algorithm 1):
 Validation runs after **every** epoch of both stages with patience 10 (the authors' code; the
 shared budget's cadence is used only when the knobs ``eval_every``/``patience`` are 0), because
 the update is not monotone: with ``c > d`` the minimum-norm ``pinv`` row keeps about ``d/c`` of its
-mass in the ``t`` kept entries (:func:`methods.composition.assignment_update`), so each update
+mass in the ``t`` kept entries (:func:`methods.shared.composition.assignment_update`), so each update
 scales S's values down and the shrink compounds when repeated every epoch. The first update can
 raise validation recall and later ones lower it (citeulike, c = 500, t = 3: 0.1319 after stage 1,
 0.1334 after the first update, then lower); a coarse validation cadence misses that epoch entirely.
@@ -50,24 +50,30 @@ L2 on the composed layer-0 rows, gradient clipping by value at ±3.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from bench.sampling import MultiNegativeSampler
-from bench.training import TrainHook
-from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.composition import (
+from bench.api import (
+    ArtifactPart,
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainingCost,
+    register_method,
+    seed_everything,
+    stage_meta,
+)
+from methods.shared.composition import (
     EXPANDED_BASES,
     PARTITION_RULE,
     Assignment,
     CompositionalLightGCN,
-    assignment_update,
     index_bits,
     legcf_honest_params,
     legcf_params,
@@ -75,11 +81,14 @@ from methods.composition import (
     metis_partition,
     random_assignment,
 )
-from methods.registry import register_method
+from methods.shared.composition_training import (
+    InfeasibleTargetError,
+    LegcfHook,
+    fit_composition_stage,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
-    from bench.training import TrainConfig, TrainResult
+    from bench.api import MethodContext
 
 # bump when a change alters what a cached stage would contain
 STAGE_VERSION = 3
@@ -89,10 +98,6 @@ SHRUNK_ROW_SUM = 0.25
 ABLATIONS = ("none", "no-update", "random-init")
 UPDATES = ("pinv", "lsq-refit")
 STAGE2_ADAM = ("continue", "fresh")
-
-
-class InfeasibleTargetError(MethodError):
-    """No knob setting of the method fits the target's budget."""
 
 
 def solve_codebook(emb: float, n: int, d: int, t: int = 0, c_max: int = 0) -> tuple[int, int]:
@@ -116,85 +121,12 @@ def solve_codebook(emb: float, n: int, d: int, t: int = 0, c_max: int = 0) -> tu
         f"t*N = {(t or 1) * n} parameters; the smallest feasible target is about {smallest:.4f}")
 
 
-def adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam's per-parameter state (``step``, ``exp_avg``, ``exp_avg_sq``) keyed by parameter name."""
-    out: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        for key, value in optimizer.state.get(p, {}).items():
-            out[f"{name}.{key}"] = torch.as_tensor(value).detach().clone()
-    return out
-
-
-def load_adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                      moments: dict[str, torch.Tensor]) -> int:
-    """Install :func:`adam_moments` into a new Adam over ``model``'s trainable parameters in order
-    (the shared loop's optimiser); returns how many parameters got their state back."""
-    index = {id(p): i for i, p in enumerate(optimizer.param_groups[0]["params"])}
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, p in model.named_parameters():
-        if id(p) in index and f"{name}.exp_avg" in moments:
-            state[index[id(p)]] = {k: moments[f"{name}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")}
-    optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-    return len(state)
-
-
-class LegcfHook(TrainHook):
-    """Gradient clipping by value (§2.4), LEGCF's assignment updates (§2.5), the last state and
-    Adam's moments at the end (so stage 2 can continue stage 1's optimiser, as the code does)."""
-
-    def __init__(self, model: CompositionalLightGCN, clip: float, update_every: int = 0,
-                 chunk: int = 4096, refit: bool = False,
-                 resume_adam: dict[str, torch.Tensor] | None = None) -> None:
-        self.model, self.clip, self.every, self.chunk = model, clip, update_every, chunk
-        self.refit = refit
-        self.resume_adam = resume_adam
-        self.pending: Assignment | None = None
-        self.updates: list[dict[str, Any]] = []
-        self.last_state: dict[str, torch.Tensor] | None = None
-        self.last_adam: dict[str, torch.Tensor] | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    def epoch_start(self, epoch: int) -> None:
-        # the weights are those the epoch's first minibatch sees, so this is that batch's H
-        if self.every and (epoch - 1) % self.every == 0:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                _, h_full, h_meta = self.model.forward_all()
-            assert h_meta is not None
-            new, clamped = assignment_update(h_full, h_meta, self.model.assignment().t, self.chunk,
-                                             refit=self.refit)
-            self.pending = new.to(self.model.assign_index.device)
-            sums = new.value.sum(1)
-            self.updates.append({"epoch": epoch, "clamped": clamped, "columns_used": new.columns_used(),
-                                 "row_sum_mean": float(sums.mean()), "row_sum_min": float(sums.min()),
-                                 "row_sum_max": float(sums.max()), "seconds": time.perf_counter() - t0})
-
-    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        if step == 1 and self.resume_adam:
-            load_adam_moments(self.model, optimizer, self.resume_adam)
-        if self.clip > 0:
-            torch.nn.utils.clip_grad_value_([p for p in self.model.parameters() if p.grad is not None],
-                                            self.clip)
-
-    def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        self.model.clamp_step_()
-        if self.pending is not None:  # installed after the first batch, whose loss used the old S
-            self.model.set_assignment(self.pending)
-            self.pending = None
-
-    def train_end(self, epoch: int) -> None:
-        self.last_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        if self.optimizer is not None:
-            self.last_adam = adam_moments(self.model, self.optimizer)
-
-
 @register_method("legcf")
 class LEGCF(Method):
     """See the module docstring."""
 
     axes = ("emb",)
+    random_streams: ClassVar[Mapping[str, int]] = {"legcf": 6}
     description = ("LEGCF: entity embeddings composed from a small codebook through a sparse "
                    "assignment (t entries per row, METIS init), meta nodes in the graph, "
                    "closed-form assignment updates (SIGIR 2024)")
@@ -298,19 +230,6 @@ class LEGCF(Method):
                                      raw_base=o["expanded_graph_base"] == "raw_adj", tanh=o["tanh"],
                                      init=o["init"], **extra).to(ctx.device)
 
-    @staticmethod
-    def fit(ctx: MethodContext, model: torch.nn.Module, config: TrainConfig, hook: TrainHook,
-            o: dict[str, Any], extra_macs: float = 0.0, stage: str = "legcf-pretrain"
-            ) -> tuple[TrainingCost, TrainResult]:
-        """One stage through the shared loop with LEGCF's sampler; returns that stage's own cost."""
-        shuffled = bool(o.get("batch_triples"))
-        sampler = MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"],
-                                       shuffle_triples=shuffled)
-        if shuffled:
-            config = dataclasses.replace(config, batch_size=o["batch_triples"])
-        return ctx.fit_stage(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs,
-                             stage=stage)
-
     def fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
         b = ctx.budget
         keys = ("c", "t", "w_star", "n_neg", "reg", "lr", "clip", "pretrain_epochs", "init",
@@ -342,7 +261,7 @@ class LEGCF(Method):
             hook = LegcfHook(model, o["clip"])
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"],
                                       eval_every=o["eval_every"], patience=o["patience"])
-            cost, result = self.fit(ctx, model, config, hook, o)
+            cost, result = fit_composition_stage(ctx, model, config, hook, o)
             state = {f"best.{k}": v for k, v in model.state_dict().items()}
             state.update({f"last.{k}": v for k, v in (hook.last_state or {}).items()})
             state.update({f"adam.{k}": v for k, v in (hook.last_adam or {}).items()})
@@ -362,7 +281,7 @@ class LEGCF(Method):
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["update_epochs"],
                                   eval_every=o["eval_every"], patience=o["patience"])
         extra = self.update_macs(model) / o["update_every"]
-        cost, result = self.fit(ctx, model, config, hook, o, extra, stage="legcf-update")
+        cost, result = fit_composition_stage(ctx, model, config, hook, o, extra, stage="legcf-update")
         return {**stage_meta(cost, result), "updates": hook.updates}, cost
 
     # --- the method ------------------------------------------------------------------------------

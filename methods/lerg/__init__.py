@@ -1,8 +1,8 @@
 """``lerg``: LERG (arXiv 2505.18999, TOIS 2025), an extension of LEGCF: an LSQ-quantised
 compositional codebook, entity selection by a linear program, a rewired graph without the pruned
 entities, a k-means placeholder codebook for them, and fine-tuning of the retained entities only.
-Spec ``shared/specs/legcf-lerg.md`` §3 and §4; shared pieces: :mod:`methods.composition`,
-:mod:`methods.quantization`, :mod:`methods.lerg_graph`.
+Spec ``shared/specs/legcf-lerg.md`` §3 and §4; shared pieces: :mod:`methods.shared.composition`,
+:mod:`methods.shared.quantization`, :mod:`methods.lerg.graph`.
 
 **No official code exists** and the full paper text was not available: the spec marks which
 details are inferred ([I]); each is an option below with the spec's default, listed in
@@ -32,26 +32,27 @@ before ``m`` is known, with the placeholder terms at their largest (``r' = r``, 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.context import stage_meta
-from bench.device import seed_everything
-from methods.base import ArtifactPart, CompressedModel, Knob, Method, MethodError, Target, TrainingCost
-from methods.composition import (
-    PARTITION_RULE,
-    Assignment,
-    CompositionalLightGCN,
-    index_bits,
-    metis_assignment,
-    metis_partition,
+from bench.api import (
+    ArtifactPart,
+    CompressedModel,
+    Knob,
+    Method,
+    MethodError,
+    Target,
+    TrainingCost,
+    register_method,
+    seed_everything,
+    stage_meta,
 )
-from methods.legcf import LEGCF, InfeasibleTargetError, LegcfHook
-from methods.lerg_graph import (
+from methods.lerg.graph import (
     IMPORTANCE_MODES,
     REROUTE_MODES,
     importance_scores,
@@ -60,11 +61,19 @@ from methods.lerg_graph import (
     rewired_graph,
     select_entities,
 )
-from methods.quantization import BITS, quantize_codes
-from methods.registry import register_method
+from methods.shared.composition import (
+    PARTITION_RULE,
+    Assignment,
+    CompositionalLightGCN,
+    index_bits,
+    metis_assignment,
+    metis_partition,
+)
+from methods.shared.composition_training import InfeasibleTargetError, LegcfHook, fit_composition_stage
+from methods.shared.quantization import BITS, quantize_codes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.context import MethodContext
+    from bench.api import MethodContext
 
 STAGE_VERSION = 1
 EDGE_TOLERANCE = 0.01
@@ -151,6 +160,7 @@ class LERG(Method):
     """See the module docstring."""
 
     axes = ("emb", "edge", "bits")
+    random_streams: ClassVar[Mapping[str, int]] = {"lerg": 7}
     description = ("LERG: LEGCF's compositional table with an LSQ-quantised codebook, LP entity "
                    "selection, a rewired graph without pruned entities, k-means placeholders and "
                    "fine-tuning of retained entities (TOIS 2025; no official code)")
@@ -247,7 +257,7 @@ class LERG(Method):
             seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
             config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model, o["clip"]), o,
+            cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model, o["clip"]), o,
                                      stage="lerg-pretrain")
             return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds,
                                                   init=partition.info())
@@ -311,7 +321,7 @@ class LERG(Method):
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
         config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = LEGCF.fit(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
+        cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
                                  stage="lerg-finetune")
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
         info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,

@@ -1,13 +1,13 @@
 """LightGNN's training objective (spec ``shared/specs/lightgnn.md`` §4): BPR, prediction-level and
 embedding-level distillation, the two uniformity terms and the code's explicit weight decay.
 
-:class:`DistillationObjective` wraps a :class:`~methods.weighted_graph.WeightedLightGCN` so the
+:class:`DistillationObjective` wraps a :class:`~methods.lightgnn.weighted_graph.WeightedLightGCN` so the
 shared BPR loop (:func:`bench.training.fit_bpr`) trains it: its ``bpr_loss`` returns the BPR term
 and, as the "penalty", the sum of all other terms. The loop's ``reg`` argument is ignored: LightGNN
 regularises the whole tables every step (§4 item 6, §11.10), with its own ``reg`` and ``ereg``.
 
 Candidate sets: the paper's denominators run over **all** users or items (``candidates = None``),
-computed in memory-bounded chunks (:mod:`methods.contrastive`). The ``cpu`` profile draws
+computed in memory-bounded chunks (:mod:`methods.lightgnn.contrastive`). The ``cpu`` profile draws
 ``candidates`` users and items uniformly per step instead (spec §12 "lite"); the embedding-KD
 denominator then is the sample plus the anchor's own positive.
 """
@@ -21,8 +21,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.contrastive import DEFAULT_CHUNK_BYTES, chunked_logsumexp, chunked_positive_ce, contrast_macs
-from methods.weighted_graph import WeightedLightGCN
+from methods.lightgnn.contrastive import (
+    DEFAULT_CHUNK_BYTES,
+    chunked_logsumexp,
+    chunked_positive_ce,
+    contrast_macs,
+)
+from methods.lightgnn.weighted_graph import WeightedLightGCN
 
 # part B's loosening factor δ by pruning run (spec §4 item 5, ``hyper_contr_loosen_factor``);
 # run 1 has no part B, runs after 8 use 0

@@ -13,7 +13,7 @@ code, not the paper: §2.3). ``S`` is never trained by gradient; LEGCF updates i
 * :class:`Assignment`: ``S`` as ``(N, t)`` column indices and values, with the sparse products.
 * :func:`expanded_graph`: LEGCF's ``Â'`` over entities and meta nodes (§2.3).
 * :class:`CompositionalLightGCN`: LightGCN whose layer-0 table is composed, on ``Â'`` (LEGCF) or on
-  ``Â`` (LERG), optionally with an LSQ-quantised codebook (:mod:`methods.quantization`).
+  ``Â`` (LERG), optionally with an LSQ-quantised codebook (:mod:`methods.shared.quantization`).
 * :func:`legcf_params`, :func:`legcf_index_bits`: the parameter counts of §2.8.
 """
 
@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.graph import NormalizedGraph, sparse_matmul, unique_pairs
-from methods.quantization import MIN_STEP, fake_quantize, init_steps
+from bench.api import NormalizedGraph, sparse_matmul, unique_pairs
+from methods.shared.quantization import MIN_STEP, fake_quantize, init_steps
 
 EXPANDED_BASES = ("norm_adj", "raw_adj")
 CODEBOOK_INITS = ("normal", "xavier")

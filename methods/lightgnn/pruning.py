@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from methods.base import MethodError
+from bench.api import MethodError
 
 # paper Table 4: (p_emb, p_adj)
 PRESETS = {"mild": (0.2, 0.05), "aggressive": (0.2, 0.15)}
