@@ -1,6 +1,6 @@
 """Full-ranking evaluation over all items, chunked by users to a memory budget.
 
-Protocol (issue 2): every user with at least one held-out item is ranked against *all* items;
+Protocol: every user with at least one held-out item is ranked against *all* items;
 items in the ``exclude`` matrices (the user's training items, plus validation items when
 testing) are removed from the ranking; users without held-out items are skipped. Metric
 definitions live in :mod:`bench.metrics`. Items with equal scores are ranked by item index, the
