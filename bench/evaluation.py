@@ -8,7 +8,7 @@ lower first, as a stable sort would (:func:`bench.ranking.top_k_indices`, which 
 by block-maximum pruning instead of a full-row ``torch.topk``).
 
 The metrics do not depend on the chunk size: each user's row is scored, masked and ranked
-independently (``tests/test_evaluation.py`` checks this for several chunk sizes).
+independently (``tests/test_metrics.py`` checks this for several chunk sizes).
 """
 
 from __future__ import annotations
