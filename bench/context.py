@@ -273,12 +273,13 @@ class MethodContext:
                                     backend=backend or self.budget.backend, device=self.device)
 
     def rng(self, stream: str, *spawn: int) -> np.random.Generator:
-        """``numpy.random.default_rng([seed, id, *spawn])``: the spec's per-purpose streams.
+        """``numpy.random.default_rng([seed, id, *spawn])``: per-purpose random streams.
 
-        A method declares the streams it draws, name -> id, in its ``random_streams`` (specs,
-        unkd-and-baselines.md §0: edge mask ``[s, 1]``, embedding mask ``[s, 2]``, UnKD pairs
-        ``[s, 3]``); a mask never changes when another component consumes randomness. ``spawn``
-        integers extend the seed (e.g. a pruning run's index: ``[s, id, run]``).
+        A method declares the streams it draws, name -> id, in its ``random_streams`` (the
+        conventions of docs/methods/random-drop.md and docs/methods/unkd.md: edge mask ``[s, 1]``,
+        embedding mask ``[s, 2]``, UnKD pairs ``[s, 3]``); a mask never changes when another
+        component consumes randomness. ``spawn`` integers extend the seed (e.g. a pruning run's
+        index: ``[s, id, run]``).
         """
         streams = random_streams() if self.streams is None else self.streams
         if stream not in streams:

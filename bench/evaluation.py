@@ -1,6 +1,6 @@
 """Full-ranking evaluation over all items, chunked by users to a memory budget.
 
-Protocol (issue 2): every user with at least one held-out item is ranked against *all* items;
+Protocol: every user with at least one held-out item is ranked against *all* items;
 items in the ``exclude`` matrices (the user's training items, plus validation items when
 testing) are removed from the ranking; users without held-out items are skipped. Metric
 definitions live in :mod:`bench.metrics`. Items with equal scores are ranked by item index, the
@@ -8,7 +8,7 @@ lower first, as a stable sort would (:func:`bench.ranking.top_k_indices`, which 
 by block-maximum pruning instead of a full-row ``torch.topk``).
 
 The metrics do not depend on the chunk size: each user's row is scored, masked and ranked
-independently (``tests/test_evaluation.py`` checks this for several chunk sizes).
+independently (``tests/test_metrics.py`` checks this for several chunk sizes).
 """
 
 from __future__ import annotations

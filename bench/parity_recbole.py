@@ -1,4 +1,5 @@
-"""Parity of our LightGCN with RecBole 1.2.1's LightGCN on ml-100k (issue 2, acceptance 4).
+"""Parity of our LightGCN with RecBole 1.2.1's LightGCN on ml-100k: our test metrics
+should match RecBole's on the same split and hyperparameters.
 
 Run in the ``recbole`` environment (``tox -e recbole`` installs it)::
 

@@ -3,7 +3,7 @@
 * :class:`NegativeSampler`: one uniform negative per user, vectorised rejection sampling.
 * :class:`InteractionSampler` (the harness default, LightGCN §4.1): every training interaction
   once per epoch with one negative, shuffled.
-* :class:`MultiNegativeSampler` (LEGCF's protocol, spec legcf-lerg.md §2.4): ``|train|`` users drawn
+* :class:`MultiNegativeSampler` (LEGCF's protocol, docs/methods/legcf.md): ``|train|`` users drawn
   uniformly with replacement, one random positive and ``n_neg`` distinct negatives per draw.
 
 An epoch sampler returns the epoch's ``(users, pos, neg)`` triples in batch order; ``batch_triples``
@@ -90,7 +90,7 @@ class InteractionSampler:
 
 
 class MultiNegativeSampler:
-    """LEGCF's sampler (spec legcf-lerg.md §2.4, from the authors' data loader).
+    """LEGCF's sampler (docs/methods/legcf.md, from the authors' data loader).
 
     Per epoch, ``|train|`` users are drawn uniformly with replacement among **all** users and the
     draws of users without a training item are skipped. Each draw takes one positive uniformly

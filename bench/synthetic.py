@@ -1,4 +1,5 @@
-"""Synthetic user-item graphs with power-law degrees, for scaling measurements (issue 8, goal 4).
+"""Synthetic user-item graphs with power-law degrees, for measuring how training and
+evaluation scale with the graph size (:mod:`bench.perf.scaling`).
 
 Model: a bipartite **Chung-Lu** graph (Chung and Lu, 2002) with Zipf popularity weights. Users
 and items are ranked ``r = 0, 1, ...``; rank ``r`` has weight ``w_r ∝ (r + 1)^-alpha`` (one

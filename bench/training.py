@@ -104,9 +104,17 @@ class TrainHook:
 class TrainConfig:
     """Hyperparameters of a BPR training run.
 
-    Defaults: RecBole's LightGCN dimension, layers, lr and batch size (64, 2, 1e-3, 2048) with
-    LightGCN's own L2 form (``reg_form = "squared"``, ``0.5 sum ||row||^2 / B`` at 1e-4); stop on
-    ``patience`` validations without improvement, at most ``epochs`` epochs.
+    Defaults that follow RecBole 1.2.1's LightGCN (its ``LightGCN.yaml`` and overall defaults):
+    ``dim`` 64, ``n_layers`` 2, ``lr`` 1e-3 (Adam, constant), ``batch_size`` 2048, at most
+    ``epochs`` 300, stop after ``patience`` 10 validations without improvement, validate every
+    epoch (``eval_every`` 1), Xavier-uniform ``init``.
+
+    Defaults that do **not** follow RecBole: the L2 term is the LightGCN paper's (Eq. 15),
+    ``reg_form = "squared"``, ``0.5 sum ||row||^2 / B``, at LightGCN's ``reg`` 1e-4; RecBole's is
+    ``reg_form = "norm"``, ``sum ||rows||_F / B``, at 1e-5 (set both to train as RecBole does, as
+    :mod:`bench.parity_recbole` does). Model selection is on ``valid_metric`` recall@20 with
+    ``ks`` (10, 20, 40), not RecBole's MRR@10; ``backend``, ``eval_memory_bytes``, ``seed`` and
+    ``device`` are this harness's own. See the README's "Training protocol" section.
     """
 
     dim: int = 64

@@ -1,23 +1,24 @@
 """``dsl``: Dynamic Sparse Learning (Wang et al., WSDM 2024) on the LightGCN embedding table.
 
-Spec ``shared/specs/dsl.md`` §9 "faithful mode": train LightGCN from scratch with a fixed budget of
-``K`` nonzero entries of the joint ``(U + I) x d`` layer-0 table (one global unstructured mask, §2).
+See docs/methods/dsl.md: train LightGCN from scratch with a fixed budget of ``K`` nonzero entries
+of the joint ``(U + I) x d`` layer-0 table (one global unstructured mask; the paper's Eq. 1 stacks
+users and items into one matrix).
 
-* Init (§3.1, §6.1): an exact random subset of ``K = round(r (U + I) d)`` entries, drawn with
+* Init (DSL's "RP" mask): an exact random subset of ``K = round(r (U + I) d)`` entries, drawn with
   ``ctx.rng("emb_mask")`` by :func:`methods.shared.masking.exact_random_mask`, i.e. the same mask as
   ``random-drop``'s embedding mask for the same seed; ``E <- E * M``.
-* Every iteration (§3.2): forward on the table itself (masked entries are 0, the mask is not in the
+* Every iteration: forward on the table itself (masked entries are 0, the mask is not in the
   autograd graph, so inactive entries get their true dense gradient), dense Adam step (moments of
   inactive entries keep accumulating, never reset), ``E <- E * M``, then at ``t % dT == 0`` an
   exploration with this step's gradient (:class:`DSLHook`).
-* Exploration (§3.3, paper Alg. 1): prune the ``R = ceil(rho_t K)`` active entries of smallest
+* Exploration (paper Algorithm 1): prune the ``R = ceil(rho_t K)`` active entries of smallest
   ``|E|`` and grow the ``R`` entries of largest ``|grad|`` among the inactive ones (old inactive and
   just pruned), exactly ``R`` each (:func:`prune_and_grow`); grown entries that were inactive start
   at 0, an entry pruned and regrown keeps its value.
-* Schedule (§3.4, paper Eq. 2): ``rho_t = eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2`` with the
+* Schedule (paper Eq. 2): ``rho_t = eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2`` with the
   code's floor ``eta = 0.005`` (:func:`update_ratio_at`), on the planned ``T_end``.
 
-Training regime (§2, §4): the optimiser, its learning-rate schedule, dim, layers, batch, reg and
+Training regime: the optimiser, its learning-rate schedule, dim, layers, batch, reg and
 epochs are the budget's. The code's regime is Adam at lr 1e-2 cosine-annealed per epoch to 1e-4
 over 1000 epochs (budget ``lr_schedule = "cosine"``, ``lr_min = 1e-4``, ``lr_period = 1000``), d = 64,
 3 layers, batch 1024, and its sampler (option ``sampler = "user"``): ``|R_train|`` triples per epoch,
@@ -26,12 +27,13 @@ uniform negative that is not one of them (:class:`bench.sampling.MultiNegativeSa
 negative). The default ``sampler = "interaction"`` is the harness's: every training interaction once
 per epoch, so users are drawn in proportion to their degree, as for the other methods.
 
-Cost accounting (§6): the trainer stores and computes densely (dense table, dense gradient, dense
+Cost accounting: the trainer stores and computes densely (dense table, dense gradient, dense
 Adam moments, plus a boolean mask), so the harness's fvcore count of the dense BPR step is the
 honest training MAC figure and the peak-RSS it measures is the honest memory. Beside them the
 method reports the storage of the final table dense-with-zeros and in the smallest sparse format
 (:func:`methods.shared.masking.masked_model_report`), sparse-aware propagation MACs, the analytic
-training-state bytes (§6.4) and the paper's own MAC bookkeeping, labelled ``paper_style_`` (§6.2).
+training-state bytes and the paper's own MAC bookkeeping, labelled ``paper_style_`` (reverse-
+engineered from the paper's tables).
 """
 
 from __future__ import annotations
@@ -69,22 +71,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DECAYS = ("cosine", "linear", "constant")
 SAMPLERS = ("interaction", "user")
-# dsl.md §9: the auto exploration interval is this many epochs (the reference's dT = 3000 iterations
+# the auto exploration interval is this many epochs (the reference's dT = 3000 iterations
 # is 2.48 epochs of Yelp2018 at batch 1024).
 AUTO_INTERVAL_EPOCHS = 2.5
 
 
-# --- schedule (dsl.md §3.4, paper Eq. 2) ------------------------------------------------------------
+# --- schedule (paper Eq. 2) ------------------------------------------------------------------------
 
 def update_ratio_at(t: int, t_end: int, rho0: float, eta_min: float = 0.005, decay: str = "cosine") -> float:
     """``rho_t``, the fraction of the active entries replaced by an exploration at iteration ``t``.
 
     ``cosine`` (code: ``CosineAnnealingLR`` with ``T_max = T_end`` stepped once per iteration):
     ``eta + (rho0 - eta) (1 + cos(pi t / T_end)) / 2``; ``eta_min = 0`` is the paper's Eq. 2.
-    ``linear``: ``eta + (rho0 - eta)(1 - t / T_end)`` (with ``eta_min = 0`` the spec's §9 form
+    ``linear``: ``eta + (rho0 - eta)(1 - t / T_end)`` (with ``eta_min = 0`` the linear form
     ``rho0 (1 - t / T_end)``; broken in the released code). ``constant``: ``rho0`` ("no decay",
     Table 4). The floor is capped at ``rho0`` (``eta = min(eta_min, rho0)``), so ``rho0 = 0`` never
-    explores (RP, §6.1) instead of ramping up to the floor. ``t`` is clamped to ``[0, T_end]``.
+    explores (RP) instead of ramping up to the floor. ``t`` is clamped to ``[0, T_end]``.
     """
     if decay not in DECAYS:
         raise MethodError(f"unknown decay {decay!r}; choose from {DECAYS}")
@@ -102,13 +104,14 @@ def update_ratio_at(t: int, t_end: int, rho0: float, eta_min: float = 0.005, dec
 def exploration_interval(iterations_per_epoch: int, update_interval: int = 0) -> int:
     """``dT`` in optimiser iterations: ``update_interval`` if > 0, else the auto rule.
 
-    Auto rule (dsl.md §9): ``dT = max(1, floor(2.5 x iterations_per_epoch + 0.5))``, i.e. one
-    exploration every 2.5 epochs as in the reference (3000 iterations = 2.48 Yelp2018 epochs).
-    The alternative of §9, ``T_end / dT ~ 400``, is meant for the reference's 1000-epoch runs; on a
-    short budget (40 epochs x 45 batches = 1800 iterations) it would give ``dT = 4``, i.e. pruning
-    up to half of all entries every 4 steps, far below the paper's "too frequent" limit (Fig. 3,
-    ``dT < 1000`` iterations = 0.8 epoch), whereas 2.5 epochs keeps the time a grown entry trains
-    before it is judged (yelp-lightgnn: dT = 113, 15 explorations in 40 epochs).
+    Auto rule (docs/methods/dsl.md): ``dT = max(1, floor(2.5 x iterations_per_epoch + 0.5))``,
+    i.e. one exploration every 2.5 epochs as in the reference (3000 iterations = 2.48 Yelp2018
+    epochs). The alternative of about 400 explorations per run, ``T_end / dT ~ 400``, is meant
+    for the reference's 1000-epoch runs; on a short budget (40 epochs x 45 batches = 1800
+    iterations) it would give ``dT = 4``, i.e. pruning up to half of all entries every 4 steps, far
+    below the paper's "too frequent" limit (Fig. 3, ``dT < 1000`` iterations = 0.8 epoch), whereas
+    2.5 epochs keeps the time a grown entry trains before it is judged (yelp-lightgnn: dT = 113,
+    15 explorations in 40 epochs).
     """
     if update_interval < 0:
         raise MethodError(f"update_interval must be >= 0, got {update_interval}")
@@ -117,7 +120,7 @@ def exploration_interval(iterations_per_epoch: int, update_interval: int = 0) ->
     return max(1, math.floor(AUTO_INTERVAL_EPOCHS * iterations_per_epoch + 0.5))
 
 
-# --- exploration (dsl.md §3.3) --------------------------------------------------------------------
+# --- exploration (paper Algorithm 1) ---------------------------------------------------------------
 
 def _whole_or_nothing(x: torch.Tensor, k: int) -> torch.Tensor | None:
     """The selection of ``k`` of the entries of ``x`` when it is none or all of them, else None."""
@@ -162,7 +165,7 @@ class Exploration:
     """Result of one prune-and-grow on a flat table: the new mask and the changed entries.
 
     ``pruned`` (flat indices, sorted) left the old active set; ``grown`` (sorted) entered the new one.
-    An index in both was pruned and regrown in the same exploration (it keeps its value, §3.3).
+    An index in both was pruned and regrown in the same exploration (it keeps its value).
     """
 
     mask: torch.Tensor
@@ -173,13 +176,13 @@ class Exploration:
 @torch.no_grad()
 def prune_and_grow(values: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor, n_update: int,
                    rng: np.random.Generator) -> Exploration:
-    """One DSL exploration (dsl.md §3.3) on flat tensors, with exact counts.
+    """One DSL exploration (paper Algorithm 1) on flat tensors, with exact counts.
 
     Prune: the ``R = min(n_update, nnz(mask))`` active entries of smallest ``|values|`` (ties at the
     threshold: lowest flat index first). Grow: the ``R`` entries of largest ``|grads|`` among the
     candidates = every entry inactive after pruning (old inactive and just pruned); ties at the
     threshold broken uniformly at random with ``rng``. So ``nnz`` is unchanged and
-    ``#pruned == #grown == R`` (the §3.3 exact-K recommendation; the reference drops all ties at
+    ``#pruned == #grown == R`` (exact counts, docs/methods/dsl.md; the reference drops all ties at
     the threshold and may grow fewer when few candidates have a nonzero gradient).
     """
     values, grads, mask = values.reshape(-1), grads.reshape(-1), mask.reshape(-1).to(torch.bool)
@@ -202,7 +205,7 @@ def prune_and_grow(values: torch.Tensor, grads: torch.Tensor, mask: torch.Tensor
 
 
 class DSLHook(TrainHook):
-    """The per-iteration part of DSL inside :func:`bench.training.fit_bpr` (dsl.md §3.2 steps 3-5).
+    """The per-iteration part of DSL inside :func:`bench.training.fit_bpr`.
 
     After every Adam step: ``E <- E * M``; at ``t % interval == 0`` (``t`` = completed iterations),
     unless ``fix_mask``, an exploration with ``rho_t = update_ratio_at(t, t_end, ...)`` and
@@ -242,7 +245,7 @@ class DSLHook(TrainHook):
     @torch.no_grad()
     def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         self.last_step = step
-        self.model.apply_mask_()  # §3.2 step 3
+        self.model.apply_mask_()  # E <- E * M after the Adam step
         if self.fix_mask or step % self.interval != 0:
             return
         self.explore(step, optimizer)
@@ -291,10 +294,10 @@ def _reset_moments(optimizer: torch.optim.Optimizer, model: MaskedLightGCN, newl
                 state[key][rows] = 0.0
 
 
-# --- cost helpers (dsl.md §6) ----------------------------------------------------------------------
+# --- cost helpers (docs/methods/dsl.md, "Costs") ----------------------------------------------------
 
 def paper_style_inference_macs(n_layers: int, dim: int, nnz_adj: int, n_nodes: int) -> float:
-    """The paper's dense "MACs(In.)" (dsl.md §6.2, reverse-engineered): ``L d nnz(A) (N + M)``.
+    """The paper's dense "MACs(In.)" (reverse-engineered from its tables): ``L d nnz(A) (N + M)``.
 
     Not a physical count (real LightGCN inference is ``L nnz(A) d + N M d``); reported only to
     compare with the paper's tables.
@@ -303,14 +306,14 @@ def paper_style_inference_macs(n_layers: int, dim: int, nnz_adj: int, n_nodes: i
 
 
 def paper_style_sparse_factor(sparsity: float, n_layers: int) -> float:
-    """The paper's DSL/RP MAC factor ``(1 - s) + s / L`` (dsl.md §6.2); ``1 - s`` when ``L = 0``."""
+    """The paper's DSL/RP MAC factor ``(1 - s) + s / L`` (from its tables); ``1 - s`` when ``L = 0``."""
     if n_layers <= 0:
         return 1.0 - sparsity
     return (1.0 - sparsity) + sparsity / n_layers
 
 
 def training_state_bytes(n_entries: int, value_bytes: int = 4, mask_bytes: int = 1) -> dict[str, int]:
-    """Analytic training-state bytes of the embedding table (dsl.md §6.4).
+    """Analytic training-state bytes of the embedding table.
 
     ``dsl``: weights + gradient + two Adam moments (all dense) + the mask (a ``torch.bool`` buffer
     here, 1 B/entry; the reference keeps an fp32 mask); ``dense``: the same without the mask (the
@@ -322,7 +325,7 @@ def training_state_bytes(n_entries: int, value_bytes: int = 4, mask_bytes: int =
 
 def exploration_compare_ops(n_entries: int) -> int:
     """Comparisons of one exploration counted as the reference does it: two sorts of ``n`` values,
-    ``2 n ceil(log2 n)`` (dsl.md §6.2). Our selection (``kthvalue``) is linear on average, so this is
+    ``2 n ceil(log2 n)``. Our selection (``kthvalue``) is linear on average, so this is
     an upper bound; comparisons are not multiply-adds and are reported apart from MACs."""
     return 2 * n_entries * max(1, math.ceil(math.log2(max(n_entries, 2))))
 
@@ -331,7 +334,7 @@ def exploration_compare_ops(n_entries: int) -> int:
 
 @register_method("dsl")
 class DSL(Method):
-    """Dynamic Sparse Learning, faithful mode of dsl.md §9 (see the module docstring)."""
+    """Dynamic Sparse Learning (docs/methods/dsl.md; see the module docstring)."""
 
     axes = ("emb",)
     random_streams: ClassVar[Mapping[str, int]] = {"emb_mask": MASK_STREAMS["emb_mask"], "dsl": 4}
@@ -394,7 +397,7 @@ class DSL(Method):
     def epoch_sampler(self, ctx: MethodContext) -> EpochSampler | None:
         """The ``sampler`` option's epoch sampler; ``None`` is the harness default (every interaction
         once). ``user``: :class:`bench.sampling.MultiNegativeSampler` with one negative, the code's
-        sampler (dsl.md §2), except that draws of users without a training item are skipped (the
+        sampler (docs/methods/dsl.md), except that draws of users without a training item are skipped (the
         code assumes there are none); its ``triples_per_epoch`` is then the expected count."""
         if self.options["sampler"] == "interaction":
             return None
@@ -403,7 +406,7 @@ class DSL(Method):
 
     @staticmethod
     def initial_model(ctx: MethodContext, target: Target, config=None) -> tuple[MaskedLightGCN, int]:
-        """The masked LightGCN at step 0 (dsl.md §3.1 with exact K) and the budget ``K``."""
+        """The masked LightGCN at step 0 (the RP mask with exact K) and the budget ``K``."""
         config = config or ctx.train_config()
         dense = build_lightgcn(ctx.data, config, ctx.device)
         rows = dense.n_users + dense.n_items

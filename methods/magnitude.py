@@ -1,15 +1,15 @@
 """``magnitude``: magnitude pruning of the shared base checkpoint's embedding table.
 
-Spec ``unkd-and-baselines.md`` §3:
+See docs/methods/magnitude.md:
 
 * ``omp`` (default; DSL's "OMP", Han et al. 2015): one-shot GLOBAL magnitude pruning of the
   concatenated user+item table of the trained dense LightGCN to exactly ``k = round(r (U+I) d)``
   entries (ties to the lower flat index), then fine-tuning from the pruned values with the mask
-  held fixed, the dense budget (same epochs, validation early stopping), no rewinding (§3.1).
+  held fixed, the dense budget (same epochs, validation early stopping), no rewinding.
 * ``magprune`` (benchmark 2406.17335): post-hoc, no fine-tuning. Each table (user, item) is
   pruned separately to sparsity ``p = 1 - r``: every row protects its own ``m`` largest entries,
   then the ``floor(n d p)`` smallest ``|w|`` among the table's unprotected entries are zeroed.
-  ``m`` is chosen on validation by sweeping ``0..floor(d r)`` (§3.2).
+  ``m`` is chosen on validation by sweeping ``0..floor(d r)``.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ VARIANTS = ("omp", "magprune")
 
 
 def omp_mask(table: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Global magnitude mask keeping exactly ``round(ratio * numel)`` entries (spec §3.1)."""
+    """Global magnitude mask keeping exactly ``round(ratio * numel)`` entries (OMP)."""
     return magnitude_mask(table, kept_count(ratio, table.numel()))
 
 
 def magprune_table_mask(table: torch.Tensor, sparsity: float, protect: int) -> torch.Tensor:
-    """MagPrune's mask of one table (spec §3.2): rows keep their ``protect`` largest ``|w|``; then
+    """MagPrune's mask of one table: rows keep their ``protect`` largest ``|w|``; then
     the ``floor(n d sparsity)`` smallest ``|w|`` among unprotected entries are pruned (ties: lower
     flat index first)."""
     n, d = table.shape
@@ -107,8 +107,9 @@ class MagnitudePruning(Method):
             metric = context.budget.valid_metric
             settings[f"pruned_valid_{metric}"] = self._valid(context, model, context.budget)[metric]
             context.fit(model, context.budget, hooks=[KeepMasked(model)])
-            # the model's whole cost: the dense run it starts from plus the fine-tuning (spec §2.5,
-            # DSL Table 3's OMP = dense + sparse retrain); the fine-tuning's peak memory is measured
+            # the model's whole cost: the dense run it starts from plus the fine-tuning
+            # (docs/methods/magnitude.md; DSL Table 3's OMP = dense + sparse retrain); the
+            # fine-tuning's peak memory is measured
             training = base.training.add(context.cost)
             training.peak_mem_bytes = None
         else:

@@ -1,9 +1,9 @@
 """``random-drop``: random edge dropping, random embedding-entry dropping, or both.
 
-Spec ``unkd-and-baselines.md`` §2 (RandEdge, RandEmb, RandBoth): PinSage-style random edge
+See docs/methods/random-drop.md (RandEdge, RandEmb, RandBoth): PinSage-style random edge
 dropping (LightGNN's "~EdgeP"), random static pruning of the embedding table (LightGNN's "~EmbP",
 DSL's "RP"), and both at once ("~BothP"). Masks are drawn once, before training, from their own
-random streams (edges ``default_rng([s, 1])``, entries ``default_rng([s, 2])``, spec §0), keep an
+random streams (edges ``default_rng([s, 1])``, entries ``default_rng([s, 2])``), keep an
 exact count, and stay fixed while the model trains from scratch with the shared BPR loop.
 """
 
@@ -47,7 +47,7 @@ def drop_edges(pairs: np.ndarray, ratio: float, rng: np.random.Generator, per_us
                ) -> np.ndarray:
     """The kept edges of ``pairs`` (sorted, deduplicated), in the universe's order.
 
-    Spec §2.1 (RandEdge): exactly ``round(ratio * m)`` edges chosen uniformly without replacement,
+    RandEdge: exactly ``round(ratio * m)`` edges chosen uniformly without replacement,
     globally. ``per_user``: every user keeps ``ceil(ratio * deg_u)`` of its edges (none isolated;
     the kept total is then at least ``ratio * m``).
     """
@@ -68,7 +68,7 @@ def drop_edges(pairs: np.ndarray, ratio: float, rng: np.random.Generator, per_us
 
 def dropped_graph(n_users: int, n_items: int, full: np.ndarray, kept: np.ndarray, edge_norm: str,
                   backend: str, device: torch.device) -> NormalizedGraph:
-    """Â of the kept edges: degrees from the kept graph (``recompute``, spec default; isolated
+    """Â of the kept edges: degrees from the kept graph (``recompute``, the default; isolated
     nodes get no entries and keep only their layer-0 embedding) or the full graph's coefficients
     ``1/sqrt(d_u d_i)`` on kept edges (``original``, what LightGNN's code does)."""
     if edge_norm not in EDGE_NORMS:
@@ -80,15 +80,15 @@ def dropped_graph(n_users: int, n_items: int, full: np.ndarray, kept: np.ndarray
 
 @register_method("random-drop")
 class RandomDrop(Method):
-    """Random static sparsification, trained from scratch (spec §2.1-2.3).
+    """Random static sparsification, trained from scratch (docs/methods/random-drop.md).
 
     * ``emb`` target < 1: a mask over the concatenated ``(U + I) x d`` table keeps exactly
       ``round(emb (U + I) d)`` entries (or ``round(emb d)`` per row with ``per_row``); the forward
       uses ``E * M`` and ``E`` is re-multiplied by ``M`` after every optimiser step.
     * ``edge`` target < 1: exactly ``round(edge m)`` of the ``m`` distinct training pairs are kept
       in the propagation graph (both directions). Dropped pairs remain BPR positives and remain
-      excluded at ranking: the graph is compressed, not the data (spec §2.1).
-    * both: independent streams, so the entry mask equals RandEmb's for the same seed (§2.3).
+      excluded at ranking: the graph is compressed, not the data.
+    * both: independent streams, so the entry mask equals RandEmb's for the same seed.
     """
 
     axes = ("emb", "edge")
@@ -114,7 +114,7 @@ class RandomDrop(Method):
         data, cfg, opts = context.data, context.budget, self.options
         settings: dict = {"edge_norm": opts["edge_norm"], "per_user": opts["per_user"],
                           "per_row": opts["per_row"]}
-        full = unique_pairs(data.train, data.n_items)  # the edge universe (spec §2.1)
+        full = unique_pairs(data.train, data.n_items)  # the edge universe
         if target.edge is not None and target.edge < 1:
             kept = drop_edges(full, target.edge, context.rng("edge_mask"), opts["per_user"])
             graph = dropped_graph(data.n_users, data.n_items, full, kept, opts["edge_norm"],
@@ -141,7 +141,7 @@ class RandomDrop(Method):
                                training=context.cost, settings=settings, measurements=measurements)
 
     def entry_mask(self, context: MethodContext, ratio: float) -> np.ndarray:
-        """The ``(U + I) x d`` entry mask (spec §2.2), from the embedding-mask stream only."""
+        """The ``(U + I) x d`` entry mask (RandEmb), from the embedding-mask stream only."""
         n_rows, dim = context.data.n_users + context.data.n_items, context.budget.dim
         rng = context.rng("emb_mask")
         if self.options["per_row"]:
@@ -150,7 +150,7 @@ class RandomDrop(Method):
 
     @staticmethod
     def _isolation(n_users: int, n_items: int, full: np.ndarray, kept: np.ndarray) -> dict[str, int]:
-        """Users and items that had edges in training but none in the kept graph (logged, §2.1)."""
+        """Users and items that had edges in training but none in the kept graph (logged)."""
         before_u = np.bincount(full[:, 0], minlength=n_users) > 0
         before_i = np.bincount(full[:, 1], minlength=n_items) > 0
         after_u = np.bincount(kept[:, 0], minlength=n_users) > 0

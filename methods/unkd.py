@@ -1,23 +1,24 @@
 """``unkd``: Unbiased Knowledge Distillation (Chen et al., WSDM 2023) into a smaller LightGCN.
 
-Spec: ``shared/specs/unkd-and-baselines.md`` §0 (conventions), §1 (UnKD) and the invariants
-U1-U8, M3 of §4; reference code ("REF"): github chengang95/UnKD (``dataloader.py::splitGroup``,
-``sample.py::UnKD``).
+See docs/methods/unkd.md, whose steps 1-5 are the steps below (the paper's equation numbers are
+not available to us, so docstrings cite these steps); invariants U1-U8 and M3 are checked in
+``tests/test_unkd.py``. Reference code ("REF"): github chengang95/UnKD
+(``dataloader.py::splitGroup``, ``sample.py::UnKD``).
 
-1. **Teacher** (§1.1): the shared base LightGCN (dimension ``d_t``), frozen: eval mode, no
+1. **Teacher**: the shared base LightGCN (dimension ``d_t``), frozen: eval mode, no
    gradients; it is only read, once, to build the candidate lists.
-2. **Popularity groups** (§1.2, :func:`popularity_groups`): ``pop(i)`` = training interactions of
+2. **Popularity groups** (:func:`popularity_groups`): ``pop(i)`` = training interactions of
    item ``i``; items with ``pop = 0`` belong to no group. REF's greedy split into ``K`` groups of
    about equal interaction mass (:func:`greedy_groups`); when it does not give exactly ``K`` groups,
    cumulative-mass buckets (:func:`fallback_groups`).
-3. **Candidate lists** (§1.3, :func:`build_candidates`): for every user and group, the group's
+3. **Candidate lists** (:func:`build_candidates`): for every user and group, the group's
    items the user has not interacted with, by teacher score descending, truncated to ``Cmax``;
    built block by block of users, never holding the U x I score matrix.
-4. **Pairs** (§1.4, :class:`PairSampler`), redrawn every epoch: ``n_g`` pairs per user and group
+4. **Pairs** (:class:`PairSampler`), redrawn every epoch: ``n_g`` pairs per user and group
    (:func:`allocate_pairs`); each pair is two distinct positions drawn with
    ``P(p) ∝ exp(-(p+1)/mu)`` on the list (:func:`sample_position_pairs`); the item at the smaller
    position (higher teacher score) is the positive ``i+``.
-5. **Loss** (§1.5, :class:`UnKDStudent`): ``L = L_BPR + reg L_reg + kd_weight L_KD`` with
+5. **Loss** (:class:`UnKDStudent`): ``L = L_BPR + reg L_reg + kd_weight L_KD`` with
    ``L_KD = mean_b mean_p softplus(-(s(u_b, i+_p) - s(u_b, i-_p)))`` over the rows ``b`` of the BPR
    mini-batch (a user repeats with its number of interactions, REF) and that user's pairs, student
    scores. The paper writes the pair term as a sum over pairs; REF (and this module) average, a
@@ -67,15 +68,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext
 
 LOG2 = math.log(2.0)
-# MethodContext.rng stream: numpy default_rng([seed, 3]) (spec §0), declared in UnKD.random_streams
+# MethodContext.rng stream: numpy default_rng([seed, 3]), declared in UnKD.random_streams
 KD_STREAM = "kd_pairs"
 
 
-# --- §1.2 popularity groups ----------------------------------------------------------------------
+# --- step 2: popularity groups -------------------------------------------------------------------
 
 
 def item_popularity(pairs: np.ndarray, n_items: int) -> np.ndarray:
-    """``pop(i)``: distinct users with a training interaction on item ``i`` (spec §1.2)."""
+    """``pop(i)``: distinct users with a training interaction on item ``i`` (step 2)."""
     return np.bincount(unique_pairs(pairs, n_items)[:, 1], minlength=n_items).astype(np.int64)
 
 
@@ -87,7 +88,7 @@ def popularity_order(pop: np.ndarray) -> np.ndarray:
 
 
 def greedy_groups(pop: np.ndarray, k: int) -> list[np.ndarray]:
-    """REF's greedy split (``dataloader.py::splitGroup``, spec §1.2); may give a count other than ``k``.
+    """REF's greedy split (``dataloader.py::splitGroup``, step 2); may give a count other than ``k``.
 
     Items by popularity descending are appended to the open group; when its mass first exceeds
     ``T = total / k`` the group is closed without the current item, which opens the next group
@@ -122,7 +123,7 @@ def greedy_groups(pop: np.ndarray, k: int) -> list[np.ndarray]:
 
 
 def fallback_groups(pop: np.ndarray, k: int) -> list[np.ndarray]:
-    """Cumulative-mass buckets ``g(i) = min(k-1, floor(k massBefore(i) / total))`` (spec §1.2).
+    """Cumulative-mass buckets ``g(i) = min(k-1, floor(k massBefore(i) / total))`` (step 2).
 
     ``massBefore(i)``: total popularity of the items before ``i`` in :func:`popularity_order`.
     Gives at most ``k`` contiguous non-empty groups of about equal mass (empty buckets dropped).
@@ -139,7 +140,7 @@ def fallback_groups(pop: np.ndarray, k: int) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class PopularityGroups:
-    """Item groups, most popular first (spec §1.2); ``fallback``: the greedy split was not used."""
+    """Item groups, most popular first (step 2); ``fallback``: the greedy split was not used."""
 
     items: tuple[np.ndarray, ...]
     pop: np.ndarray
@@ -169,7 +170,7 @@ class PopularityGroups:
         """REF's inverse-popularity group weights ``q_g`` (``splitGroup``'s ``cate_ratio``).
 
         ``a_g`` = mean popularity of group g; ``q_g = round((max a + min a - a_g) / sum, 2)``,
-        floored at 0.1. Only used when ``lam != 0`` (spec §1.4).
+        floored at 0.1. Only used when ``lam != 0`` (step 4).
         """
         avg = [m / s for m, s in zip(self.masses, self.sizes, strict=True)]
         flipped = [max(avg) + min(avg) - a for a in avg]
@@ -178,7 +179,7 @@ class PopularityGroups:
 
 
 def popularity_groups(pop: np.ndarray, k: int) -> PopularityGroups:
-    """The greedy split if it gives exactly ``k`` groups, else :func:`fallback_groups` (spec §1.2)."""
+    """The greedy split if it gives exactly ``k`` groups, else :func:`fallback_groups` (step 2)."""
     pop = np.asarray(pop, dtype=np.int64)
     if int(pop.sum()) == 0:
         raise MethodError("no item has a training interaction: cannot form popularity groups")
@@ -189,11 +190,11 @@ def popularity_groups(pop: np.ndarray, k: int) -> PopularityGroups:
     return PopularityGroups(tuple(groups), pop, k, fallback)
 
 
-# --- §1.4 allocation -----------------------------------------------------------------------------
+# --- step 4: allocation of pairs to groups -------------------------------------------------------
 
 
 def share_weights(groups: PopularityGroups, lam: float) -> list[float]:
-    """Per-group shares ``w_g ∝ q_g^lam`` (spec §1.4; ``lam = 0``: equal shares ``1/K``)."""
+    """Per-group shares ``w_g ∝ q_g^lam`` (step 4; ``lam = 0``: equal shares ``1/K``)."""
     if lam == 0:
         return [1.0 / groups.n_groups] * groups.n_groups
     raw = [q**lam for q in groups.ref_weights()]
@@ -203,7 +204,7 @@ def share_weights(groups: PopularityGroups, lam: float) -> list[float]:
 
 def allocate_pairs(sample_num: int, weights: list[float]) -> list[int]:
     """Pairs per group: ``n_g = round_half_even(S w_g)``; if ``sum n_g < S``, add 1 to groups
-    ``0 .. S - sum - 1`` (REF ``KD_sampling``; spec §1.4). K=4, S=30 -> [8, 8, 8, 8]."""
+    ``0 .. S - sum - 1`` (REF ``KD_sampling``; step 4). K=4, S=30 -> [8, 8, 8, 8]."""
     if sample_num < 0:
         raise MethodError(f"sample_num must be >= 0, got {sample_num}")
     counts = [round(sample_num * w) for w in weights]
@@ -211,7 +212,7 @@ def allocate_pairs(sample_num: int, weights: list[float]) -> list[int]:
     return [c + (1 if g < short else 0) for g, c in enumerate(counts)]
 
 
-# --- §1.3 candidate lists ------------------------------------------------------------------------
+# --- step 3: candidate lists ----------------------------------------------------------------------
 
 
 @dataclass
@@ -238,7 +239,7 @@ def build_candidates(
     max_candidates: int,
     memory_bytes: int = 256 * 2**20,
 ) -> CandidateLists:
-    """Candidate lists from the teacher's final representations (spec §1.3).
+    """Candidate lists from the teacher's final representations (step 3).
 
     Users are processed in blocks whose ``block x n_items`` float32 scores (plus one per-group copy)
     fit in about ``memory_bytes``; training items are masked, then each group's top
@@ -283,7 +284,7 @@ def build_candidates(
     return CandidateLists(items, lengths, macs, time.perf_counter() - t0)
 
 
-# --- §1.4 pair sampling --------------------------------------------------------------------------
+# --- step 4: pair sampling ------------------------------------------------------------------------
 
 
 def position_weights(length: int, mu: float) -> np.ndarray:
@@ -309,7 +310,7 @@ def sample_position_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(lo, hi)`` per entry: two independent positions from :func:`sample_positions`,
     both redrawn until they differ (REF redraws the whole group batch; same law), ordered so
-    ``lo < hi``. So ``P(lo=a, hi=b) ∝ 2 w_a w_b`` for ``a < b`` (spec §1.4, U5). Entries with
+    ``lo < hi``. So ``P(lo=a, hi=b) ∝ 2 w_a w_b`` for ``a < b`` (step 4, invariant U5). Entries with
     ``length < 2`` are not redrawn (REF would loop forever) and are not meaningful."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     a = sample_positions(lengths, mu, rng)
@@ -344,8 +345,8 @@ class KDPairs:
 
 
 class PairSampler:
-    """Draws :class:`KDPairs` from fixed candidate lists (spec §1.4), vectorised over users;
-    call :meth:`draw` once per epoch. ``rng`` is the ``kd_pairs`` stream (spec §0)."""
+    """Draws :class:`KDPairs` from fixed candidate lists (step 4), vectorised over users;
+    call :meth:`draw` once per epoch. ``rng`` is the ``kd_pairs`` stream (``[seed, 3]``)."""
 
     def __init__(self, candidates: CandidateLists, allocation: list[int], mu: float,
                  rng: np.random.Generator) -> None:
@@ -385,11 +386,11 @@ class PairSampler:
         return KDPairs(pos, neg, valid, lo, hi, self.slot_group)
 
 
-# --- §1.5 the student and its loss ---------------------------------------------------------------
+# --- step 5: the student and its loss -------------------------------------------------------------
 
 
 def kd_pair_loss(score_diff: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``L_KD`` of a batch (spec §1.5) from the student's score differences ``s(u,i+) - s(u,i-)``
+    """``L_KD`` of a batch (step 5) from the student's score differences ``s(u,i+) - s(u,i-)``
     of the rows' pairs, ``(B, P)``.
 
     ``weights[b, p] = valid / max(1, #valid pairs of the row)``: each row's term is the mean of
@@ -400,7 +401,7 @@ def kd_pair_loss(score_diff: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 
 class UnKDStudent(LightGCN):
     """The LightGCN student with ``bpr_loss`` returning ``(L_BPR + kd_weight L_KD, reg L_reg)``
-    (spec §1.5); the training loop adds the two. The pairs of the current epoch are set with
+    (step 5); the training loop adds the two. The pairs of the current epoch are set with
     :meth:`set_pairs` (not part of the state dict). ``last_kd`` holds the last batch's ``L_KD``."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, graph: NormalizedGraph,
@@ -462,7 +463,7 @@ class UnKDStudent(LightGCN):
 
 
 class RedrawPairs(TrainHook):
-    """Draws new pairs into the student before every epoch (spec §1.4: redrawn every epoch)."""
+    """Draws new pairs into the student before every epoch (step 4: redrawn every epoch)."""
 
     def __init__(self, sampler: PairSampler, student: UnKDStudent) -> None:
         self.sampler, self.student = sampler, student
@@ -480,12 +481,12 @@ class RedrawPairs(TrainHook):
 
 
 def student_dim(emb: float, teacher_dim: int) -> int:
-    """``d_s = max(1, round(emb d_t))`` (spec §1.1; Python rounds half to even)."""
+    """``d_s = max(1, round(emb d_t))`` (docs/methods/unkd.md; Python rounds half to even)."""
     return max(1, round(emb * teacher_dim))
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode and no gradients (spec §1.1, U6)."""
+    """Eval mode and no gradients (step 1, invariant U6)."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -510,7 +511,7 @@ class UnKDSetup:
 
 @register_method("unkd")
 class UnKD(Method):
-    """UnKD (Chen et al., WSDM 2023), spec unkd-and-baselines.md §1; see the module docstring."""
+    """UnKD (Chen et al., WSDM 2023), docs/methods/unkd.md; see the module docstring."""
 
     axes = ("emb",)
     random_streams: ClassVar[Mapping[str, int]] = {KD_STREAM: 3}
@@ -552,7 +553,7 @@ class UnKD(Method):
         return o
 
     def setup(self, ctx: MethodContext, target: Target) -> UnKDSetup:
-        """Teacher, groups, candidate lists, pair sampler and the untrained student (spec §1.1-§1.4)."""
+        """Teacher, groups, candidate lists, pair sampler and the untrained student (steps 1-4)."""
         o = self.options
         data = ctx.data
         teacher = freeze(ctx.base().model)  # trained before the measured phase by the harness

@@ -4,7 +4,7 @@ Nodes are numbered users first (0..U-1), then items (U..U+I-1). The LightGCN adj
 (He et al., SIGIR 2020, Eq. 7) is ``Â = D^-1/2 A D^-1/2`` with ``A = [[0, R], [R^T, 0]]``,
 no self loops; a node of degree 0 gets a zero row and column.
 
-Backends for ``Â @ X`` (all give equal results; ``tests/test_graph.py`` checks it):
+Backends for ``Â @ X`` (all give equal results; ``tests/test_backbone.py`` checks it):
 ``csr`` (torch sparse CSR, the default), ``coo`` (torch sparse COO) and ``torch_sparse``
 (the optional ``torch-sparse`` package, extra ``sparse``).
 """

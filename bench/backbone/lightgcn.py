@@ -35,7 +35,7 @@ def l2_penalty(*rows: torch.Tensor, form: str = "squared") -> torch.Tensor:
 
 def layer_sum(layers: list[torch.Tensor], start: int) -> torch.Tensor:
     """``Σ_{l >= start} E^l``: the sum readout (``start = 0``) or LightGNN's embedding-KD target
-    (``start = 2``, spec lightgnn.md §4 item 3)."""
+    (``start = 2``, the sum of teacher layers 2 and up; docs/methods/lightgnn.md, paper Eq. 6)."""
     picked = layers[start:]
     if not picked:
         raise ValueError(f"no layers from index {start} among {len(layers)}")

@@ -1,4 +1,4 @@
-"""Achieved compression, measured from what a model stores and uses (issue 3).
+"""Achieved compression, measured from what a model stores and uses.
 
 * ``params``: stored embedding parameters, the entries of artifact parts flagged ``param``
   (dense tables, kept entries of a sparse table, codebooks, learned composition weights).

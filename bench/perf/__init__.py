@@ -1,2 +1,3 @@
-"""Performance scripts (issue 8): each runs one comparison and writes CSV + markdown to
-``reports/performance/``. See ``reports/performance/README.md`` for the commands and figures."""
+"""Performance scripts (speed, scaling and overhead of the harness): each runs one comparison
+and writes CSV + markdown to ``reports/performance/``. See
+``reports/performance/README.md`` for the commands and figures."""

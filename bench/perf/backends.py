@@ -1,4 +1,4 @@
-"""Which sparse propagation backend is fastest on our graphs (issue 8, goal 3).
+"""Which sparse propagation backend is fastest on our graphs.
 
     python -m bench.perf.backends --datasets yelp-lightgnn citeulike --threads 2 --out reports/performance
 

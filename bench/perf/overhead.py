@@ -1,4 +1,4 @@
-"""Harness overhead in the quick matrix: measurement and storage as a share of cell time (issue 8, goal 5).
+"""Harness overhead in the quick matrix: measurement and storage as a share of cell time.
 
     .tox/recbole/bin/python -m bench.perf.overhead --threads 2 --out reports/performance
 

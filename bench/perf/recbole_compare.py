@@ -1,4 +1,5 @@
-"""Training and evaluation speed of our LightGCN against RecBole 1.2.1's, side by side (issue 8, goals 1-2).
+"""Training and evaluation speed of our LightGCN against RecBole 1.2.1's, side by side: is our
+training at least as fast at equal accuracy, and how close is our evaluation to its floor?
 
 Run in the ``recbole`` tox environment (it has RecBole's pinned stack)::
 
@@ -17,10 +18,11 @@ the other, with the same torch thread count:
 
 Measured, per library: the median training-epoch time (RecBole: its ``_train_epoch``, which
 includes its data loader's negative sampling; ours: :func:`bench.training.fit_bpr`'s epoch,
-sampling included); the validation Recall@20 after the last epoch (the parity check of goal 1);
-and the time of one full-ranking evaluation of all test users (RecBole: ``Trainer.evaluate`` on
-its full-sort loader; ours: :func:`bench.training.evaluate_split` on ``test``, propagation
-included in both). The floor of evaluation (goal 2) is the bare score GEMM of the same shapes,
+sampling included); the validation Recall@20 after the last epoch (the check that both reach the
+same accuracy); and the time of one full-ranking evaluation of all test users (RecBole:
+``Trainer.evaluate`` on its full-sort loader; ours: :func:`bench.training.evaluate_split` on
+``test``, propagation included in both). The floor of evaluation is the bare score GEMM of the
+same shapes,
 ``U_test (n x d) @ I^T (d x items)``, timed once as one product and once in our evaluation's
 user chunks; the smaller is the floor.
 """

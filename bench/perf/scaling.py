@@ -1,4 +1,4 @@
-"""How LightGCN training and full-ranking evaluation scale with the graph (issue 8, goal 4).
+"""How LightGCN training and full-ranking evaluation scale with the graph.
 
 ``python -m bench.perf.scaling [--sizes 1e4 1e5 1e6 1e7] [--dim 64] [--layers 2]
 [--batch-size 4096] [--steps-per-epoch 32] [--threads N] [--eval-memory-mb 512]

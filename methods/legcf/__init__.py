@@ -1,18 +1,19 @@
 """``legcf``: LEGCF (Liang et al., SIGIR 2024), lightweight embeddings for graph collaborative
 filtering: a codebook of ``c`` meta-embeddings, a sparse assignment ``S`` with ``t`` entries per
 entity, meta nodes inside the propagation graph, and closed-form assignment updates.
-Spec ``shared/specs/legcf-lerg.md`` §2 and §4; the shared pieces are in :mod:`methods.shared.composition`.
+See docs/methods/legcf.md; the shared pieces are in :mod:`methods.shared.composition`.
 
-Stages (§2.5, the paper's Algorithm 1):
+Stages (the paper's Algorithm 1):
 
-1. **Pretraining** with ``S`` frozen (METIS init, §2.2): train ``E_meta`` with BPR (5 distinct
-   negatives per drawn positive, §2.4) and validation early stopping. Its best checkpoint is the
-   Table 3 "update off" model (ablation ``no-update``). Cached per (dataset, options, seed).
+1. **Pretraining** with ``S`` frozen (METIS init, paper §3.4): train ``E_meta`` with BPR (paper
+   Eq. 4; 5 distinct negatives per drawn positive, the authors' sampler) and validation early
+   stopping. Its best checkpoint is the Table 3 "update off" model (ablation ``no-update``).
+   Cached per (dataset, options, seed).
 2. **Assignment updates**: training continues from stage 1's **last** weights (not its best) with
    stage 1's Adam (its moments and step count; the code keeps one optimiser for the whole run;
    ``stage2_adam = "fresh"`` starts a new one) and a fresh patience counter, and every
    ``update_every`` epochs, on the first minibatch, ``S`` is recomputed from the current ``H`` by
-   the pseudo-inverse and top-``t`` (§2.6): the batch's loss still uses the old ``S``, the new one
+   the pseudo-inverse and top-``t`` (paper Eq. 10-16): the batch's loss still uses the old ``S``, the new one
    is installed after its step. The best stage-2 checkpoint (with its ``S``) is the result.
 
 Validation runs after **every** epoch of both stages with patience 10 (the authors' code; the
@@ -31,19 +32,20 @@ S shrank and whose stage 2 ended below stage 1 (``update_notes``). ``update = "l
 the authors') refits the kept values by per-row least squares against ``H_full``, which keeps the
 rows' scale.
 
-Target mapping (§4): ``t = 2`` and ``c = floor((ρ·N·d − t·N)/d)``, i.e. the paper's #Param
-``c·d + t·N`` within the target's share of ``N·d``; if ``c < t + 1``, ``t = 1`` is tried, then the
-point is infeasible. A target that would need more than ``c_max = 500`` codebook rows (the paper's
-fixed c; it reports degradation above 1,000) keeps ``c = 500`` and spends the rest of its budget
-on a larger ``t`` instead: at the same parameters this trains far better. Measured on citeulike,
-d = 128, stage 1 (S frozen, lr 5e-3, validation recall@20 every epoch): emb 0.1, c = 500, t = 9
-reached 0.128 after 5 epochs, c = 1,901, t = 2 only 0.046 after 8; emb 0.05, c = 500, t = 3
-reached 0.124 after 5 epochs, c = 774, t = 2 0.093. ``c_max = 0`` gives the spec's t = 2 mapping at any
-c; ``c > 10,000`` is outside the paper's tested range and is flagged. Edges: none
-are pruned (``c`` meta nodes and ``2tN`` meta edges are added). The harness reports the paper's
-convention (codebook + S values) as ``emb_achieved``; the bits include S's column indices.
+Target mapping (docs/methods/legcf.md, "Target mapping"): ``t = 2`` and
+``c = floor((ρ·N·d − t·N)/d)``, i.e. the paper's #Param ``c·d + t·N`` within the target's share of
+``N·d``; if ``c < t + 1``, ``t = 1`` is tried, then the point is infeasible. A target that would
+need more than ``c_max = 500`` codebook rows (the paper's fixed c; it reports degradation above
+1,000) keeps ``c = 500`` and spends the rest of its budget on a larger ``t`` instead: at the same
+parameters this trains far better. Measured on citeulike, d = 128, stage 1 (S frozen, lr 5e-3,
+validation recall@20 every epoch): emb 0.1, c = 500, t = 9 reached 0.128 after 5 epochs, c = 1,901,
+t = 2 only 0.046 after 8; emb 0.05, c = 500, t = 3 reached 0.124 after 5 epochs, c = 774, t = 2
+0.093. ``c_max = 0`` gives the uncapped t = 2 mapping at any c; ``c > 10,000`` is outside the
+paper's tested range and is flagged. Edges: none are pruned (``c`` meta nodes and ``2tN`` meta edges
+are added). The harness reports the paper's convention (codebook + S values) as ``emb_achieved``;
+the bits include S's column indices.
 
-Where the authors' code departs from the paper, the code is followed (spec §2): N(0, 1) codebook
+Where the authors' code departs from the paper, the code is followed: N(0, 1) codebook
 init, ``tanh`` on the composed rows, the already-normalised ``Â`` inside ``Â'`` (normalised twice),
 L2 on the composed layer-0 rows, gradient clipping by value at ±3.
 """
@@ -101,7 +103,8 @@ STAGE2_ADAM = ("continue", "fresh")
 
 
 def solve_codebook(emb: float, n: int, d: int, t: int = 0, c_max: int = 0) -> tuple[int, int]:
-    """``(c, t)`` for an embedding target (spec §4): the largest ``c <= N`` with ``c·d + t·N <= ρ·N·d``.
+    """``(c, t)`` for an embedding target (docs/methods/legcf.md): the largest ``c <= N`` with
+    ``c·d + t·N <= ρ·N·d``.
 
     ``t = 0``: ``t = 2``, falling back to ``t = 1`` when ``c < t + 1``; then, if ``c_max > 0`` and
     that ``c`` exceeds it, ``c = c_max`` and the rest of the budget goes to the assignment:
@@ -207,7 +210,7 @@ class LEGCF(Method):
 
     @staticmethod
     def initial_assignment(ctx: MethodContext, o: dict[str, Any]) -> tuple[Assignment, dict[str, Any]]:
-        """METIS init (§2.2) or the random-init ablation; seeded by the cell's seed."""
+        """METIS init (paper §3.4) or the random-init ablation; seeded by the cell's seed."""
         data = ctx.data
         n = data.n_users + data.n_items
         rng = ctx.rng("legcf", 1)
@@ -306,7 +309,7 @@ class LEGCF(Method):
 
     @staticmethod
     def update_notes(metric: str, pre: dict[str, Any], stage2: dict[str, Any] | None) -> list[str]:
-        """What the report should say about stage 2 (§2.6's update is followed as specified, but
+        """What the report should say about stage 2 (the paper's update, Eq. 10-15, is followed, but
         its effect can surprise): S's rows shrank (the min-norm ``pinv`` solution spreads each row
         over many columns and top-t keeps two small entries), or stage 2 ended below stage 1."""
         if not stage2 or not stage2.get("updates"):

@@ -1,32 +1,33 @@
 """``lerg``: LERG (arXiv 2505.18999, TOIS 2025), an extension of LEGCF: an LSQ-quantised
 compositional codebook, entity selection by a linear program, a rewired graph without the pruned
 entities, a k-means placeholder codebook for them, and fine-tuning of the retained entities only.
-Spec ``shared/specs/legcf-lerg.md`` §3 and §4; shared pieces: :mod:`methods.shared.composition`,
-:mod:`methods.shared.quantization`, :mod:`methods.lerg.graph`.
+See docs/methods/lerg.md (steps 1-5 below are its pipeline steps); shared pieces:
+:mod:`methods.shared.composition`, :mod:`methods.shared.quantization`, :mod:`methods.lerg.graph`.
 
-**No official code exists** and the full paper text was not available: the spec marks which
-details are inferred ([I]); each is an option below with the spec's default, listed in
-:attr:`LERG.simplifications` so that the report shows them.
+**No official code exists** and the full paper text was not available: docs/methods/lerg.md marks
+which details are inferred ([I]); each is an option below whose default is the inferred choice,
+listed in :attr:`LERG.simplifications` so that the report shows them.
 
 Pipeline:
 
-1. **Server pretraining** (§3.3, cached): ``S`` from METIS (t = 2) and **frozen**; the codebook
+1. **Server pretraining** (cached): ``S`` from METIS (t = 2) and **frozen**; the codebook
    quantised in the loop (QAT, one LSQ step per row, ``bits`` per code); LightGCN on ``Â`` with
-   layer 0 ``tanh(S Ê_meta)`` (§3.2 [I]); LEGCF's loss, sampler, clipping and early stopping.
-2. **Selection** (§3.4): importance ``s_i = Σ_j cos(h_i, h_j)`` [I] on the pretrained final ``H``;
+   layer 0 ``tanh(S Ê_meta)`` ([I]); LEGCF's loss, sampler, clipping and early stopping.
+2. **Selection**: importance ``s_i = Σ_j cos(h_i, h_j)`` [I] on the pretrained final ``H``;
    ``m = round(ρ_ent N)`` entities kept by the LP relaxation (rounded at 0.5, fixed up to m).
-3. **Rewiring** (§3.5 [I]): the pruned entities' edges deleted, dangling ones re-routed to the most
+3. **Rewiring** ([I]): the pruned entities' edges deleted, dangling ones re-routed to the most
    similar retained 2-hop substitute; ``Â_rw`` on the ``m`` retained entities.
-4. **Placeholders** (§3.6): k-means (``r' = min(r, #pruned)``) over the pruned entities' ``H``;
+4. **Placeholders**: k-means (``r' = min(r, #pruned)``) over the pruned entities' ``H``;
    a pruned entity's representation is its centroid, frozen.
-5. **Fine-tuning** (§3.7): only ``E_meta`` and the steps train, on ``Â_rw``, composing only the
+5. **Fine-tuning**: only ``E_meta`` and the steps train, on ``Â_rw``, composing only the
    retained rows; triples with a pruned entity use its centroid as a constant.
 
-Target mapping (§4): with ``ρ_ent`` (``retention``; 1 for an embedding-only target: no pruning,
-the quantised model is the result), ``c = floor((ρ·32·N·d − 32·t·N − 32·r'·d − (N−m)·⌈log2 r'⌉)
-/ (d·b + 32))``; infeasible if ``c <= t``. For an edge target, ``ρ_ent`` is bisected on the
-pretrained model until the rewired graph keeps the target's edges (±1 point); ``c`` is then solved
-before ``m`` is known, with the placeholder terms at their largest (``r' = r``, all ``N`` indexed).
+Target mapping (docs/methods/lerg.md, "Target mapping"): with ``ρ_ent`` (``retention``; 1 for an
+embedding-only target: no pruning, the quantised model is the result),
+``c = floor((ρ·32·N·d − 32·t·N − 32·r'·d − (N−m)·⌈log2 r'⌉) / (d·b + 32))``; infeasible if
+``c <= t``. For an edge target, ``ρ_ent`` is bisected on the pretrained model until the rewired
+graph keeps the target's edges (±1 point); ``c`` is then solved before ``m`` is known, with the
+placeholder terms at their largest (``r' = r``, all ``N`` indexed).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ BISECT_STEPS = 30
 
 
 def lerg_bits(c: int, d: int, b: int, t: int, n: int, m: int, r: int) -> int:
-    """Stored bits by the spec's convention (§3.8): ``c·d·b + 32c (Δ) + 32·t·N (S values) +
-    32·r'·d (placeholders) + (N − m)·⌈log2 r'⌉`` with ``r' = min(r, N − m)``; S's column indices
-    are not counted (LEGCF's convention; :func:`lerg_honest_bits` adds them)."""
+    """Stored bits by the convention of docs/methods/lerg.md ("Costs"):
+    ``c·d·b + 32c (Δ) + 32·t·N (S values) + 32·r'·d (placeholders) + (N − m)·⌈log2 r'⌉``
+    with ``r' = min(r, N − m)``; S's column indices are not counted (LEGCF's convention;
+    :func:`lerg_honest_bits` adds them)."""
     pruned = n - m
     r_eff = min(r, pruned)
     placeholder = 32 * r_eff * d + (pruned * index_bits(r_eff) if r_eff else 0)
@@ -96,7 +98,8 @@ def lerg_honest_bits(c: int, d: int, b: int, t: int, n: int, m: int, r: int) -> 
 
 
 def solve_lerg_codebook(emb: float, n: int, d: int, b: int, t: int, r: int, m: int | None) -> int:
-    """The largest ``c <= N`` with ``lerg_bits(c) <= ρ·32·N·d`` (§4, invariant 18). ``m = None``: the
+    """The largest ``c <= N`` with ``lerg_bits(c) <= ρ·32·N·d`` (invariant 18 in
+    ``tests/test_lerg.py``). ``m = None``: the
     placeholder terms at their largest (``r' = min(r, N)``, every entity indexed)."""
     budget = emb * 32 * n * d
     if m is None:
@@ -115,7 +118,7 @@ def solve_lerg_codebook(emb: float, n: int, d: int, b: int, t: int, r: int, m: i
 
 
 class PlaceholderModel(nn.Module):
-    """The fine-tuned LERG model (§3.7): retained entities propagate, pruned ones are centroids.
+    """The fine-tuned LERG model (step 5): retained entities propagate, pruned ones are centroids.
 
     ``inner`` is a :class:`CompositionalLightGCN` over the ``m`` retained entities (compact ids:
     retained users, then retained items, each in increasing id order) on ``Â_rw``. ``lookup[p]``
@@ -142,8 +145,8 @@ class PlaceholderModel(nn.Module):
 
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
                  reg_form: str = "squared") -> tuple[torch.Tensor, torch.Tensor]:
-        """LEGCF's loss (spec §2.4) on the lookup; L2 on the retained layer-0 rows of the batch
-        (a pruned entity has no layer-0 row: its centroid is a constant)."""
+        """LEGCF's loss (LEGCF paper Eq. 4, in its code's form) on the lookup; L2 on the retained
+        layer-0 rows of the batch (a pruned entity has no layer-0 row: its centroid is a constant)."""
         x0, table = self._table()
         rows = self.lookup.index_select(0, torch.cat([users, pos + self.n_users, neg + self.n_users]))
         u, p, q = table.index_select(0, rows).split(users.numel())
@@ -245,7 +248,7 @@ class LERG(Method):
     # --- stages ------------------------------------------------------------------------------------
 
     def pretrain(self, ctx: MethodContext, o: dict[str, Any]) -> tuple[CompositionalLightGCN, dict[str, Any]]:
-        """§3.3 (cached): QAT of ``(E_meta, Δ)`` with ``S`` fixed at its METIS init."""
+        """Step 1 (cached): QAT of ``(E_meta, Δ)`` with ``S`` fixed at its METIS init."""
         data = ctx.data
         graph = ctx.training_graph()
 
@@ -270,7 +273,7 @@ class LERG(Method):
     @staticmethod
     def select(ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray, retention: float
                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """§3.4-3.5: retained ids, rewired edges and what happened, for one ``ρ_ent`` (``scores``:
+        """Steps 2-3: retained ids, rewired edges and what happened, for one ``ρ_ent`` (``scores``:
         the entities' importance, computed once per model)."""
         data = ctx.data
         n = data.n_users + data.n_items
@@ -285,7 +288,8 @@ class LERG(Method):
 
     def bisect_retention(self, ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray,
                          edge: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """The ``ρ_ent`` whose rewired graph keeps ``edge`` of the training edges (±1 point; §4)."""
+        """The ``ρ_ent`` whose rewired graph keeps ``edge`` of the training edges (±1 point; see
+        "Target mapping" in docs/methods/lerg.md)."""
         lo, hi = 0.0, 1.0
         best = None
         for step in range(BISECT_STEPS):
@@ -302,7 +306,7 @@ class LERG(Method):
 
     def finetune(self, ctx: MethodContext, o: dict[str, Any], pre: CompositionalLightGCN, h: torch.Tensor,
                  retained: np.ndarray, edges: np.ndarray) -> tuple[PlaceholderModel, dict[str, Any]]:
-        """§3.6-3.7: placeholders for the pruned entities, then fine-tune the retained ones."""
+        """Steps 4-5: placeholders for the pruned entities, then fine-tune the retained ones."""
         data = ctx.data
         n = data.n_users + data.n_items
         t0 = time.perf_counter()
@@ -384,7 +388,7 @@ class LERG(Method):
             pruned_idx = (model.lookup[~mask.to(model.lookup.device)] - m).cpu()
             parts += [
                 ArtifactPart("placeholders", "codebook", model.placeholders.detach().cpu().clone()),
-                # counted in the spec's emb budget (§3.8), hence param
+                # counted in the emb budget (the bits convention of lerg_bits), hence param
                 ArtifactPart("placeholder.indices", "indices", pruned_idx, bits_per_element=index_bits(r_eff),
                              param=True),
                 ArtifactPart("retained.mask", "mask", mask),

@@ -1,13 +1,13 @@
 """LERG's graph-side steps: entity importance, LP selection, the rewired graph, placeholders.
 
-Spec ``shared/specs/legcf-lerg.md`` §3.4 (importance scores, the BIP relaxed to an LP with
-rounding at 0.5 and an exact-count fix-up), §3.5 (delete the pruned entities' edges and re-route
-dangling ones to 2-hop substitutes; the rewired ``Â_rw``), §3.6 (k-means placeholder codebook over
-the pruned entities' pretrained rows), checked by invariants 13-16 of §5 (``tests/test_lerg_graph.py``).
+See docs/methods/lerg.md, step 2 (importance scores, the BIP relaxed to an LP with
+rounding at 0.5 and an exact-count fix-up), step 3 (delete the pruned entities' edges and re-route
+dangling ones to 2-hop substitutes; the rewired ``Â_rw``), step 4 (k-means placeholder codebook over
+the pruned entities' pretrained rows), checked by invariants 13-16 in ``tests/test_lerg_graph.py``.
 
 Entities are numbered users first (``0..U-1``), then items (``U..U+I-1``); ``pairs`` are
 ``(user, item)`` rows with item ids ``0..I-1`` (not offset), possibly with duplicates. The
-importance objective and the re-routing rule are inferred ([I] in the spec): results that
+importance objective and the re-routing rule are inferred ([I] in docs/methods/lerg.md): results that
 depend on them must say so. Everything here is deterministic and never builds a dense ``N x N``.
 """
 
@@ -40,7 +40,7 @@ _FRACTIONAL_TOL = 1e-9
 
 
 def _unit_rows(H: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Rows of ``H`` scaled to unit length in float64; a zero row stays zero (spec §3.4)."""
+    """Rows of ``H`` scaled to unit length in float64; a zero row stays zero (step 2)."""
     if isinstance(H, torch.Tensor):
         x = H.detach().to("cpu", torch.float64).numpy()
     else:
@@ -85,7 +85,7 @@ def importance_scores(
     pairs: np.ndarray | None = None,
     n_users: int | None = None,
 ) -> np.ndarray:
-    """Entity importance ``s`` (float64, ``(N,)``) from the pretrained final embeddings (spec §3.4, [I]).
+    """Entity importance ``s`` (float64, ``(N,)``) from the pretrained final embeddings (step 2, [I]).
 
     ``global_cos``: ``s_i = Σ_j cos(h_i, h_j) = ĥ_i · Σ_j ĥ_j`` over all entities (``j = i``
     included), ``O(N d)``. ``neighbour_cos``: ``s_i = Σ_{j ∈ N(i)} cos(h_i, h_j)`` over the
@@ -152,7 +152,7 @@ def lp_relaxation(
     n_users: int | None = None,
     per_side: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Solve ``max Σ s_i x_i`` s.t. ``Σ x_i = m`` (or one budget per side), ``0 ≤ x ≤ 1`` (spec §3.4).
+    """Solve ``max Σ s_i x_i`` s.t. ``Σ x_i = m`` (or one budget per side), ``0 ≤ x ≤ 1`` (step 2).
 
     HiGHS through ``scipy.optimize.linprog`` with a sparse constraint matrix. Returns ``x``
     (float64, ``(N,)``) and the solver status (0 = optimal).
@@ -178,7 +178,7 @@ def select_entities(
     n_users: int | None = None,
     per_side: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """The ``m`` retained entities: LP relaxation, keep ``x_i ≥ 0.5``, fix up to exactly ``m`` (spec §3.4).
+    """The ``m`` retained entities: LP relaxation, keep ``x_i ≥ 0.5``, fix up to exactly ``m`` (step 2).
 
     The fix-up drops the lowest-scored retained or adds the highest-scored unselected entities
     (ties: the smaller id ranks higher), per side when ``per_side=(m_users, m_items)`` is given
@@ -298,7 +298,7 @@ def rewire(
     H: torch.Tensor,
     mode: str = "substitute",
 ) -> tuple[np.ndarray, dict]:
-    """The rewired user-item edges on the retained entities (spec §3.5 steps 1-2, [I] for the rule).
+    """The rewired user-item edges on the retained entities (step 3, [I] for the rule).
 
     Every edge touching a pruned entity is deleted. ``substitute``: each deleted edge ``(a, p)``
     with ``a`` retained is re-routed to ``(a, b*)``, where ``b*`` is the retained entity of ``p``'s
@@ -393,7 +393,7 @@ def rewired_graph(
     edges: np.ndarray,
     device: torch.device | str = "cpu",
 ) -> tuple[NormalizedGraph, np.ndarray, np.ndarray]:
-    """``Â_rw``: the symmetric-normalised ``m x m`` bipartite adjacency of the rewired graph (spec §3.5.3).
+    """``Â_rw``: the symmetric-normalised ``m x m`` bipartite adjacency of the rewired graph (step 3).
 
     Retained users are renumbered ``0..m_u-1`` and retained items ``0..m_i-1`` in increasing
     original id order; the graph is built on these compact ids with the rewired degrees. Returns
@@ -417,7 +417,7 @@ def rewired_graph(
 
 def placeholder_codebook(H: torch.Tensor, pruned: np.ndarray, r: int, seed: int
                          ) -> tuple[torch.Tensor, np.ndarray]:
-    """k-means placeholders for the pruned entities (spec §3.6, [I] for clustering final ``H`` jointly).
+    """k-means placeholders for the pruned entities (step 4, [I] for clustering final ``H`` jointly).
 
     ``r' = min(r, #pruned)`` centroids (sklearn ``KMeans``, k-means++ init, ``n_init=1``,
     ``random_state=seed``) over the rows ``H[pruned]``, users and items together. Returns the

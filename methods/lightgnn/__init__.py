@@ -1,46 +1,47 @@
 """``lightgnn``: LightGNN (Chen, Xia, Huang, WSDM 2025), learnable edge and embedding pruning
-with hierarchical distillation. Spec ``shared/specs/lightgnn.md`` (it records where the authors'
-code departs from the paper; this module follows the code except where the spec says otherwise).
+with hierarchical distillation. See docs/methods/lightgnn.md (it records where the authors' code
+departs from the paper; this module follows the code except where that page lists a departure).
 
-Stages (spec §5-§7):
+Stages:
 
 1. **Teacher** (:meth:`LightGNN.teacher`): by default the harness's shared base LightGCN (the same
    teacher every distillation method gets; ``teacher_layers`` other than the budget's trains and
    caches a deeper one with the same budget). ``teacher = "authors"``: the code's stage 1, a
    weighted model with frozen unit weights on ``Â`` with self-loops, sum readout, 8 layers, BPR +
-   ``λ4 ||Θ||²`` (§5), cached like a stage.
-2. **Intermediate model** (:meth:`LightGNN.intermediate`, §6): the weighted model on the closure
-   graph ``Ĉ`` (§2: with ``hops = 2`` it adds only user-user and item-item co-interaction
-   entries, no new user-item edges), learnable weights on every entry, trained with BPR,
-   prediction KD, embedding KD, uniformity part A and decay (losses 1, 2, 3, 4, 6) from the
-   teacher. It starts from Xavier init, as in the authors' code (``middle_init = "teacher"``
-   copies the teacher's layer-0 table instead). Cached per (dataset, teacher, options, seed) in
-   the base checkpoint directory. **Gate** (``middle_gate``, on in ``cpu``): when its best
-   validation metric is below the teacher's, the student distils from the teacher instead (as the
-   ``no-intermediate`` ablation does; the cell's ``intermediate.gate`` and report note say so).
-3. **Student** (:meth:`LightGNN.student_runs`, §7): the weighted model on ``Â`` with the budget's
-   depth, ``k + 1`` runs. Each run trains with all six losses (part B from run 2 with the δ
-   schedule) from the intermediate model, keeps the best **validation** epoch (never test), and
-   the next run starts from that state pruned: edges by the importance-distillation score
+   ``λ4 ||Θ||²``, cached like a stage.
+2. **Intermediate model** (:meth:`LightGNN.intermediate`, the paper's augmented GNN, Eq. 7): the
+   weighted model on the closure graph ``Ĉ`` (with ``hops = 2`` it adds only user-user and item-item
+   co-interaction entries, no new user-item edges), learnable weights on every entry, trained with
+   BPR, prediction KD, embedding KD, uniformity part A and decay (losses 1, 2, 3, 4, 6 of the docs
+   page) from the teacher. It starts from Xavier init, as in the authors' code
+   (``middle_init = "teacher"`` copies the teacher's layer-0 table instead). Cached per (dataset,
+   teacher, options, seed) in the base checkpoint directory. **Gate** (``middle_gate``, on in
+   ``cpu``): when its best validation metric is below the teacher's, the student distils from the
+   teacher instead (as the ``no-intermediate`` ablation does; the cell's ``intermediate.gate`` and
+   report note say so).
+3. **Student** (:meth:`LightGNN.student_runs`): the weighted model on ``Â`` with the budget's depth,
+   ``k + 1`` runs. Each run trains with all six losses (part B from run 2 with the δ schedule) from
+   the intermediate model, keeps the best **validation** epoch (never test), and the next run starts
+   from that state pruned: edges by the importance-distillation score (Eq. 8)
    ``|w^S + β₂ σ(<ē_M,x, ē_M,y>) + β₁ w^M|``, embedding entries by ``|E⁰|`` under one global
-   threshold, exactly ``⌊n·p⌋`` each (§11.9); surviving weights reset to 1, embeddings carried
-   over (not rewound), a new Adam. Every run's end state is cached, so a deeper target with the
-   same rates reuses the runs it shares with a shallower one.
+   threshold, exactly ``⌊n·p⌋`` each (the code drops one more, plus ties); surviving weights reset
+   to 1, embeddings carried over (not rewound), a new Adam. Every run's end state is cached, so a
+   deeper target with the same rates reuses the runs it shares with a shallower one.
 
-Target mapping (§8, :func:`methods.lightgnn.pruning.schedule_for_target`): ``k =
-round(ln ρ_e / ln 0.8)`` prunings; ``schedule = "exact"`` solves the per-run rates for the target,
-``"mild"``/``"aggressive"`` use Table 4's (0.2, 0.05) / (0.2, 0.15). The harness measures what was
-kept: the table's stored entries, and edges as directed user-item entries / (2 x interactions);
-the code's ratio (self-loops included) and the interactions kept in both / at least one direction
-are reported beside it.
+Target mapping (docs/methods/lightgnn.md, :func:`methods.lightgnn.pruning.schedule_for_target`):
+``k = round(ln ρ_e / ln 0.8)`` prunings; ``schedule = "exact"`` solves the per-run rates for the
+target, ``"mild"``/``"aggressive"`` use Table 4's (0.2, 0.05) / (0.2, 0.15). The harness measures
+what was kept: the table's stored entries, and edges as directed user-item entries / (2 x
+interactions); the code's ratio (self-loops included) and the interactions kept in both / at least
+one direction are reported beside it.
 
-Profiles: ``paper`` (the authors' Yelp settings: 8-layer authors' teacher, 6-layer intermediate
-for 300 epochs, 600 epochs per run, lr 1e-4, full-softmax terms; a GPU job) and ``cpu`` (the
-default; spec §12's lite profile: shared teacher, 2-layer intermediate from Xavier init for 3
-epochs at the budget's lr with the gate, 3 epochs per run at the budget's lr, 2048 sampled
+Profiles: ``paper`` (the authors' Yelp settings: 8-layer authors' teacher, 6-layer intermediate for
+300 epochs, 600 epochs per run, lr 1e-4, full-softmax terms; a GPU job) and ``cpu`` (the default;
+the lite profile of docs/methods/lightgnn.md: shared teacher, 2-layer intermediate from Xavier init
+for 3 epochs at the budget's lr with the gate, 3 epochs per run at the budget's lr, 2048 sampled
 candidates per contrastive term). ``cpu`` results are labelled as not comparable to the paper.
 
-Why Xavier and not a warm start from the teacher in ``cpu``: uniformity part A (spec §4 item 4)
+Why Xavier and not a warm start from the teacher in ``cpu``: uniformity part A (loss 4)
 uses raw dot products at temperature 1 with weight 1. The authors start the intermediate from
 Xavier init, where every dot product is near 0 and the term sits at its floor (``4 ln 2048 = 30.5``
 with 2048 candidates). The shared teacher's trained table, under the sum readout on ``Ĉ``, puts
@@ -99,7 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "middle_lr": 0.0, "middle_init": "xavier", "middle_gate": True, "epochs_per_run": 3, "lr": 0.0,
         "candidates": 2048,
     },
-    "paper": {  # spec §10, Yelp column
+    "paper": {  # the authors' Yelp settings (docs/methods/lightgnn.md, profile paper)
         "teacher": "authors", "teacher_layers": 8, "middle_layers": 6, "middle_epochs": 300,
         "middle_lr": 1e-4, "middle_init": "xavier", "middle_gate": False, "epochs_per_run": 600,
         "lr": 1e-4, "candidates": 0,
@@ -107,7 +108,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 # bump when a change alters what a cached stage (teacher, intermediate, run) would contain
 STAGE_VERSION = 1
-# the authors' stage-1 training on Yelp (spec §10)
+# the authors' stage-1 training on Yelp
 AUTHORS_TEACHER = {"epochs": 300, "lr": 4e-4, "reg": 1.5e-6}
 ABLATIONS = ("none", "random-emb", "random-edge", "random-both", "binary-edge", "no-alignment",
              "no-intermediate", "no-importance")
@@ -224,7 +225,7 @@ class LightGNN(Method):
 
     @staticmethod
     def loss_weights(ctx: MethodContext, o: dict[str, Any], reg: float, ereg: float) -> LossWeights:
-        """The §4 weights for a stage (``no-alignment`` turns off both KD terms, spec §4)."""
+        """The loss weights for a stage (``no-alignment`` turns off both KD terms)."""
         aligned = o["ablation"] != "no-alignment"
         return LossWeights(
             softreg=o["softreg"] if aligned else 0.0, tempsoft=o["tempsoft"],
@@ -250,7 +251,7 @@ class LightGNN(Method):
     # --- stage 1 ---------------------------------------------------------------------------------
 
     def teacher(self, ctx: MethodContext, o: dict[str, Any]) -> tuple[TeacherSignals, torch.Tensor, dict]:
-        """Stage 1: the teacher's signals, its layer-0 table and provenance (spec §5)."""
+        """Stage 1: the teacher's signals, its layer-0 table and provenance."""
         n_users = ctx.data.n_users
         if o["teacher"] == "shared":
             if o["teacher_layers"] == ctx.budget.n_layers:
@@ -308,7 +309,7 @@ class LightGNN(Method):
     def intermediate(self, ctx: MethodContext, o: dict[str, Any], teacher: TeacherSignals,
                      teacher_table: torch.Tensor, teacher_info: dict[str, Any]
                      ) -> tuple[WeightedLightGCN, dict[str, Any]]:
-        """Stage 2 (spec §6): the trained intermediate model on ``Ĉ`` and its provenance."""
+        """Stage 2 (paper Eq. 7): the trained intermediate model on ``Ĉ`` and its provenance."""
         data = ctx.data
         sample = None if o["closure_sample"] >= 1 else o["closure_sample"]
         t0 = time.perf_counter()
@@ -364,7 +365,8 @@ class LightGNN(Method):
     def _prune(self, ctx: MethodContext, o: dict[str, Any], schedule: Schedule, run: int,
                state: dict[str, torch.Tensor], score_parts: dict[str, torch.Tensor | None]
                ) -> dict[str, torch.Tensor]:
-        """The state run ``run`` starts from, given run ``run - 1``'s snapshot (spec §7 step 3)."""
+        """The state run ``run`` starts from, given run ``run - 1``'s snapshot, pruned (edges by
+        paper Eq. 8)."""
         ablation = o["ablation"]
         state = {k: v.to(ctx.device) for k, v in state.items()}
         alive = state["edge_mask"] > 0
@@ -393,7 +395,7 @@ class LightGNN(Method):
     def student_runs(self, ctx: MethodContext, o: dict[str, Any], schedule: Schedule,
                      kd: TeacherSignals, score_parts: dict[str, torch.Tensor | None], graph: EntryGraph,
                      lineage: dict[str, Any]) -> tuple[WeightedLightGCN, list[dict[str, Any]]]:
-        """Stage 3 (spec §7): runs ``1 .. k+1``; returns the last run's best-validation model."""
+        """Stage 3: runs ``1 .. k+1``; returns the last run's best-validation model."""
         data = ctx.data
         weights = self.loss_weights(ctx, o, o["reg"], o["ereg"])
         fields = {**self._fields(ctx, o, "epochs_per_run", "lr", "reg", "ereg", "candidates", "kd_triples",

@@ -4,8 +4,8 @@ For anchors ``a`` (n_a x d) and candidates ``b`` (n_b x d), logits ``s_ab = <a, 
 
 * :func:`chunked_logsumexp` gives ``lse_a = log Σ_b exp(s_ab)``;
 * :func:`chunked_positive_ce` gives ``Σ_b P_ab (lse_a - s_ab)``, the cross entropy of
-  ``softmax_b(s_a·)`` against the multi-hot (unnormalised) targets ``P`` (LightGNN spec §4 item 5),
-  where ``P`` comes block by block from a callback (it may be too large to hold).
+  ``softmax_b(s_a·)`` against the multi-hot (unnormalised) targets ``P`` (LightGNN's uniformity part
+  B, paper Eq. 10), where ``P`` comes block by block from a callback (it may be too large to hold).
 
 Both never hold more than ``chunk_bytes`` of logits: the forward walks over blocks of anchors, and
 the backward recomputes each block's logits (like activation checkpointing) to form

@@ -1,14 +1,16 @@
-"""LightGNN's training objective (spec ``shared/specs/lightgnn.md`` §4): BPR, prediction-level and
-embedding-level distillation, the two uniformity terms and the code's explicit weight decay.
+"""LightGNN's training objective (paper Eq. 11; the losses 1-6 of docs/methods/lightgnn.md): BPR,
+prediction-level and embedding-level distillation, the two uniformity terms and the code's explicit
+weight decay.
 
-:class:`DistillationObjective` wraps a :class:`~methods.lightgnn.weighted_graph.WeightedLightGCN` so the
-shared BPR loop (:func:`bench.training.fit_bpr`) trains it: its ``bpr_loss`` returns the BPR term
-and, as the "penalty", the sum of all other terms. The loop's ``reg`` argument is ignored: LightGNN
-regularises the whole tables every step (§4 item 6, §11.10), with its own ``reg`` and ``ereg``.
+:class:`DistillationObjective` wraps a :class:`~methods.lightgnn.weighted_graph.WeightedLightGCN` so
+the shared BPR loop (:func:`bench.training.fit_bpr`) trains it: its ``bpr_loss`` returns the BPR
+term and, as the "penalty", the sum of all other terms. The loop's ``reg`` argument is ignored:
+LightGNN regularises the whole tables every step (loss 6, as the authors' code does), with its own
+``reg`` and ``ereg``.
 
 Candidate sets: the paper's denominators run over **all** users or items (``candidates = None``),
 computed in memory-bounded chunks (:mod:`methods.lightgnn.contrastive`). The ``cpu`` profile draws
-``candidates`` users and items uniformly per step instead (spec §12 "lite"); the embedding-KD
+``candidates`` users and items uniformly per step instead (the lite profile); the embedding-KD
 denominator then is the sample plus the anchor's own positive.
 """
 
@@ -29,7 +31,7 @@ from methods.lightgnn.contrastive import (
 )
 from methods.lightgnn.weighted_graph import WeightedLightGCN
 
-# part B's loosening factor δ by pruning run (spec §4 item 5, ``hyper_contr_loosen_factor``);
+# part B's loosening factor δ by pruning run (loss 5, paper Eq. 10; the code's ``hyper_contr_loosen_factor``);
 # run 1 has no part B, runs after 8 use 0
 DELTA_BY_RUN = {2: 0, 3: 2, 4: 3, 5: 4, 6: 4, 7: 3, 8: 1}
 PART_A_EPS = 1e-5
@@ -45,7 +47,7 @@ def delta_for_run(run: int) -> int | None:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights and temperatures of §4 (defaults: the example scripts, §10)."""
+    """Weights and temperatures of the losses (defaults: the authors' example scripts)."""
 
     softreg: float = 1.0  # λ1, prediction KD
     tempsoft: float = 0.03  # τ_p
@@ -64,7 +66,7 @@ class LossWeights:
 
 @dataclass
 class TeacherSignals:
-    """A frozen teacher's outputs, precomputed once (§4: T is frozen, its outputs detached).
+    """A frozen teacher's outputs, precomputed once (T is frozen, its outputs detached).
 
     ``users``/``items``: final embeddings (prediction KD; the intermediate's also feed the σ-term
     of the importance score); ``target``: the embedding-KD target ``h`` (``N x d``, layers 2..L
@@ -82,7 +84,7 @@ class TeacherSignals:
 
 
 def normalise_rows(x: torch.Tensor) -> torch.Tensor:
-    """Row-L2 normalisation after adding 1e-8 (§4 item 3)."""
+    """Row-L2 normalisation after adding 1e-8 (loss 3, embedding KD)."""
     x = x + 1e-8
     return x / x.norm(dim=1, keepdim=True)
 
@@ -97,7 +99,8 @@ def _pair_margin(users: torch.Tensor, items: torch.Tensor, u: torch.Tensor, j1: 
 def prediction_kd(s_users: torch.Tensor, s_items: torch.Tensor, t_users: torch.Tensor,
                   t_items: torch.Tensor, u: torch.Tensor, j1: torch.Tensor, j2: torch.Tensor,
                   tau: float) -> torch.Tensor:
-    """§4 item 2: soft BCE between ``σ(Δ_T/τ)`` and ``σ(Δ_S/τ)``, ``Δ = ŷ(u,j1) - ŷ(u,j2)``.
+    """Prediction KD (loss 2, paper Eq. 5 as the code computes it): soft BCE between ``σ(Δ_T/τ)``
+    and ``σ(Δ_S/τ)``, ``Δ = ŷ(u,j1) - ŷ(u,j2)``.
 
     Rows are gathered with ``index_select``, whose backward is one ``index_add_`` (about 1.5x
     faster on CPU than advanced indexing's accumulating ``index_put_``; same values)."""
@@ -112,7 +115,7 @@ def prediction_kd(s_users: torch.Tensor, s_items: torch.Tensor, t_users: torch.T
 def embedding_kd(target: torch.Tensor, student: torch.Tensor, anchors: torch.Tensor, tau: float,
                  candidates: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
                  ) -> torch.Tensor:
-    """§4 item 3 for one node type: mean over anchors ``a`` of
+    """Embedding KD (loss 3, paper Eq. 6) for one node type: mean over anchors ``a`` of
     ``-log exp(c(a,a)/τ) / Σ_b exp(c(a,b)/τ)``, ``c`` the cosine of teacher row ``a`` and student
     row ``b`` (``target`` already normalised; ``student`` normalised here). ``candidates``: indices
     of the denominator rows (None: all rows)."""
@@ -128,13 +131,14 @@ def embedding_kd(target: torch.Tensor, student: torch.Tensor, anchors: torch.Ten
 
 def uniformity(anchors: torch.Tensor, cands: torch.Tensor, tau: float,
                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """§4 item 4, one pairing: mean over anchors of ``log(Σ_b exp(<e_a, e_b>/τ) + 1e-5)``."""
+    """Uniformity part A (loss 4), one pairing: mean over anchors of ``log(Σ_b exp(<e_a, e_b>/τ) + 1e-5)``."""
     lse = chunked_logsumexp(anchors, cands, tau, chunk_bytes)
     return torch.logaddexp(lse, torch.full_like(lse, math.log(PART_A_EPS))).mean()
 
 
 def positive_matrix(mask_a: torch.Tensor, mask_b: torch.Tensor, delta: int) -> torch.Tensor:
-    """§4 item 5: ``P(x,y) = 1`` iff ``ov >= n_x - δ`` and ``ov >= n_y - δ`` (``ov = m_x · m_y``).
+    """Uniformity part B's positive sets (loss 5, paper Eq. 10): ``P(x,y) = 1`` iff
+    ``ov >= n_x - δ`` and ``ov >= n_y - δ`` (``ov = m_x · m_y``).
 
     ``mask_a``/``mask_b``: 0/1 float rows of the layer-0 mask. Returns a boolean matrix.
     """
@@ -147,7 +151,8 @@ def positive_matrix(mask_a: torch.Tensor, mask_b: torch.Tensor, delta: int) -> t
 def positive_uniformity(anchors: torch.Tensor, cands: torch.Tensor, mask_a: torch.Tensor,
                         mask_b: torch.Tensor, delta: int, tau: float,
                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
-    """§4 item 5, one pairing: mean over anchors of ``-Σ_b P(a,b) log softmax_b(<e_a,e_b>/τ)``."""
+    """Uniformity part B (loss 5, paper Eq. 10), one pairing: mean over anchors of
+    ``-Σ_b P(a,b) log softmax_b(<e_a,e_b>/τ)``."""
 
     def positives(s: int, e: int) -> torch.Tensor:
         return positive_matrix(mask_a[s:e], mask_b, delta)
@@ -156,7 +161,8 @@ def positive_uniformity(anchors: torch.Tensor, cands: torch.Tensor, mask_a: torc
 
 
 class DistillationObjective(nn.Module):
-    """The §4 loss around a weighted model, in the shape :func:`bench.training.fit_bpr` trains.
+    """The LightGNN loss (paper Eq. 11) around a weighted model, in the shape
+    :func:`bench.training.fit_bpr` trains.
 
     ``teacher``: the KD teacher's signals (None: BPR and decay only, the stage-1 teacher).
     ``delta``: part B's δ (None: part B off). ``generator``: draws the prediction-KD triples and
@@ -180,7 +186,7 @@ class DistillationObjective(nn.Module):
         return self.model.propagate()
 
     def decay(self) -> torch.Tensor:
-        """§4 item 6: ``λ4 (||E_U||² + ||E_I||²) + λ_w ||w||²`` (whole tables, every step)."""
+        """Weight decay (loss 6): ``λ4 (||E_U||² + ||E_I||²) + λ_w ||w||²`` (whole tables, every step)."""
         m, w = self.model, self.weights
         out = w.reg * (m.user_emb.pow(2).sum() + m.item_emb.pow(2).sum())
         if m.edge_weight.requires_grad and w.ereg:

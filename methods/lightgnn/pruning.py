@@ -1,7 +1,7 @@
-"""LightGNN's iterative pruning (spec ``shared/specs/lightgnn.md`` §7-§8): the schedule a target
+"""LightGNN's iterative pruning (docs/methods/lightgnn.md, "Target mapping"): the schedule a target
 maps to, the importance-distillation score, exact-count pruning steps and the achieved ratios.
 
-Counts: a step with rate ``p`` on ``n`` alive candidates drops exactly ``⌊n·p⌋`` (spec §11.9; the
+Counts: a step with rate ``p`` on ``n`` alive candidates drops exactly ``⌊n·p⌋`` (the
 authors' code drops ``⌊n·p⌋ + 1`` plus ties), the smallest by ``|score|`` with ties broken by the
 canonical entry order (stable sort), so after ``k`` steps ``n_k = n_{k-1} - ⌊n_{k-1} p⌋``.
 """
@@ -25,7 +25,7 @@ PRESET_EDGE_TOLERANCE = 0.02
 
 @dataclass(frozen=True)
 class Schedule:
-    """``k`` prunings with rates ``p_emb``, ``p_adj``: ``k + 1`` training runs (spec §8)."""
+    """``k`` prunings with rates ``p_emb``, ``p_adj``: ``k + 1`` training runs."""
 
     k: int
     p_emb: float
@@ -42,7 +42,7 @@ class Schedule:
 
 
 def schedule_for_target(emb: float, edge: float | None, mode: str = "exact") -> Schedule:
-    """Spec §8: ``k = round(ln ρ_e / ln 0.8)``; ``exact`` solves ``p_emb = 1 - ρ_e^{1/k}`` and
+    """``k = round(ln ρ_e / ln 0.8)``; ``exact`` solves ``p_emb = 1 - ρ_e^{1/k}`` and
     ``p_adj = 1 - ρ_a^{1/k}``; ``mild``/``aggressive`` keep Table 4's rates (the edge target, if
     given, must be what they reach within 0.02). An emb target of 1 with an edge target uses
     ``k = round(ln ρ_a / ln 0.95)`` and prunes no embedding entries.
@@ -115,9 +115,10 @@ def sigma_term(rows: torch.Tensor, cols: torch.Tensor, final: torch.Tensor,
 
 def importance_scores(w_student: torch.Tensor, sigma: torch.Tensor | None, w_middle: torch.Tensor | None,
                       beta1: float, beta2: float, alive: torch.Tensor) -> torch.Tensor:
-    """Spec §7 step 3: ``|w^S_e + β₂ σ(<ē_M,x, ē_M,y>) + β₁ w^M_(x,y)|`` on alive entries, 0 on
-    dead ones (``β₁`` multiplies the intermediate's weight on the same directed entry, ``β₂`` the
-    σ-term; a missing term is left out, e.g. without an intermediate model or importance KD)."""
+    """The importance-distillation score (paper Eq. 8):
+    ``|w^S_e + β₂ σ(<ē_M,x, ē_M,y>) + β₁ w^M_(x,y)|`` on alive entries, 0 on dead ones (``β₁``
+    multiplies the intermediate's weight on the same directed entry, ``β₂`` the σ-term; a missing
+    term is left out, e.g. without an intermediate model or importance KD)."""
     s = w_student.detach().clone()
     if sigma is not None:
         s = s + beta2 * sigma
@@ -129,9 +130,9 @@ def importance_scores(w_student: torch.Tensor, sigma: torch.Tensor | None, w_mid
 @torch.no_grad()
 def edge_ratios(rows: torch.Tensor, cols: torch.Tensor, alive: torch.Tensor, n_users: int,
                 n_items: int, n_pairs: int) -> dict[str, float]:
-    """Spec §8 "Reporting": the code's ratio (alive / all stored entries, self-loops and both
-    directions counted), the directed user-item entries kept, and the interactions kept with both
-    directions alive or with at least one."""
+    """The reported edge ratios (docs/methods/lightgnn.md, "Target mapping"): the code's ratio
+    (alive / all stored entries, self-loops and both directions counted), the directed user-item
+    entries kept, and the interactions kept with both directions alive or with at least one."""
     alive = alive.to(torch.bool)
     ui = (rows < n_users) != (cols < n_users)
     user = torch.where(rows < n_users, rows, cols)[ui & alive]

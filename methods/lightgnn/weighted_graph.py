@@ -1,14 +1,14 @@
 """Graphs whose stored entries carry learnable weights, and the weighted LightGCN that uses them.
 
-Spec ``shared/specs/lightgnn.md`` §2-§3 (the LightGNN authors' code, followed over the paper):
+See docs/methods/lightgnn.md (the LightGNN authors' code, followed over the paper):
 
 * :func:`self_loop_graph`: ``Â = D^-1/2 (A + I) D^-1/2`` with ``D_xx = deg_x + 1``; its stored
-  entries are the ``2|E|`` directed user-item entries plus ``N`` self-loops (§2, invariant 1).
+  entries are the ``2|E|`` directed user-item entries plus ``N`` self-loops.
 * :func:`closure_graph`: ``Ĉ = D_C^-1/2 C D_C^-1/2`` with ``C = I + A + ... + A^h`` keeping path
-  counts and ``D_C`` the weighted row sums (§2). With ``h = 2`` the user-item block of ``C`` is
+  counts and ``D_C`` the weighted row sums. With ``h = 2`` the user-item block of ``C`` is
   ``R`` itself: the "augmentation" adds only user-user and item-item co-interaction entries.
 * :func:`plain_graph`: the harness's LightGCN ``Â`` (no self-loops) as an :class:`EntryGraph`.
-* :class:`WeightedLightGCN` (§3): every stored entry ``e`` propagates with value
+* :class:`WeightedLightGCN` (paper Eq. 4 in the code's form): every stored entry ``e`` propagates with value
   ``Â_e w_e m_e`` (``w`` learnable, ``m`` a binary mask), the layer-0 table is ``M ⊙ E⁰``, the
   degrees are never recomputed, and the readout is the sum (code) or mean of layers ``0..L``.
 
@@ -40,7 +40,7 @@ READOUTS = ("sum", "mean")
 class EntryGraph(GraphSize):
     """A fixed sparse ``N x N`` pattern (users first, then items) with normalised base values.
 
-    ``rows``/``cols`` are sorted row-major (the canonical entry order of spec §2: every per-entry
+    ``rows``/``cols`` are sorted row-major (the canonical entry order: every per-entry
     vector is indexed in this order). ``kind`` says how it was built.
     """
 
@@ -140,7 +140,7 @@ class _WeightedSpMM(torch.autograd.Function):
 
 
 def weighted_matmul(graph: EntryGraph, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``A X`` where ``A[rows[e], cols[e]] = values[e]`` (spec §3; gradients to both inputs).
+    """``A X`` where ``A[rows[e], cols[e]] = values[e]`` (gradients to both inputs).
 
     Traced (FLOP counting) as ``recshrink::spmm``: ``nnz x d`` multiply-adds.
     """
@@ -149,7 +149,7 @@ def weighted_matmul(graph: EntryGraph, values: torch.Tensor, x: torch.Tensor) ->
     return _WeightedSpMM.apply(values, x, graph)
 
 
-# --- graph builders (spec §2) ---------------------------------------------------------------------
+# --- graph builders -------------------------------------------------------------------------------
 
 
 def _adjacency(n_users: int, n_items: int, pairs: np.ndarray) -> sp.csr_matrix:
@@ -182,7 +182,7 @@ def _sym_normalise(c: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def self_loop_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu") -> EntryGraph:
-    """``Â = D^-1/2 (A + I) D^-1/2``, ``D_xx = deg_x + 1`` (spec §2): ``2|E| + N`` entries."""
+    """``Â = D^-1/2 (A + I) D^-1/2``, ``D_xx = deg_x + 1``: ``2|E| + N`` entries."""
     a = _adjacency(n_users, n_items, pairs)
     c = (a + sp.identity(a.shape[0], format="csr")).tocsr()
     return _entry_graph(n_users, n_items, _sym_normalise(c), "self_loops", device)
@@ -196,7 +196,8 @@ def plain_graph(n_users: int, n_items: int, pairs: np.ndarray, device="cpu") -> 
 
 def closure_graph(n_users: int, n_items: int, pairs: np.ndarray, hops: int = 2,
                   sample_ratio: float | None = None, device="cpu") -> EntryGraph:
-    """``Ĉ = D_C^-1/2 C D_C^-1/2``, ``C = I + A + A^2 + ... + A^hops`` with path counts (spec §2).
+    """``Ĉ = D_C^-1/2 C D_C^-1/2``, ``C = I + A + A^2 + ... + A^hops`` with path counts (the
+    code's closure graph; docs/methods/lightgnn.md).
 
     ``D_C`` is the weighted row sum of ``C``. ``sample_ratio`` (the code's ``adj_aug_sample``):
     of the entries that only the powers ``A^2 .. A^hops`` add, keep the ``round(ratio x n)`` with
@@ -244,7 +245,7 @@ def build_graph(kind: str, n_users: int, n_items: int, pairs: np.ndarray, device
     raise ValueError(f"unknown graph kind {kind!r}; choose from {GRAPH_KINDS}")
 
 
-# --- the weighted model (spec §3) -----------------------------------------------------------------
+# --- the weighted model (paper Eq. 4 in the code's form) ------------------------------------------
 
 
 class WeightedLightGCN(nn.Module):
@@ -304,7 +305,7 @@ class WeightedLightGCN(nn.Module):
         return self.graph.values * self.edge_weight * self.edge_mask
 
     def layers(self) -> list[torch.Tensor]:
-        """``[E⁰, ..., E^L]`` with ``E^l = Â_{w,m} E^{l-1}`` (spec §3)."""
+        """``[E⁰, ..., E^L]`` with ``E^l = Â_{w,m} E^{l-1}`` (paper Eq. 4, code's form)."""
         x = self.layer0()
         out = [x]
         if self.n_layers:
@@ -325,7 +326,7 @@ class WeightedLightGCN(nn.Module):
     @torch.no_grad()
     def set_state_(self, table: torch.Tensor, emb_mask: torch.Tensor, edge_weight: torch.Tensor,
                    edge_mask: torch.Tensor) -> None:
-        """Load ``E⁰``, ``M``, ``w`` and ``m`` (spec §7 step 1, the carried-over state)."""
+        """Load ``E⁰``, ``M``, ``w`` and ``m`` (the state carried over from the previous pruning run)."""
         u = self.n_users
         self.user_emb.copy_(table[:u])
         self.item_emb.copy_(table[u:])

@@ -1,20 +1,21 @@
 """Compositional embeddings shared by LEGCF and LERG: a small codebook and a sparse assignment.
 
-Spec ``shared/specs/legcf-lerg.md`` §2 (LEGCF, SIGIR 2024) and §3.2 (LERG). Every entity's layer-0
+See docs/methods/legcf.md (LEGCF, SIGIR 2024) and docs/methods/lerg.md (LERG). Every entity's layer-0
 embedding is composed from a codebook ``E_meta`` (c x d) through a sparse assignment ``S`` (N x c)
-with exactly ``t`` stored entries per row: ``x_p = tanh(S_p E_meta)`` (the tanh is in the authors'
-code, not the paper: §2.3). ``S`` is never trained by gradient; LEGCF updates it in closed form
-(:func:`assignment_update`, §2.6), LERG keeps it fixed.
+with exactly ``t`` stored entries per row: ``x_p = tanh(S_p E_meta)`` (LEGCF paper Eq. 1; the tanh
+is in the authors' code, not the paper). ``S`` is never trained by gradient; LEGCF updates it in closed form
+(:func:`assignment_update`, paper Eq. 10-16), LERG keeps it fixed.
 
 * :func:`metis_partition` (:func:`metis_parts`: its labels) / :func:`metis_assignment`: the METIS
-  initialisation of §2.2, k-way or recursive bisection by cut quality, no part empty (anchor weight
-  ``w*`` on the entity's part, ``t - 1`` distinct random other columns sharing ``1 - w*``);
+  initialisation (LEGCF paper §3.4), k-way or recursive bisection by cut quality, no part empty
+  (anchor weight ``w*`` on the entity's part, ``t - 1`` distinct random other columns sharing ``1 - w*``);
   :func:`random_assignment`: the "random init" ablation.
 * :class:`Assignment`: ``S`` as ``(N, t)`` column indices and values, with the sparse products.
-* :func:`expanded_graph`: LEGCF's ``Â'`` over entities and meta nodes (§2.3).
+* :func:`expanded_graph`: LEGCF's ``Â'`` over entities and meta nodes (paper Eq. 5).
 * :class:`CompositionalLightGCN`: LightGCN whose layer-0 table is composed, on ``Â'`` (LEGCF) or on
   ``Â`` (LERG), optionally with an LSQ-quantised codebook (:mod:`methods.shared.quantization`).
-* :func:`legcf_params`, :func:`legcf_index_bits`: the parameter counts of §2.8.
+* :func:`legcf_params`, :func:`legcf_index_bits`: the parameter counts (docs/methods/legcf.md,
+  "Costs").
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PartitionError(ValueError):
     """METIS could not produce ``c`` non-empty parts."""
 
 
-# --- initialisation (§2.2) ---------------------------------------------------------------------------
+# --- initialisation (LEGCF paper §3.4) ---------------------------------------------------------------
 
 
 def _symmetric_csr(n_users: int, n_items: int, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +117,7 @@ def _fill_empty_parts(labels: np.ndarray, c: int, xadj: np.ndarray, adjncy: np.n
 
 def metis_partition(n_users: int, n_items: int, pairs: np.ndarray, c: int, seed: int,
                     mode: str = "auto") -> Partition:
-    """METIS on ``A``'s pattern into ``c`` non-empty parts (§2.2 step 1, invariant 7).
+    """METIS on ``A``'s pattern into ``c`` non-empty parts (LEGCF's initialisation, step 1).
 
     Unweighted, users and items as nodes of one graph, isolated nodes included, METIS's seed fixed.
     ``mode="auto"`` runs both METIS k-way (the authors' call) and recursive bisection and keeps the
@@ -202,8 +203,9 @@ def _other_columns(anchor: np.ndarray, c: int, k: int, rng: np.random.Generator)
 
 def metis_assignment(parts: np.ndarray, c: int, t: int, w_star: float, rng: np.random.Generator
                      ) -> Assignment:
-    """``S`` of §2.2 step 2: ``S[p, part(p)] = w*`` (column 0), ``t - 1`` distinct other columns
-    with ``(1 - w*)/(t - 1)`` each; every row sums to 1 (``t = 1``: the anchor alone, weight 1)."""
+    """``S`` of LEGCF's initialisation, step 2: ``S[p, part(p)] = w*`` (column 0), ``t - 1``
+    distinct other columns with ``(1 - w*)/(t - 1)`` each; every row sums to 1 (``t = 1``: the
+    anchor alone, weight 1)."""
     _check_t(t, c)
     if not 0 < w_star <= 1 or (t > 1 and w_star >= 1):
         raise ValueError(f"w_star must lie in (0, 1) (or be 1 with t = 1) so that every stored entry is "
@@ -222,7 +224,7 @@ def metis_assignment(parts: np.ndarray, c: int, t: int, w_star: float, rng: np.r
 
 def random_assignment(n: int, c: int, t: int, rng: np.random.Generator, w_first: float = 0.9
                       ) -> Assignment:
-    """The "random init" ablation (§2.2 item 4): ``t`` distinct random columns per row with weights
+    """The "random init" ablation (LEGCF paper Table 3): ``t`` distinct random columns per row with weights
     ``0.9`` and ``0.1/(t - 1)`` (the code's values)."""
     _check_t(t, c)
     first = rng.integers(0, c, n)
@@ -331,12 +333,13 @@ def refit_values(h_rows: torch.Tensor, h_meta: torch.Tensor, index: torch.Tensor
 @torch.no_grad()
 def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk: int = 4096,
                       eps: float = 1e-6, refit: bool = False) -> tuple[Assignment, int]:
-    """LEGCF's closed-form update (§2.6, paper Eq. 13-15): ``S̃ = H_full · pinv(H_meta)``, then per
-    row the ``t`` largest **signed** values with their values (topk), everything else 0.
+    """LEGCF's closed-form update (docs/methods/legcf.md, paper Eq. 10-15):
+    ``S̃ = H_full · pinv(H_meta)``, then per row the ``t`` largest **signed** values with their
+    values (topk), everything else 0.
 
     Rows are batched (``chunk`` rows at a time: memory ``O(chunk·c + c·d)``), which gives the
     unbatched result. No renormalisation or softmax (the code has none); a kept value below ``eps``
-    is clamped to ``eps`` so every row keeps ``t`` positive entries (the spec's choice; the code
+    is clamped to ``eps`` so every row keeps ``t`` positive entries (our choice; the code
     would fail its ``Â' ∈ [0, 1]`` assertion instead). Returns the new ``S`` and the clamp count.
 
     With ``c > d`` the update shrinks ``S``: ``H_meta`` has rank ``d``, so the minimum-norm row of
@@ -363,14 +366,14 @@ def assignment_update(h_full: torch.Tensor, h_meta: torch.Tensor, t: int, chunk:
     return Assignment(index, value.clamp_min(eps).to(torch.float32), c), clamped
 
 
-# --- the expanded graph (§2.3) ----------------------------------------------------------------------
+# --- the expanded graph (LEGCF paper Eq. 5) -----------------------------------------------------------
 
 
 def expanded_graph(base: NormalizedGraph, assignment: Assignment, raw: bool = False) -> NormalizedGraph:
     """``Â' = D'^-1/2 A' D'^-1/2`` with ``A' = [[Â, S], [Sᵀ, 0]]`` over N entities + c meta nodes.
 
     The code puts the **already normalised** ``Â`` in the top-left block and normalises again with
-    the new row sums (``raw = False``, the default, spec §2.3); ``raw = True`` uses the binary ``A``
+    the new row sums (``raw = False``, the default, the authors' code); ``raw = True`` uses the binary ``A``
     (the paper's Eq. 5). A zero row sum gives 0. The meta nodes are numbered after the items, so the
     result is a :class:`NormalizedGraph` with ``n_items + c`` "items" (its ``n_edges`` is not a
     user-item edge count). All values lie in [0, 1].
@@ -396,13 +399,13 @@ def expanded_graph(base: NormalizedGraph, assignment: Assignment, raw: bool = Fa
 
 
 class CompositionalLightGCN(nn.Module):
-    """LightGCN over a composed layer-0 table (spec §2.3 for LEGCF, §3.2 for LERG).
+    """LightGCN over a composed layer-0 table (docs/methods/legcf.md, docs/methods/lerg.md).
 
     ``expanded = True`` (LEGCF): layer 0 is ``[tanh(S E_meta); E_meta]`` on ``Â'`` (entities and
     meta nodes), mean readout over ``L + 1`` layers, scores from the entity rows. ``expanded =
     False`` (LERG): ``tanh(S Ê_meta)`` on ``Â`` only. ``bits``: the codebook is LSQ-quantised with
-    one step per row (§3.1). ``S`` lives in buffers (``assign_index``, ``assign_value``), so a
-    state dict carries it and loading one rebuilds ``Â'``.
+    one step per row (LSQ, docs/methods/lerg.md). ``S`` lives in buffers (``assign_index``,
+    ``assign_value``), so a state dict carries it and loading one rebuilds ``Â'``.
     """
 
     def __init__(self, graph: NormalizedGraph, assignment: Assignment, dim: int, n_layers: int, *,
@@ -433,7 +436,7 @@ class CompositionalLightGCN(nn.Module):
         return self._assignment
 
     def set_assignment(self, assignment: Assignment) -> None:
-        """Install a new ``S`` and rebuild ``Â'`` (§2.5: after every update)."""
+        """Install a new ``S`` and rebuild ``Â'`` (after every update, as LEGCF's Algorithm 1)."""
         with torch.no_grad():
             self.assign_index = assignment.index.to(self.assign_index.device).clone()
             self.assign_value = assignment.value.to(self.assign_value.device).clone()
@@ -450,7 +453,7 @@ class CompositionalLightGCN(nn.Module):
         return out
 
     def clamp_step_(self) -> None:
-        """Keep every step positive (§3.1: clamp at 1e-8 after each optimiser step)."""
+        """Keep every step positive (clamp at 1e-8 after each optimiser step)."""
         if self.step is not None:
             with torch.no_grad():
                 self.step.clamp_(min=MIN_STEP)
@@ -483,7 +486,7 @@ class CompositionalLightGCN(nn.Module):
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
                  reg_form: str = "squared") -> tuple[torch.Tensor, torch.Tensor]:
         """BPR (mean softplus of the score difference) and ``λ (‖x_u‖² + ‖x_i+‖² + ‖x_i-‖²)/B`` on the
-        batch's layer-0 composed rows (spec §2.4; the code's form, so ``reg_form`` is not used)."""
+        batch's layer-0 composed rows (LEGCF paper Eq. 4 in the code's form, so ``reg_form`` is not used)."""
         x0, h, _ = self.forward_all()
         # one index_select per table (a gather of whole rows; advanced indexing is several times
         # slower on CPU, and its backward would zero-fill one full table per index)
@@ -496,7 +499,7 @@ class CompositionalLightGCN(nn.Module):
         return bpr, penalty
 
 
-# --- sizes (§2.8) ----------------------------------------------------------------------------------
+# --- sizes (docs/methods/legcf.md, "Costs") ----------------------------------------------------------
 
 
 def index_bits(c: int) -> int:

@@ -1,4 +1,4 @@
-"""Training a compositional model in stages, the LEGCF way (LEGCF's §2.4-2.5; LERG trains its
+"""Training a compositional model in stages, the LEGCF way (LEGCF's Algorithm 1; LERG trains its
 table the same way): the stage fit with LEGCF's sampler, the hook that clips gradients, applies the
 assignment updates and keeps the last state and Adam's moments, and the error for a target no knob
 setting fits.
@@ -48,7 +48,7 @@ def load_adam_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 class LegcfHook(TrainHook):
-    """Gradient clipping by value (§2.4), LEGCF's assignment updates (§2.5), the last state and
+    """Gradient clipping by value, LEGCF's assignment updates (Algorithm 1), the last state and
     Adam's moments at the end (so stage 2 can continue stage 1's optimiser, as the code does)."""
 
     def __init__(self, model: CompositionalLightGCN, clip: float, update_every: int = 0,

@@ -1,7 +1,7 @@
 """Unstructured masks over the LightGCN embedding table, shared by every entry-pruning method.
 
 Used by ``random-drop`` (random mask), ``magnitude`` (OMP and MagPrune) and ``dsl`` (dynamic
-mask). Conventions (specs ``unkd-and-baselines.md`` §0, §2.2, §3 and ``dsl.md`` §2, §6):
+mask). Conventions (docs/methods/random-drop.md, docs/methods/magnitude.md, docs/methods/dsl.md):
 
 * the mask covers the concatenated ``(U + I) x d`` layer-0 table (users first), one global mask
   over both tables unless a method says otherwise;
@@ -9,7 +9,7 @@ mask). Conventions (specs ``unkd-and-baselines.md`` §0, §2.2, §3 and ``dsl.md
 * masked entries are exactly 0 after every optimiser step (:class:`KeepMasked`), so the stored
   table is what the model computes with;
 * the artifact stores only kept entries, in the smallest of the sparse formats of
-  :func:`sparse_table_parts` (dsl.md §6.4), and reports the dense-with-zeros size beside it.
+  :func:`sparse_table_parts`, and reports the dense-with-zeros size beside it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def per_row_random_mask(n_rows: int, dim: int, k_row: int, rng: np.random.Genera
 def magnitude_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """Mask (same shape) of the ``k`` largest ``|values|``; ties go to the lower flat index.
 
-    Spec unkd-and-baselines.md §3.1: stable sort of ``-|E|`` over the flattened table.
+    OMP's global ranking (docs/methods/magnitude.md): stable sort of ``-|E|`` over the flattened
+    table.
     """
     flat = values.detach().reshape(-1)
     if not 0 <= k <= flat.numel():
@@ -63,7 +64,7 @@ def magnitude_mask(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # the numpy random streams of the random masks (MethodContext.rng): [seed, 1] for an edge mask,
-# [seed, 2] for an embedding mask (spec unkd-and-baselines.md §0); a method that draws them declares
+# [seed, 2] for an embedding mask (docs/methods/random-drop.md); a method that draws them declares
 # them in its random_streams
 MASK_STREAMS = {"edge_mask": 1, "emb_mask": 2}
 
@@ -73,9 +74,9 @@ class MaskedLightGCN(LightGCN):
     ``item_mask``, saved with the state).
 
     ``mask_in_forward=True`` computes the forward on ``E * M`` (masked entries get zero gradient:
-    static masks, spec §2.2/§3.1). ``False`` computes it on ``E`` itself, whose masked entries are
+    static masks, as in random-drop and OMP). ``False`` computes it on ``E`` itself, whose masked entries are
     kept at 0 by :class:`KeepMasked`; then masked entries receive their true gradient, which DSL's
-    growth step needs (dsl.md §3.2, step 1).
+    growth step needs (docs/methods/dsl.md: regrowth by gradient magnitude).
     """
 
     def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, graph: NormalizedGraph,
@@ -149,7 +150,7 @@ class KeepMasked(TrainHook):
 
 
 def sparse_storage_bits(n_rows: int, dim: int, k: int, value_bits: int = 32) -> dict[str, int]:
-    """Bits of a ``n_rows x dim`` table with ``k`` kept entries in each storage format (dsl.md §6.4).
+    """Bits of a ``n_rows x dim`` table with ``k`` kept entries in each storage format.
 
     ``dense``: every entry, zeros included; ``bitmap``: a 1-bit mask plus the kept values;
     ``csr8`` / ``csr32``: kept values, their column (uint8 when ``dim <= 256``, else not offered /
@@ -180,7 +181,7 @@ def sparse_table_parts(table: torch.Tensor, mask: torch.Tensor, prefix: str = "e
     n_rows, dim = table.shape
     k = int(mask.sum())
     bits = sparse_storage_bits(n_rows, dim, k, table.element_size() * 8)
-    # dense only when nothing is pruned: stored parameters then equal kept entries (spec M3)
+    # dense only when nothing is pruned: stored parameters then equal kept entries
     candidates = ["dense"] if k == mask.numel() else [f for f in bits if f != "dense"]
     fmt = min(candidates, key=lambda f: (bits[f], f))
     values = table[mask]  # row-major order of the kept entries
@@ -232,7 +233,7 @@ def masked_model_report(model: MaskedLightGCN) -> tuple[list[ArtifactPart], dict
 def sparse_aware_propagation_macs(graph: NormalizedGraph | None, support: torch.Tensor, n_layers: int) -> int:
     """Multiply-adds of ``L`` propagation layers that skip zero entries of each layer's input.
 
-    dsl.md §6.3: layer ``l`` costs ``sum_c deg(c) * nnz(row c of E^(l-1))``. The support of
+    Layer ``l`` costs ``sum_c deg(c) * nnz(row c of E^(l-1))``. The support of
     ``E^(l)`` is that of ``A_bin E^(l-1)`` (no cancellation assumed), so every layer's count is
     exact for the given layer-0 support. The dense count is ``L * nnz(A) * d``.
     """

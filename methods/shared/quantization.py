@@ -1,12 +1,12 @@
 """Learned step-size quantisation (LSQ, Esser et al., ICLR 2020) of a table, one step per row.
 
-Used by LERG's codebook (spec legcf-lerg.md §3.1): a latent fp32 table ``E`` (c x d) and a
+Used by LERG's codebook (docs/methods/lerg.md): a latent fp32 table ``E`` (c x d) and a
 positive step ``Δ_r`` per row; with ``b`` bits, ``Q_min = -2^(b-1)``, ``Q_max = 2^(b-1) - 1``,
 
     q = round(clip(E / Δ, Q_min, Q_max))    (integer codes, stored with b bits each)
     Ê = q · Δ                                (what the model uses)
 
-Only ``q`` and ``Δ`` are stored. Backward (§3.1, the LSQ paper's straight-through estimator): the
+Only ``q`` and ``Δ`` are stored. Backward (the LSQ paper's straight-through estimator): the
 rounding passes gradients through, so ``∂Ê/∂E = 1`` inside the clip range and 0 outside, and
 ``∂Ê/∂Δ = round(v) - v`` inside (``v = E/Δ``) and ``Q_min``/``Q_max`` where clipped; Δ's
 gradient is scaled by ``g = 1/sqrt(d · Q_max)``. The scale is applied to Δ's backward only and
