@@ -185,7 +185,8 @@ def _generate(args: argparse.Namespace):
 
 
 def timed_steps(model: Any, triples: tuple[Any, Any, Any], config: Any, n_steps: int) -> list[float]:
-    """Wall seconds of ``n_steps`` optimiser steps, each :func:`bench.training.bpr_step`, the step ``fit_bpr`` takes.
+    """Wall seconds of ``n_steps`` optimiser steps, each :func:`bench.training.bpr_step` (the step
+    ``fit_bpr`` takes).
 
     Batches are consecutive slices of the epoch's ``triples`` (wrapping around when the epoch
     has fewer batches than ``n_steps``); the optimiser is a fresh one from ``fit_bpr``'s own
