@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.contract import Target
+from bench.contract import CompressedModel, Target
 from bench.registry import get_method
 
 # a target missed by more than this (absolute, in ratio units) flags the cell
@@ -151,6 +151,14 @@ def training_stages(base: dict[str, Any] | None, stages: list[dict[str, Any]]) -
     for r in rows:
         r["at_budget"] = bool(r["budget_epochs"] and r["best_epoch"] == r["budget_epochs"])
     return rows
+
+
+def report_notes(compressed: CompressedModel) -> list[str] | None:
+    """The notes a result stores for the report (``settings["report_note"]``, as every store has
+    kept them): the model's ``notes``, then any a plugin still passes in its settings."""
+    legacy = compressed.settings.get("report_note") or []
+    notes = [*compressed.notes, *([legacy] if isinstance(legacy, str) else legacy)]
+    return notes or None
 
 
 def run_cell(spec: CellSpec) -> dict[str, Any]:
@@ -290,7 +298,7 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     for k in [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, int | float)]:
         result["info"][k] = m.pop(k)
     result["measurements"] = m
-    result["settings"] = compressed.settings
+    result["settings"] = {**compressed.settings, "report_note": report_notes(compressed)}
     reasons = []
     if abs(m["emb_achieved"] - spec.emb_target) > FLAG_TOLERANCE:
         reasons.append(f"emb achieved {m['emb_achieved']:.4f} vs target {spec.emb_target:g}")

@@ -207,7 +207,8 @@ class CompressedModel:
     bytes of a sparse table in each storage format, sparse-aware multiply-adds); they are stored
     beside the harness's measurements and may not replace any of them. ``graph_bits``: the bits of
     the stored propagation graph when the method stores it itself (directed entries with learned
-    values, self-loops); None: the harness's symmetric edge list.
+    values, self-loops); None: the harness's symmetric edge list. ``notes``: sentences the report
+    shows beside the method's results (e.g. "not comparable to the paper's numbers").
     """
 
     module: nn.Module
@@ -218,8 +219,12 @@ class CompressedModel:
     settings: dict[str, Any] = field(default_factory=dict)
     measurements: dict[str, float] = field(default_factory=dict)
     graph_bits: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.notes, list) or not all(isinstance(n, str) and n for n in self.notes):
+            raise MethodError(f"CompressedModel.notes must be a list of non-empty strings, "
+                              f"got {self.notes!r}")
         names = [p.name for p in self.artifact]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

@@ -752,11 +752,11 @@ def test_the_exported_row_sums_and_the_report_notes_follow_the_stages(legcf_runs
     sums = model.module.assignment().value.sum(1)
     assert model.measurements["assignment_row_sum_mean"] == pytest.approx(float(sums.mean()))
     expected = LEGCF.update_notes("recall@10", model.settings["pretrain"], model.settings["update_stage"])
-    assert model.settings["report_note"] == (expected or None)
+    assert model.notes == expected
     # "no-update": S is the init (rows sum to 1) and there is no stage 2 to note
     _, frozen = legcf_runs["no-update"]
     assert frozen.measurements["assignment_row_sum_mean"] == pytest.approx(1.0)
-    assert frozen.settings["report_note"] is None
+    assert frozen.notes == []
 
 
 def stage2_log(row_sums, valid):

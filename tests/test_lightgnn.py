@@ -430,7 +430,7 @@ def test_export_measures_alive_entries(compressed_pair):
     assert sizes["bits_graph"] == csr_graph_bits(alive, 100)
     assert sizes["edge_achieved"] == pytest.approx(model.measurements["edge_directed_ratio"])
     assert sizes["params"] == model.settings["kept_entries"]
-    assert model.settings["report_note"] and not model.settings["comparable_to_paper"]
+    assert model.notes and not model.settings["comparable_to_paper"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -468,7 +468,7 @@ def test_gate_falls_back_to_the_teacher():
     gated = small_lightgnn(**opts).compress(method_context(0), Target(0.8, 0.95))
     gate = gated.settings["intermediate"]["gate"]
     assert gate["fired"] and gate["middle_valid"] < gate["teacher_valid"]
-    assert gate["note"] in gated.settings["report_note"]
+    assert gate["note"] in gated.notes
     direct = small_lightgnn(**opts, ablation="no-intermediate").compress(method_context(0), Target(0.8, 0.95))
     assert [h["valid_metric"] for h in gated.settings["runs_history"]] == [
         h["valid_metric"] for h in direct.settings["runs_history"]]

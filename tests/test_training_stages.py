@@ -131,3 +131,24 @@ def test_cells_that_shared_the_machine_are_noted_for_their_dataset():
 
     notes = _notes([cell("a", 2), cell("a", 2), cell("b", 1), cell("c", None)])
     assert notes == [{"dataset": "a", "variant": "all", "note": SHARED_MACHINE_NOTE.format(n=2), "cells": 2}]
+
+
+def test_a_models_notes_are_stored_where_the_report_reads_them():
+    import torch
+
+    from bench.cell import report_notes
+    from bench.contract import CompressedModel, MethodError
+
+    def model(notes, settings):
+        return CompressedModel(module=torch.nn.Linear(1, 1), artifact=[], graph=None, n_layers=0,
+                               settings=settings, notes=notes)
+
+    assert report_notes(model(["a"], {})) == ["a"]
+    assert report_notes(model([], {})) is None
+    # a plugin that still passes notes in its settings keeps them, after the typed ones
+    assert report_notes(model(["a"], {"report_note": "b"})) == ["a", "b"]
+    assert report_notes(model([], {"report_note": ["b", "c"]})) == ["b", "c"]
+    with pytest.raises(MethodError, match="notes must be a list of non-empty strings"):
+        model("a", {})
+    with pytest.raises(MethodError, match="notes must be a list of non-empty strings"):
+        model([""], {})

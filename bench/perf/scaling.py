@@ -185,16 +185,15 @@ def _generate(args: argparse.Namespace):
 
 
 def timed_steps(model: Any, triples: tuple[Any, Any, Any], config: Any, n_steps: int) -> list[float]:
-    """Wall seconds of ``n_steps`` optimiser steps, each the per-batch body of ``fit_bpr``.
+    """Wall seconds of ``n_steps`` optimiser steps, each :func:`bench.training.bpr_step` (the step
+    ``fit_bpr`` takes).
 
     Batches are consecutive slices of the epoch's ``triples`` (wrapping around when the epoch
     has fewer batches than ``n_steps``); the optimiser is a fresh one from ``fit_bpr``'s own
     :func:`bench.training.make_adam`. Over one epoch's batches this gives the same parameters as
     ``fit_bpr`` (``tests/test_synthetic.py`` checks it).
     """
-    import torch
-
-    from bench.training import TrainingDivergedError, make_adam
+    from bench.training import bpr_step, make_adam
 
     users_all, pos_all, neg_all = triples
     device = next(iter(model.parameters())).device
@@ -209,14 +208,7 @@ def timed_steps(model: Any, triples: tuple[Any, Any, Any], config: Any, n_steps:
         u = users_all[b * batch : (b + 1) * batch].to(device)
         p = pos_all[b * batch : (b + 1) * batch].to(device)
         q = neg_all[b * batch : (b + 1) * batch].to(device)
-        bpr, penalty = model.bpr_loss(u, p, q, config.reg, config.reg_form)
-        loss = bpr + penalty
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"loss became {loss.item()} at timed step {k + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * u.numel()
+        total += bpr_step(model, optimizer, (u, p, q), config, where=f"timed step {k + 1}") * u.numel()
         times.append(time.perf_counter() - t0)
     return times
 

@@ -357,10 +357,10 @@ class LEGCF(Method):
         settings = {
             "c": c, "t": t, "w_star": o["w_star"], "ablation": o["ablation"],
             "update_every": o["update_every"], "update": o["update"], "outside_design_range": outside,
-            "report_note": notes or None,
             "options_resolved": dict(o), "pretrain": pre,
             "update_stage": stage2, "compress_seconds_this_call": seconds,
         }
         return CompressedModel(module=model.eval(), artifact=parts, graph=model.graph,
                                n_layers=ctx.budget.n_layers, training=ctx.cost, settings=settings,
+                               notes=notes,
                                measurements=measurements)

@@ -158,6 +158,9 @@ class PlaceholderModel(nn.Module):
 
 
 
+INFERRED_NOTE = ("lerg: no official code; importance, re-routing, placeholders and the storage "
+                 "convention are the spec's inferences")
+
 @register_method("lerg")
 class LERG(Method):
     """See the module docstring."""
@@ -411,10 +414,9 @@ class LERG(Method):
             "c": c, "t": t, "bits": b, "r": o["r"], "retention": m / n, "bisected": o["bisect"],
             "importance": o["importance"], "reroute": o["reroute"],
             "inferred_choices": {k: o[k] for k in ("importance", "reroute", "use_expanded_graph", "tanh")},
-            "report_note": ("lerg: no official code; importance, re-routing, placeholders and the storage "
-                            "convention are the spec's inferences"),
             "options_resolved": dict(o), "pretrain": pre_info, "selection": selection, "finetune": tune,
             "compress_seconds_this_call": seconds,
         }
         return CompressedModel(module=model.eval(), artifact=parts, graph=graph, n_layers=layers,
-                               training=ctx.cost, settings=settings, measurements=measurements)
+                               training=ctx.cost, settings=settings, measurements=measurements,
+                               notes=[INFERRED_NOTE])

@@ -540,8 +540,6 @@ class LightGNN(Method):
         first = history[0]
         settings = {
             "profile": o["profile"], "comparable_to_paper": o["profile"] == "paper",
-            "report_note": [n for n in (None if o["profile"] == "paper" else CPU_NOTE,
-                                        (middle_info or {}).get("gate", {}).get("note")) if n] or None,
             "schedule": o["schedule"], "prunings": schedule.k, "runs": schedule.runs,
             "p_emb": schedule.p_emb, "p_adj": schedule.p_adj, "nominal_ratios": list(schedule.expected()),
             "ablation": o["ablation"], "kept_entries": int(mask.sum()), "table_entries": mask.numel(),
@@ -556,7 +554,9 @@ class LightGNN(Method):
         }
         return CompressedModel(module=out, artifact=parts, graph=compact, n_layers=layers,
                                training=ctx.cost, settings=settings, measurements=measurements,
-                               graph_bits=csr_graph_bits(alive_n, compact.n_nodes))
+                               graph_bits=csr_graph_bits(alive_n, compact.n_nodes),
+                               notes=[n for n in (None if o["profile"] == "paper" else CPU_NOTE,
+                                                  (middle_info or {}).get("gate", {}).get("note")) if n])
 
 
 def middle_gate(enabled: bool, teacher_valid: float | None, middle_valid: float | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from bench.device import seed_everything
 from bench.evaluation import DEFAULT_EVAL_MEMORY_BYTES, DEFAULT_KS, EvalResult, evaluate_embeddings
 from bench.metrics import METRIC_NAMES, metric_key
 from bench.sampling import InteractionSampler
-from bench.training import TrainConfig, build_lightgcn
+from bench.training import TrainConfig, bpr_step, build_lightgcn, make_adam
 from tests.conftest import SHARED_DATASETS
 
 FULL = os.environ.get("RECSHRINK_BENCH_FULL", "").strip().lower() in ("1", "true", "yes")
@@ -207,7 +207,7 @@ def test_bpr_step(benchmark, data) -> None:
     config = TrainConfig(dim=DIM, n_layers=N_LAYERS, batch_size=BATCH, backend="csr", device="cpu")
     seed_everything(0)
     model = build_lightgcn(data, config, torch.device("cpu"))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], config.lr)  # fit_bpr's
     sampler = InteractionSampler(data.train, data.n_users, data.n_items)
     users_all, pos_all, neg_all = sampler.epoch(torch.Generator().manual_seed(0))
     step = sampler.batch_triples(config.batch_size)
@@ -217,17 +217,10 @@ def test_bpr_step(benchmark, data) -> None:
     def snapshot() -> None:  # untimed, before every round: the state the timed step starts from
         before.update(user=model.user_emb.detach().clone(), item=model.item_emb.detach().clone())
 
-    def bpr_step() -> float:  # bench/training.py fit_bpr's inner loop, without hooks
-        bpr, penalty = model.bpr_loss(u, p, q, config.reg, config.reg_form)
-        loss = bpr + penalty
-        if not torch.isfinite(loss):
-            raise AssertionError(f"loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+    def step_once() -> float:  # the step fit_bpr takes (bench.training.bpr_step), without hooks
+        return bpr_step(model, optimizer, (u, p, q), config)
 
-    loss = _pedantic(benchmark, "bpr", bpr_step, setup=snapshot)
+    loss = _pedantic(benchmark, "bpr", step_once, setup=snapshot)
     benchmark.extra_info.update(batch=step, dim=DIM, layers=N_LAYERS)
     assert math.isfinite(loss) and loss > 0
     ref_loss, ref_gu, ref_gi = _reference_bpr(model.graph, data.n_users, before["user"], before["item"],
