@@ -39,8 +39,7 @@ from methods.lightgnn.weighted_graph import (
     self_loop_graph,
     weighted_matmul,
 )
-from tests.conftest import method_context, run_single_cell
-from tests.test_training import clustered_data
+from tests.helpers import clustered_data, method_context, run_single_cell
 
 
 @pytest.fixture(scope="module", autouse=True)
