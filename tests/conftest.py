@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from tests.helpers import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = Path(os.environ.get("RECSHRINK_SHARED", ROOT.parent / "shared" / "datasets"))
@@ -27,13 +28,6 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
-def random_interactions(rng: np.random.Generator, n_users: int, n_items: int, per_user: int):
-    """Distinct (user, item) pairs: ``per_user`` random items for every user."""
-    rows = [np.stack([np.full(per_user, u), rng.choice(n_items, per_user, replace=False)], 1)
-            for u in range(n_users)]
-    return np.concatenate(rows).astype(np.int64)
-
-
 # --- the harness: a tiny dataset, matrix configs, a third-party plugin --------------------------
 
 TOY_PLUGIN = '''\
@@ -43,6 +37,7 @@ import torch
 from torch import nn
 
 from bench.api import ArtifactPart, CompressedModel, Knob, LightGCN, Method
+
 
 
 class _Fixed(nn.Module):
@@ -172,75 +167,8 @@ def toy_plugin(toy_plugin_dir: Path, monkeypatch: pytest.MonkeyPatch):
     sys.modules.pop("recshrink_toyplugin", None)
 
 
-def write_tiny_dataset(root: Path, name: str = "tiny") -> Path:
-    """A small clustered dataset (60 users, 40 items, given split) as a user TOML dataset."""
-    from tests.test_training import clustered_data
-
-    data = clustered_data()
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "valid", "test"):
-        np.savetxt(folder / f"{split}.txt", getattr(data, split), fmt="%d")
-    (root / f"{name}.toml").write_text(
-        'description = "two communities"\n'
-        'split = { protocol = "given" }\n'
-        f'[[source]]\nkind = "local"\nformat = "edgelist"\ndir = "{name}"\n'
-        'files = { train = "train.txt", valid = "valid.txt", test = "test.txt" }\n'
-    )
-    return root
-
-
-TINY_BUDGET = """
-[budget]
-epochs = 3
-dim = 8
-batch_size = 64
-lr = 0.05
-ks = [5, 10]
-valid_metric = "recall@10"
-
-[measure]
-latency_warmup = 0
-latency_repeats = 2
-latency_batches = [1, 4]
-"""
-
-
-def tiny_config(root: Path, body: str, name: str = "m") -> Path:
-    """A matrix config (beside the data root ``root``) on the tiny dataset with a tiny budget."""
-    path = root.parent / f"{name}.toml"
-    path.write_text(f'name = "{name}"\ndata_dir = "{root}"\n' + body + TINY_BUDGET)
-    return path
-
-
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "data")
 
 
-def method_context(seed: int = 0, data=None, checkpoint_dir: Path | None = None, **budget):
-    """A :class:`bench.context.MethodContext` on ``data`` (default: the clustered toy dataset,
-    60 users x 40 items) with a tiny CPU budget (dim 8, 2 layers, 6 epochs) and ``budget`` overrides."""
-    import torch
-
-    from bench.context import BaseCheckpoints, MethodContext
-    from tests.test_training import clustered_data, small_config
-
-    data = data if data is not None else clustered_data()
-    config = small_config(**{"epochs": 6, "eval_every": 2, "seed": seed, **budget})
-    return MethodContext(data=data, device=torch.device("cpu"), seed=seed, budget=config,
-                         checkpoints=BaseCheckpoints(checkpoint_dir), log=lambda msg: None)
-
-
-def run_single_cell(root: Path, out: Path, body: str) -> dict:
-    """Run a one-cell matrix (:func:`tiny_config` with ``body``) into ``out``; return its stored cell."""
-    from bench.config import load_config
-    from bench.runner import run_matrix
-    from bench.store import ResultStore
-
-    summary = run_matrix(load_config(tiny_config(root, body)), out, progress=False, log=lambda m: None,
-                         report=False)
-    assert summary.ok == 1
-    with ResultStore(out / "results.sqlite") as store:
-        (cell,) = store.cells()
-    return cell

@@ -10,7 +10,7 @@ import torch
 
 from bench.backbone.graph import normalized_adjacency
 from bench.backbone.lightgcn import LightGCN, l2_penalty
-from tests.conftest import random_interactions
+from tests.helpers import random_interactions
 
 
 def dense_adjacency(n_users: int, n_items: int, pairs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
-from tests.test_training import clustered_data
+from tests.helpers import clustered_data
 
 
 def test_datasets_json_has_the_stable_keys(tiny_root, capsys):

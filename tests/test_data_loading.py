@@ -336,25 +336,21 @@ def test_unknown_dataset_lists_the_known_names(tmp_path):
     assert isinstance(info.value, KeyError)
 
 
-def test_user_toml_with_an_unknown_key_names_the_key_and_the_file(tmp_path):
-    path = write_toml(tmp_path, "typo", RATIO_TOML.format(dir="typo") + 'formt = "x"\n')
-    with pytest.raises(CatalogError, match=r"unknown key\(s\) \['formt'\]") as info:
-        load_dataset("typo", tmp_path)
-    assert str(path) in str(info.value)
+CATALOG_ERRORS = [
+    pytest.param("typo", "typo", RATIO_TOML.format(dir="typo") + 'formt = "x"\n',
+                 r"unknown key\(s\) \['formt'\]",
+                 id="unknown-key"),
+    pytest.param("typo", "typo", 'splitt = { protocol = "ratio" }\n' + RATIO_TOML.format(dir="typo"),
+                 r"\['splitt'\]", id="unknown-top-level-key"),
+    pytest.param("broken", "yelp-lightgnn", "split = { protocol = \n", "invalid TOML", id="invalid-toml"),
+]
 
 
-def test_user_toml_with_an_unknown_top_level_key_names_the_key_and_the_file(tmp_path):
-    path = write_toml(tmp_path, "typo", 'splitt = { protocol = "ratio" }\n'
-                      + RATIO_TOML.format(dir="typo"))
-    with pytest.raises(CatalogError, match=r"\['splitt'\]") as info:
-        load_dataset("typo", tmp_path)
-    assert str(path) in str(info.value)
-
-
-def test_invalid_toml_is_a_catalog_error_naming_the_file(tmp_path):
-    path = write_toml(tmp_path, "broken", "split = { protocol = \n")
-    with pytest.raises(CatalogError, match="invalid TOML") as info:
-        load_dataset("yelp-lightgnn", tmp_path)
+@pytest.mark.parametrize(("name", "dataset", "text", "message"), CATALOG_ERRORS)
+def test_malformed_user_toml_is_a_catalog_error_naming_the_file(tmp_path, name, dataset, text, message):
+    path = write_toml(tmp_path, name, text)
+    with pytest.raises(CatalogError, match=message) as info:
+        load_dataset(dataset, tmp_path)
     assert str(path) in str(info.value)
 
 

@@ -36,24 +36,21 @@ def test_adjacency_reads_one_pair_per_item_and_allows_lonely_users(tmp_path):
     assert raw.source == str(path)
 
 
-def test_adjacency_non_integer_id_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1 2\n1 2\n2 4 x5\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:3: non-integer item id 'x5'") as info:
+ADJACENCY_ERRORS = [
+    pytest.param("0 1 2\n1 2\n2 4 x5\n", 3, r"non-integer item id 'x5'", id="non-integer-item"),
+    pytest.param("0 1\nu1 2\n", 2, r"non-integer user id 'u1'", id="non-integer-user"),
+    pytest.param("0 1\n1 2\n\n3 -4\n", 4, r"negative item id -4", id="negative-item"),
+    pytest.param("-1 2\n", 1, r"negative user id -1", id="negative-user"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), ADJACENCY_ERRORS)
+def test_adjacency_malformed_input_names_file_and_line(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DataFormatError, match=rf"bad\.txt:{line}: {message}") as info:
         read_adjacency(path)
     assert info.value.path == str(path)
-    assert info.value.line == 3
-
-
-def test_adjacency_non_integer_user_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1\nu1 2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: non-integer user id 'u1'"):
-        read_adjacency(path)
-
-
-def test_adjacency_negative_id_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1\n1 2\n\n3 -4\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:4: negative item id -4"):
-        read_adjacency(path)
+    assert info.value.line == line
 
 
 def test_data_format_error_is_a_value_error(tmp_path):
@@ -80,37 +77,6 @@ def test_edgelist_two_columns_have_no_ratings(tmp_path):
     assert len(raw) == 2
 
 
-def test_edgelist_wrong_field_count_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1 5 7\n1 2 3 4 5\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: expected 2 to 4 fields .* got 5"):
-        read_edgelist(path)
-
-
-def test_edgelist_single_field_is_rejected(tmp_path):
-    path = write(tmp_path, "0 1\n\n7\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:3: expected 2 to 4 fields .* got 1"):
-        read_edgelist(path)
-
-
-def test_edgelist_inconsistent_field_counts_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1\n1 2\n2 3 5\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:3: expected 2 fields like the first line"):
-        read_edgelist(path)
-
-
-def test_edgelist_header_line_without_header_flag_suggests_header_true(tmp_path):
-    path = write(tmp_path, "userId,movieId,rating,timestamp\n1,2,3.5,100\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: .*set header = true"):
-        read_edgelist(path)
-
-
-def test_edgelist_bad_user_after_first_line_gets_no_header_hint(tmp_path):
-    path = write(tmp_path, "1 2\nx 3\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: non-integer user id") as info:
-        read_edgelist(path)
-    assert "header" not in str(info.value)
-
-
 def test_edgelist_with_header_true_skips_the_first_line(tmp_path):
     path = write(tmp_path, "userId,movieId,rating,timestamp\n1,2,3.5,100\n4,5,1.0,50\n", "ok.csv")
     raw = read_edgelist(path, header=True)
@@ -118,12 +84,6 @@ def test_edgelist_with_header_true_skips_the_first_line(tmp_path):
     assert raw.items.tolist() == [2, 5]
     assert raw.ratings.tolist() == [3.5, 1.0]
     assert raw.timestamps.tolist() == [100.0, 50.0]
-
-
-def test_edgelist_header_true_still_reports_data_line_numbers(tmp_path):
-    path = write(tmp_path, "user item\n1 2\n1 -2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:3: negative item id -2"):
-        read_edgelist(path, header=True)
 
 
 def test_edgelist_double_colon_separator(tmp_path):
@@ -136,23 +96,39 @@ def test_edgelist_double_colon_separator(tmp_path):
     assert raw.timestamps.tolist() == [978300760.0, 978302109.0, 978300001.0]
 
 
-def test_edgelist_double_colon_needs_the_separator_option(tmp_path):
-    path = write(tmp_path, "1::1193::5::978300760\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: expected 2 to 4 fields"):
+EDGELIST_ERRORS = [
+    pytest.param("0 1 5 7\n1 2 3 4 5\n", {}, 2, r"expected 2 to 4 fields .* got 5", id="too-many-fields"),
+    pytest.param("0 1\n\n7\n", {}, 3, r"expected 2 to 4 fields .* got 1", id="single-field"),
+    pytest.param("0 1\n1 2\n2 3 5\n", {}, 3, r"expected 2 fields like the first line",
+                 id="inconsistent-field-counts"),
+    pytest.param("userId,movieId,rating,timestamp\n1,2,3.5,100\n", {}, 1, r".*set header = true",
+                 id="header-line-without-header-flag"),
+    pytest.param("1 2\nx 3\n", {}, 2, r"non-integer user id", id="bad-user-after-first-line"),
+    pytest.param("user item\n1 2\n1 -2\n", {"header": True}, 3, r"negative item id -2",
+                 id="header-true-reports-data-line-numbers"),
+    pytest.param("1::1193::5::978300760\n", {}, 1, r"expected 2 to 4 fields",
+                 id="double-colon-needs-the-separator-option"),
+    pytest.param("0 1 4\n0 2 nan\n", {}, 2, r"rating is NaN", id="nan-rating"),
+    pytest.param("0 1 4\n0 2 NaN\n", {}, 2, r"rating is NaN", id="NaN-rating"),
+    pytest.param("0 1 4 10\n0 2 4 soon\n", {}, 2, r"non-numeric timestamp 'soon'",
+                 id="non-numeric-timestamp"),
+]
+
+
+@pytest.mark.parametrize(("text", "options", "line", "message"), EDGELIST_ERRORS)
+def test_edgelist_malformed_input_names_file_and_line(tmp_path, text, options, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DataFormatError, match=rf"bad\.txt:{line}: {message}") as info:
+        read_edgelist(path, **options)
+    assert info.value.path == str(path)
+    assert info.value.line == line
+
+
+def test_edgelist_bad_user_after_first_line_gets_no_header_hint(tmp_path):
+    path = write(tmp_path, "1 2\nx 3\n")
+    with pytest.raises(DataFormatError, match=r"bad\.txt:2: non-integer user id") as info:
         read_edgelist(path)
-
-
-@pytest.mark.parametrize("value", ["nan", "NaN"])
-def test_edgelist_nan_rating_names_file_and_line(tmp_path, value):
-    path = write(tmp_path, f"0 1 4\n0 2 {value}\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: rating is NaN"):
-        read_edgelist(path)
-
-
-def test_edgelist_non_numeric_timestamp_names_file_and_line(tmp_path):
-    path = write(tmp_path, "0 1 4 10\n0 2 4 soon\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: non-numeric timestamp 'soon'"):
-        read_edgelist(path)
+    assert "header" not in str(info.value)
 
 
 # atomic ---------------------------------------------------------------------------------------
@@ -180,45 +156,28 @@ def test_atomic_field_order_and_custom_names(tmp_path):
     assert raw.ratings is None
 
 
-def test_atomic_missing_user_field_names_file_and_line(tmp_path):
-    path = write(tmp_path, "uid:token\titem_id:token\n1\t2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: header has no field 'user_id'"):
+ATOMIC_ERRORS = [
+    pytest.param("uid:token\titem_id:token\n1\t2\n", 1, r"header has no field 'user_id'",
+                 id="missing-user-field"),
+    pytest.param("user_id:token\titem_id\n1\t2\n", 1, r"header field 'item_id' has no ':type'",
+                 id="field-without-type"),
+    pytest.param("user_id:token\titem_id:int\n1\t2\n", 1, r"unknown field type 'int'",
+                 id="unknown-field-type"),
+    pytest.param("", 1, r"missing header", id="empty-file"),
+    pytest.param(ATOMIC_HEADER + "1\t2\t3\t4\n\n1\t3\t4\n", 4, r"expected 4 tab-separated fields, got 3",
+                 id="row-with-wrong-number-of-fields"),
+    pytest.param(ATOMIC_HEADER + "1\t2\t3\t4\n1\t3\tnan\t5\n", 3, r"rating is NaN", id="nan-rating"),
+    pytest.param(ATOMIC_HEADER + "1\t\t3\t4\n", 2, r"empty user or item token", id="empty-token"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), ATOMIC_ERRORS)
+def test_atomic_malformed_input_names_file_and_line(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(DataFormatError, match=rf"bad\.txt:{line}: {message}") as info:
         read_atomic(path)
-
-
-def test_atomic_field_without_type_names_file_and_line(tmp_path):
-    path = write(tmp_path, "user_id:token\titem_id\n1\t2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: header field 'item_id' has no ':type'"):
-        read_atomic(path)
-
-
-def test_atomic_unknown_field_type_is_rejected(tmp_path):
-    path = write(tmp_path, "user_id:token\titem_id:int\n1\t2\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: unknown field type 'int'"):
-        read_atomic(path)
-
-
-def test_atomic_empty_file_reports_missing_header(tmp_path):
-    with pytest.raises(DataFormatError, match=r"bad\.txt:1: missing header"):
-        read_atomic(write(tmp_path, ""))
-
-
-def test_atomic_row_with_wrong_number_of_fields_names_file_and_line(tmp_path):
-    path = write(tmp_path, ATOMIC_HEADER + "1\t2\t3\t4\n\n1\t3\t4\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:4: expected 4 tab-separated fields, got 3"):
-        read_atomic(path)
-
-
-def test_atomic_nan_rating_names_file_and_line(tmp_path):
-    path = write(tmp_path, ATOMIC_HEADER + "1\t2\t3\t4\n1\t3\tnan\t5\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:3: rating is NaN"):
-        read_atomic(path)
-
-
-def test_atomic_empty_token_names_file_and_line(tmp_path):
-    path = write(tmp_path, ATOMIC_HEADER + "1\t\t3\t4\n")
-    with pytest.raises(DataFormatError, match=r"bad\.txt:2: empty user or item token"):
-        read_atomic(path)
+    assert info.value.path == str(path)
+    assert info.value.line == line
 
 
 # dispatch -------------------------------------------------------------------------------------

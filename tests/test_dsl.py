@@ -29,7 +29,7 @@ from methods.dsl import (
     update_ratio_at,
 )
 from methods.shared.masking import MaskedLightGCN, exact_random_mask, sparse_storage_bits
-from tests.conftest import method_context, run_single_cell
+from tests.helpers import method_context, run_single_cell
 
 N_ENTRIES = (60 + 40) * 8  # the clustered toy data, dim 8
 

@@ -34,8 +34,7 @@ from methods.shared.composition_training import (
     adam_moments,
     load_adam_moments,
 )
-from tests.conftest import method_context, run_single_cell
-from tests.test_training import clustered_data, small_config
+from tests.helpers import clustered_data, method_context, run_single_cell, small_config
 
 
 def dense_s(s: Assignment) -> np.ndarray:

@@ -19,8 +19,7 @@ from methods.lerg import LERG, PlaceholderModel, lerg_bits, lerg_honest_bits, so
 from methods.shared.composition import CompositionalLightGCN, index_bits, metis_assignment, metis_parts
 from methods.shared.composition_training import InfeasibleTargetError, LegcfHook
 from methods.shared.quantization import code_range, dequantize, fake_quantize, init_steps, quantize_codes
-from tests.conftest import method_context
-from tests.test_training import clustered_data
+from tests.helpers import clustered_data, method_context
 
 N_TOY, D_TOY = 100, 16
 

@@ -12,7 +12,7 @@ from bench.measure.size import achieved_compression
 from bench.training import evaluate_split
 from methods.magnitude import MagnitudePruning, magprune_mask, magprune_table_mask, omp_mask
 from methods.shared.masking import MaskedLightGCN
-from tests.conftest import method_context
+from tests.helpers import method_context
 
 
 @pytest.fixture(scope="module")

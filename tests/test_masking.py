@@ -19,7 +19,7 @@ from methods.shared.masking import (
     sparse_storage_bits,
     sparse_table_parts,
 )
-from tests.conftest import random_interactions
+from tests.helpers import random_interactions
 
 
 def decode(parts, info, shape) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 
 from bench.cli import main
 from bench.config import ConfigError, load_config
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 BASE = 'datasets = ["tiny"]\nseeds = [0, 1]\n'
 

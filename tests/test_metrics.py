@@ -13,44 +13,9 @@ from hypothesis import strategies as st
 
 from bench.evaluation import evaluate_scores
 from bench.metrics import per_user_metrics
+from tests.helpers import brute_force, to_csr
 
 KS = (1, 3, 5)
-
-
-def brute_force(scores: np.ndarray, heldout: list[set[int]], exclude: list[set[int]], ks):
-    """Plain-Python reference: sort each user's non-excluded items and count by definition."""
-    sums: dict[str, float] = {}
-    n_eval = 0
-    for u in range(scores.shape[0]):
-        rel = heldout[u]
-        if not rel:
-            continue
-        n_eval += 1
-        ranked = sorted((i for i in range(scores.shape[1]) if i not in exclude[u]),
-                        key=lambda i: -scores[u, i])
-        for k in ks:
-            top = ranked[:k]
-            hits = [1 if i in rel else 0 for i in top]
-            n_hits = sum(hits)
-            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
-            idcg = sum(1 / math.log2(r + 2) for r in range(min(len(rel), k)))
-            first = next((r + 1 for r, h in enumerate(hits) if h), None)
-            vals = {
-                f"recall@{k}": n_hits / len(rel),
-                f"precision@{k}": n_hits / k,
-                f"hit@{k}": float(n_hits > 0),
-                f"ndcg@{k}": dcg / idcg,
-                f"mrr@{k}": 1.0 / first if first else 0.0,
-            }
-            for name, v in vals.items():
-                sums[name] = sums.get(name, 0.0) + v
-    return {k: v / n_eval for k, v in sums.items()}, n_eval
-
-
-def to_csr(sets: list[set[int]], n_items: int) -> sp.csr_matrix:
-    rows = [u for u, s in enumerate(sets) for _ in s]
-    cols = [i for s in sets for i in sorted(s)]
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sets), n_items))
 
 
 @st.composite

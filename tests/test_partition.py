@@ -9,8 +9,7 @@ import pytest
 
 from methods.legcf import LEGCF
 from methods.shared.composition import PartitionError, metis_partition, metis_parts
-from tests.conftest import method_context
-from tests.test_training import clustered_data
+from tests.helpers import clustered_data, method_context
 
 
 def brute_inside(n_users: int, labels: np.ndarray, pairs: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from bench.measure.size import achieved_compression
 from bench.training import TrainHook
 from methods.random_drop import RandomDrop, drop_edges, dropped_graph
 from methods.shared.masking import MaskedLightGCN
-from tests.conftest import method_context, random_interactions
+from tests.helpers import method_context, random_interactions
 
 
 def _graph_dict(g) -> dict[tuple[int, int], float]:
@@ -175,7 +175,7 @@ def test_random_drop_through_the_matrix_reaches_its_targets(tiny_root, tmp_path)
     from bench.config import load_config
     from bench.runner import run_matrix
     from bench.store import ResultStore
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     body = ('datasets = ["tiny"]\nmethods = ["random-drop"]\nseeds = [0]\n'
             'targets = [{emb = 0.5}, {emb = 1.0, edge = 0.5}, {emb = 0.25, edge = 0.75}]\n')

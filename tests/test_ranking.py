@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import bench.ranking as ranking
 from bench.evaluation import evaluate_scores
 from bench.ranking import top_k_indices
-from tests.test_metrics import brute_force, to_csr
+from tests.helpers import brute_force, to_csr
 
 
 def stable_reference(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from bench.config import load_config
 from bench.contract import Knob, Method, MethodError, Target, UnknownOptionError
 from bench.registry import UnknownMethodError, get_method, register_method
 from bench.runner import run_matrix
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_plugin_runs_through_the_matrix(toy_plugin, tiny_root, tmp_path):
 def test_random_streams_are_declared_by_the_methods(clean_registry):
     import numpy as np
 
-    from tests.conftest import method_context
+    from tests.helpers import method_context
 
     assert registry.random_streams() == {"edge_mask": 1, "emb_mask": 2, "kd_pairs": 3, "dsl": 4,
                                          "lightgnn": 5, "legcf": 6, "lerg": 7}

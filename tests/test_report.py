@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -15,51 +14,7 @@ from bench.cli import main
 from bench.report import build_report
 from bench.report.stats import holm
 from bench.store import ResultStore
-
-SEEDS = (0, 1, 2)
-PLAN = {"lightgcn": (1.0,), "random-drop": (0.5, 0.2), "toy-a": (0.5, 0.2)}
-FAILED = ("toy-a", 0.2, 2)
-FLAGGED = ("random-drop", 0.5, 1)
-MEASURES = ("bits", "emb_achieved", "flops")
-
-
-def value(method: str, target: float, seed: int, name: str) -> float:
-    """A fixed, irregular but deterministic value for every (cell, name)."""
-    base = {"lightgcn": 0.30, "random-drop": 0.22, "toy-a": 0.27}[method]
-    wobble = ((seed * 7 + int(target * 10) * 3 + len(method)) % 5) / 200
-    if name == "recall@20":
-        return base * (0.6 + 0.4 * target) + wobble
-    if name == "ndcg@20":
-        return 0.8 * base * (0.7 + 0.3 * target) + wobble / 2
-    if name == "emb_achieved":
-        return 0.55 if (method, target, seed) == FLAGGED else target
-    if name == "bits":
-        return 1000.0 * 32 * target
-    return 5e6 * target + 1e5
-
-
-def result(method: str, target: float, seed: int) -> dict:
-    key = f"k-{method}-{target}-{seed}"
-    failed = (method, target, seed) == FAILED
-    flagged = (method, target, seed) == FLAGGED
-    spec = {"dataset": "toyset", "method": method, "emb_target": target, "edge_target": None,
-            "layers_target": None, "seed": seed, "options": {}, "budget": {"epochs": 5}, "device": "cpu",
-            "dataset_checksum": "c0ffee", "code_version": "0.1.0+abc", "run": "gen"}
-    metrics = {} if failed else {n: value(method, target, seed, n) for n in ("recall@20", "ndcg@20")}
-    measurements = {} if failed else {n: value(method, target, seed, n) for n in MEASURES}
-    return {
-        "key": key, "spec": spec, "status": "failed" if failed else "ok", "flagged": flagged,
-        "flag_reason": "emb achieved 0.5500 vs target 0.5" if flagged else None,
-        "error": "RuntimeError: boom" if failed else None, "traceback": None, "metrics": metrics,
-        "measurements": measurements, "settings": {}, "info": {}, "timings": {"total": 1.0},
-        "environment": {"device": "cpu", "versions": {"torch": "2.13.0"}, "git_sha": "abc"},
-        "base_checkpoint": None if method == "toy-a" else "b" * 8,
-        "started_at": "2026-11-21T10:00:00+00:00", "finished_at": f"2026-11-21T10:00:{seed:02d}+00:00",
-    }
-
-
-def cells_plan():
-    return [(m, t, s) for m, ts in PLAN.items() for t, s in itertools.product(ts, SEEDS)]
+from tests.helpers import FAILED, FLAGGED, MEASURES, PLAN, SEEDS, cells_plan, result, value
 
 
 @pytest.fixture

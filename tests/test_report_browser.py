@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from bench.report.plots import Figure, accuracy_vs_cost, accuracy_vs_ratio, cost_vs_ratio
-from tests.test_report_plots import synthetic_cells
+from tests.helpers import synthetic_cells
 
 CHROMIUM = Path(os.environ.get("RECSHRINK_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("RECSHRINK_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -265,7 +265,7 @@ def test_generated_report_in_browser(tmp_path: Path) -> None:
     """The real report (``build_report`` on a generated store): every table, every figure, no errors."""
     from bench.report import build_report
     from bench.store import ResultStore
-    from tests.test_report import cells_plan, result
+    from tests.helpers import cells_plan, result
 
     store = tmp_path / "results.sqlite"
     with ResultStore(store) as s:

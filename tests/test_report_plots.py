@@ -24,45 +24,11 @@ from bench.report.plots import (
     method_style,
     pareto_front,
 )
+from tests.helpers import PLOT_DATASETS as DATASETS
+from tests.helpers import PLOT_METHODS as METHODS
+from tests.helpers import synthetic_cells
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DATASETS = ("ml-100k", "yelp-mini")
-METHODS = ("lightgcn", "hashing", "pruning", "quant")
-TARGETS = (0.5, 0.2, 0.1)
-SEEDS = (0, 1, 2)
-NAMES = ("recall@20", "ndcg@20", "flops", "bits", "peak_mem_scoring_bytes", "latency_scoring_b64_p50_ms")
-
-
-def synthetic_cells(datasets: tuple[str, ...] = DATASETS, methods: tuple[str, ...] = METHODS,
-                    targets: tuple[float, ...] = TARGETS, seeds: tuple[int, ...] = SEEDS,
-                    names: tuple[str, ...] = NAMES, seed: int = 0) -> pd.DataFrame:
-    """A tidy long frame like ``cells.csv`` (successful cells only): lightgcn at emb_target 1.0,
-    every other method at each target; one flagged cell per dataset (the first method, smallest
-    target, first seed)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for d, dataset in enumerate(datasets):
-        base = 0.25 - 0.05 * d
-        for m, method in enumerate(methods):
-            for target in [1.0] if method == "lightgcn" else targets:
-                for s in seeds:
-                    loss = 0.0 if method == "lightgcn" else (0.2 + 0.15 * m) * (1 - target)
-                    recall = base * (1 - loss) + rng.normal(0, 0.004)
-                    values = {
-                        "recall@20": recall,
-                        "ndcg@20": 0.8 * recall + rng.normal(0, 0.003),
-                        "flops": 2e9 * (0.3 + 0.7 * target) * (1 + 0.1 * m),
-                        "bits": 32 * 1e6 * target * (1 + 0.5 * m) / (1 + 2 * (method == "quant")),
-                        "peak_mem_scoring_bytes": 5e8 * (0.5 + target) + rng.normal(0, 1e6),
-                        "latency_scoring_b64_p50_ms": 3.0 * (0.6 + target) + rng.normal(0, 0.05),
-                        "emb_achieved": target,
-                    }
-                    flagged = m == 1 and target == min(targets) and s == seeds[0]
-                    for name in names:
-                        rows.append({"dataset": dataset, "method": method, "emb_target": target,
-                                     "edge_target": math.nan, "layers_target": math.nan, "seed": s,
-                                     "flagged": flagged, "name": name, "value": values[name]})
-    return pd.DataFrame(rows)
 
 
 def check_png(fig: Figure) -> tuple[int, int]:

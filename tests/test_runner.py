@@ -16,7 +16,7 @@ from bench.cli import main
 from bench.config import load_config
 from bench.runner import run_matrix
 from bench.store import ResultStore
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 QUIET = {"progress": False, "log": lambda m: None, "report": False}
 

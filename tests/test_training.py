@@ -6,32 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.dataset import EmptySplitError, InteractionData
+from bench.data.dataset import EmptySplitError
 from bench.sampling import NegativeSampler
-from bench.training import TrainConfig, TrainingDivergedError, fit_bpr, train_lightgcn
-from tests.conftest import random_interactions
-
-
-def clustered_data(seed: int = 0) -> InteractionData:
-    """Two user communities that each like one half of the items: learnable structure."""
-    rng = np.random.default_rng(seed)
-    n_users, n_items = 60, 40
-    pairs = []
-    for u in range(n_users):
-        half = np.arange(20) if u < 30 else np.arange(20, 40)
-        for i in rng.choice(half, 10, replace=False):
-            pairs.append((u, i))
-    pairs = np.array(pairs)
-    labels = rng.permutation(len(pairs)) % 10
-    return InteractionData("clusters", n_users, n_items, pairs[labels >= 3],
-                           pairs[labels == 2], pairs[labels < 2])
-
-
-def small_config(**kw) -> TrainConfig:
-    base = dict(dim=8, n_layers=2, lr=0.05, reg=1e-4, batch_size=64, epochs=15, patience=100,
-                ks=(5, 10), valid_metric="recall@10", device="cpu", seed=3)
-    base.update(kw)
-    return TrainConfig(**base)
+from bench.training import TrainingDivergedError, fit_bpr, train_lightgcn
+from tests.helpers import clustered_data, random_interactions, small_config
 
 
 def test_negative_sampler_never_returns_a_training_positive():

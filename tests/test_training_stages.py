@@ -10,7 +10,7 @@ from bench.cell import training_stages
 from bench.context import TrainingCost, stage_meta
 from bench.report import BUDGET_NOTE, _notes
 from bench.training import TrainResult, build_lightgcn
-from tests.conftest import method_context
+from tests.helpers import method_context
 
 
 def fake_fit(best_epoch: int, epochs: int):
@@ -105,7 +105,7 @@ def test_a_cell_reports_its_own_and_its_total_training_cost(tiny_root, tmp_path)
     from bench.config import load_config
     from bench.runner import run_matrix
     from bench.store import ResultStore
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     body = 'datasets = ["tiny"]\nseeds = [0]\nmethods = ["lightgcn", "magnitude"]\nemb_targets = [0.5]\n'
     summary = run_matrix(load_config(tiny_config(tiny_root, body)), tmp_path / "out", progress=False,

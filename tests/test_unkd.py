@@ -37,7 +37,7 @@ from methods.unkd import (
     share_weights,
     student_dim,
 )
-from tests.conftest import method_context, tiny_config
+from tests.helpers import method_context, tiny_config
 
 QUIET = {"progress": False, "log": lambda m: None, "report": False}
 
