@@ -298,7 +298,8 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     for k in [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, int | float)]:
         result["info"][k] = m.pop(k)
     result["measurements"] = m
-    result["settings"] = {**compressed.settings, "report_note": report_notes(compressed)}
+    notes = report_notes(compressed)
+    result["settings"] = {**compressed.settings, "report_note": notes} if notes else compressed.settings
     reasons = []
     if abs(m["emb_achieved"] - spec.emb_target) > FLAG_TOLERANCE:
         reasons.append(f"emb achieved {m['emb_achieved']:.4f} vs target {spec.emb_target:g}")
