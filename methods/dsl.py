@@ -343,12 +343,12 @@ class DSL(Method):
                    "regrowing by gradient")
     knobs = (
         Knob("update_ratio", 0.5, "rho0: fraction of the K active entries pruned and regrown by the "
-                                  "first exploration (dsl.md §3.3-3.4)"),
+                                  "first exploration (docs/methods/dsl.md)"),
         Knob("update_interval", 0, "dT: optimiser iterations between explorations; 0 = auto, 2.5 epochs: "
-                                   "floor(2.5 x iterations per epoch + 0.5) (dsl.md §9)"),
+                                   "floor(2.5 x iterations per epoch + 0.5) (docs/methods/dsl.md)"),
         Knob("eta_min", 0.005, "floor of the decayed update ratio at T_end (code 0.005, paper Eq. 2: 0); "
                                "capped at update_ratio"),
-        Knob("decay", "cosine", "update-ratio schedule over the planned T_end (dsl.md §3.4, Table 4)",
+        Knob("decay", "cosine", "update-ratio schedule over the planned T_end (paper Table 4)",
              choices=DECAYS),
         Knob("reset_adam_on_grow", False, "zero the Adam moments of newly grown entries (the reference "
                                           "never resets them)"),
@@ -356,7 +356,7 @@ class DSL(Method):
         Knob("sampler", "interaction", "epoch triples: 'interaction' = every training interaction once "
                                        "(the harness default); 'user' = the code's: |train| draws of a "
                                        "uniform user, a uniform positive of theirs, a uniform negative "
-                                       "(dsl.md §2)", choices=SAMPLERS),
+                                       "(docs/methods/dsl.md)", choices=SAMPLERS),
     )
     target_mapping = ("K = round(emb x (U + I) x d) kept entries of the joint user+item table (one global "
                       "unstructured mask); dim and layers are the budget's")
@@ -472,7 +472,7 @@ class DSL(Method):
                           "computed); not counted as MACs: the Adam update and re-mask multiply (n per "
                           "iteration), and explorations (two selections over n entries every dT "
                           "iterations, reported as sort-equivalent comparisons 2 n ceil(log2 n)); "
-                          "paper_style_* follow dsl.md §6.2 and are not physical counts"),
+                          "paper_style_* follow the paper's bookkeeping and are not physical counts"),
         }
         return CompressedModel(module=model, artifact=parts, graph=graph, n_layers=layers,
                                training=context.cost, settings=settings, measurements=measurements)

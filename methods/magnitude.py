@@ -93,7 +93,8 @@ class MagnitudePruning(Method):
                       "n x d - floor(n x d x (1 - emb)) entries of each table (magprune)")
     uses_base = True
     simplifications = (
-        "omp fine-tunes with the shared budget's hyperparameters (the dense run's), as the spec says",
+        "omp fine-tunes with the shared budget's hyperparameters (the dense run's); no separate "
+        "fine-tuning schedule is searched",
         "magprune sweeps every protect value 0..floor(d x emb) (the reference may binary-search)",
     )
 

@@ -107,7 +107,7 @@ class RandomDrop(Method):
                       "exactly round(edge x m) of the m distinct training edges (random, global)")
     simplifications = (
         "one-shot masks at the final ratio; LightGNN's Table 3 ablations prune iteratively inside its "
-        "distillation pipeline (spec §2.4): same mask distribution, different training path",
+        "distillation pipeline: same mask distribution, different training path",
     )
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:

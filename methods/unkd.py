@@ -518,19 +518,19 @@ class UnKD(Method):
     description = ("Unbiased knowledge distillation (Chen et al., WSDM 2023): a smaller LightGCN student "
                    "learns the frozen base model's rankings within item-popularity groups")
     knobs = (
-        Knob("groups", 4, "K, number of item-popularity groups (spec §1.2; REF split_group)"),
-        Knob("sample_num", 30, "S, distillation pairs per user and epoch, shared among groups (§1.4)"),
-        Knob("kd_weight", 1.0, "lambda_KD, weight of the distillation loss (§1.5)"),
-        Knob("mu", 20.0, "position law P(p) ∝ exp(-(p+1)/mu) on a candidate list (§1.4; REF 20)"),
-        Knob("max_candidates", 1000, "Cmax, candidates kept per user and group (§1.3; REF 1000)"),
+        Knob("groups", 4, "K, number of item-popularity groups (the code's split_group)"),
+        Knob("sample_num", 30, "S, distillation pairs per user and epoch, shared among groups"),
+        Knob("kd_weight", 1.0, "lambda_KD, weight of the distillation loss"),
+        Knob("mu", 20.0, "position law P(p) ∝ exp(-(p+1)/mu) on a candidate list (the code's 20)"),
+        Knob("max_candidates", 1000, "Cmax, candidates kept per user and group (the code's 1000)"),
         Knob("lam", 0.0, "group-share exponent: w_g ∝ q_g^lam with REF's inverse-popularity q_g; "
-                         "0 = equal shares (§1.4)"),
+                         "0 = equal shares"),
     )
     target_mapping = ("student dim d_s = max(1, round(emb * d_t)) of the teacher's (base model's) dim d_t; "
                       "all edges and the budget's layers (preservation d_s/d_t, 1.0)")
     uses_base = True
     simplifications = (
-        "hyper-parameters not tuned: the spec's grid (lr, reg, K, S, lambda_KD) is not searched; the shared "
+        "hyper-parameters not tuned: a grid over lr, reg, K, S and lambda_KD is not searched; the shared "
         "budget (lr, reg, batch, epochs, validation, early stopping) and the knob defaults are used",
         "teacher = the shared base LightGCN of the budget's dimension (REF trains a separate 100-d teacher)",
         "early stopping follows the shared budget's validation metric and patience, not REF's NDCG@20 "

@@ -1,4 +1,5 @@
-"""DSL (dsl.md): exploration on hand-built tensors, the invariants of §10 in training, costs, harness."""
+"""DSL (docs/methods/dsl.md): exploration on hand-built tensors, its invariants in training, costs,
+harness."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def initial(seed: int = 0, emb: float = 0.5, **budget):
     return ctx, model, k
 
 
-# --- exploration on hand-built tensors (§3.3; invariants 4-7) -------------------------------------
+# --- exploration on hand-built tensors (invariants 4-7) -------------------------------------
 
 VALUES = torch.tensor([0.0, 0.5, -0.1, 0.0, 0.9, -0.3, 0.0, 0.2])
 GRADS = torch.tensor([0.05, 1.0, -0.7, 0.3, 2.0, 0.1, -0.4, 0.01])
@@ -122,7 +123,7 @@ def test_hook_exploration_values_and_counters():
                              "pruned": 2, "grown": 2}]
 
 
-# --- schedule and interval (§3.4, §9; invariant 8) -------------------------------------------------
+# --- schedule and interval (invariant 8) -------------------------------------------------
 
 @pytest.mark.parametrize("eta", [0.005, 0.0])
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
@@ -136,7 +137,7 @@ def test_schedule(eta, decay):
 
 
 def test_schedule_reference_values_and_edge_cases():
-    t_end = 1_209_000  # Yelp2018 defaults (dsl.md §3.4)
+    t_end = 1_209_000  # Yelp2018 defaults
     got = [update_ratio_at(t, t_end, 0.5) for t in (t_end // 4, t_end // 2, 3 * t_end // 4)]
     assert got == pytest.approx([0.4275, 0.2525, 0.0775], abs=1e-4)
     assert update_ratio_at(700, 1000, 0.3, decay="constant") == 0.3
@@ -153,7 +154,7 @@ def test_exploration_interval_auto_rule():
         exploration_interval(45, -1)
 
 
-# --- initial mask (§3.1, §6.1; invariant 1) -------------------------------------------------------
+# --- initial mask (invariant 1) -------------------------------------------------------
 
 def test_initial_mask_is_exact_joint_and_equals_the_random_drop_mask():
     _, model, k = initial(seed=3)

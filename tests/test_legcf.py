@@ -1,5 +1,5 @@
-"""LEGCF (spec ``shared/specs/legcf-lerg.md`` §2, §4): the unit-testable invariants 1-10 and 18 of §5,
-the stage-2 update schedule and the method end to end on the toy data. Small synthetic graphs only."""
+"""LEGCF (docs/methods/legcf.md): the unit-testable invariants 1-10 and 18, the stage-2 update
+schedule and the method end to end on the toy data. Small synthetic graphs only."""
 
 from __future__ import annotations
 
@@ -494,7 +494,7 @@ def test_index_bits():
     assert [index_bits(c) for c in (1, 2, 3, 256, 257, 500, 512, 513)] == [1, 1, 2, 8, 9, 9, 9, 10]
 
 
-# --- the knob solver (invariant 18, spec §4) ----------------------------------------------------------
+# --- the knob solver (invariant 18) ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("n", [1_000, 22_531, 69_534])

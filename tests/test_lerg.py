@@ -1,4 +1,4 @@
-"""LERG (spec ``shared/specs/legcf-lerg.md`` §3, §4): the LSQ codebook (invariants 11, 12), the frozen
+"""LERG (docs/methods/lerg.md): the LSQ codebook (invariants 11, 12), the frozen
 parts of fine-tuning (16), the storage formula (17), the knob solver (18) and the method end to end on
 the toy data. Selection, rewiring and placeholders (13-16) are in ``tests/test_lerg_graph.py``."""
 
@@ -125,7 +125,7 @@ def test_storage_formula_reproduces_the_spec_example():
     assert bits == 11_910_403
     assert round(100 * bits / full, 2) == 2.50
     assert round(100 * (1 - bits / full), 1) == 97.5
-    # c = 500 at fp32 gives 97.5% as well (§3.8)
+    # c = 500 at fp32 gives 97.5% as well
     assert round(100 * (1 - lerg_bits(500, d, 32, 2, n, m, 500) / full), 1) == 97.5
     # the S values dominate: 7.4 Mbit, 1.56% of the full table
     assert 32 * 2 * n / 1e6 == pytest.approx(7.44, abs=0.005)
@@ -296,7 +296,7 @@ def test_emb_only_target_is_the_quantised_model_without_pruning():
     ctx = method_context(0, dim=D_TOY)
     model = LERG(pretrain_epochs=2).compress(ctx, Target(0.5))
     assert isinstance(model.module, CompositionalLightGCN) and model.settings["retention"] == 1
-    assert not model.module.expanded  # LightGCN on Â only (§3.2)
+    assert not model.module.expanded  # LightGCN on Â only
     c, b = model.settings["c"], model.settings["bits"]
     assert c == solve_lerg_codebook(0.5, N_TOY, D_TOY, b, 2, 500, N_TOY)
     sizes = achieved_compression(model, 60, 40, len(ctx.data.train), D_TOY)

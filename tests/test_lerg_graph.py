@@ -1,5 +1,5 @@
-"""LERG graph side (spec ``shared/specs/legcf-lerg.md`` §3.4-§3.6): importance, LP selection, rewiring,
-``Â_rw`` and the placeholder codebook; invariants 13-16 of §5. Small synthetic graphs only."""
+"""LERG graph side (docs/methods/lerg.md): importance, LP selection, rewiring, ``Â_rw`` and the
+placeholder codebook; invariants 13-16. Small synthetic graphs only."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _bfs(adj: list[set[int]], src: int) -> dict[int, int]:
 
 
 def _reference_rewire(pairs, n_users, n_items, retained, H, mode):
-    """The §3.5 rule written out with BFS and loops (ties: smallest id)."""
+    """The rewiring rule written out with BFS and loops (ties: smallest id)."""
     n = n_users + n_items
     adj = _adjacency_lists(pairs, n_users, n)
     alive = np.zeros(n, dtype=bool)
@@ -72,7 +72,7 @@ def _reference_rewire(pairs, n_users, n_items, retained, H, mode):
     return {(x, y - n_users) for x, y in out}
 
 
-# --- importance (§3.4) ---------------------------------------------------------------------------
+# --- importance ---------------------------------------------------------------------------
 
 
 def test_global_cos_equals_brute_force_cosine_sum():
@@ -121,7 +121,7 @@ def test_importance_rejects_bad_mode_and_missing_graph():
         lg.importance_scores(H, "neighbour_cos", pairs=np.array([[0, 2]]), n_users=2)
 
 
-# --- selection (§3.4, invariant 13) ------------------------------------------------------------
+# --- selection (invariant 13) ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("m", [1, 7, 20, 39])
@@ -188,7 +188,7 @@ def test_selection_rejects_bad_budgets():
         lg.select_entities(np.array([1.0, np.nan]), 1)
 
 
-# --- rewiring (§3.5, invariant 14) ---------------------------------------------------------------
+# --- rewiring (invariant 14) ---------------------------------------------------------------
 
 
 def _tiny_graph_one():
@@ -343,7 +343,7 @@ def test_rewire_rejects_bad_input():
         lg.rewire(pairs, 4, 3, retained, H[:6])
 
 
-# --- Â_rw (§3.5.3, invariant 15) ----------------------------------------------------------------
+# --- Â_rw (invariant 15) ----------------------------------------------------------------
 
 
 def test_rewired_graph_is_the_normalised_compact_adjacency():
@@ -377,7 +377,7 @@ def test_rewired_graph_rejects_edges_on_pruned_entities():
         lg.rewired_graph(3, 2, np.array([0, 1, 3]), np.array([[0, 0], [2, 0]]))
 
 
-# --- placeholder codebook (§3.6, invariant 16) ----------------------------------------------------
+# --- placeholder codebook (invariant 16) ----------------------------------------------------
 
 
 def test_placeholder_codebook_sizes_indices_and_nearest_centroid():

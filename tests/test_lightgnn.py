@@ -1,4 +1,4 @@
-"""LightGNN (issue 6): the invariants of spec ``shared/specs/lightgnn.md`` §14 on small graphs."""
+"""LightGNN (docs/methods/lightgnn.md): its invariants on small graphs."""
 
 from __future__ import annotations
 

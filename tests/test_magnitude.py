@@ -1,4 +1,4 @@
-"""magnitude: OMP and MagPrune, spec unkd-and-baselines.md §3 and invariants M1-M3."""
+"""magnitude (docs/methods/magnitude.md): OMP and MagPrune, invariants M1-M3."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_sparse_artifact_round_trips_and_takes_the_smallest_format(ratio, dim):
 
 
 def test_storage_bits_follow_the_spec_formulas():
-    # dsl.md §6.4 for the DSL Yelp2018 table, r = 0.5
+    # the DSL paper's Yelp2018 table, r = 0.5
     n_rows, d = 69_716, 64
     n, k = n_rows * d, n_rows * d // 2
     bits = sparse_storage_bits(n_rows, d, k)
@@ -133,7 +133,7 @@ def test_masked_model_masks_forward_gradients_and_state():
         grad = torch.cat([model.user_emb.grad, model.item_emb.grad])
         if in_forward:
             assert (grad[~mask] == 0).all()
-        else:  # the true gradient at the sparse point: DSL's growth needs it (dsl.md §3.2)
+        else:  # the true gradient at the sparse point: DSL's growth needs it
             assert (grad[~mask] != 0).any()
         opt = torch.optim.Adam(model.parameters(), lr=0.1)
         opt.step()

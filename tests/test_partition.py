@@ -1,5 +1,5 @@
-"""The METIS partition behind LEGCF's and LERG's initial assignment (spec ``shared/specs/legcf-lerg.md``
-§2.2, invariant 7): every label in ``[0, c)``, all ``c`` parts used, k-way or recursive bisection
+"""The METIS partition behind LEGCF's and LERG's initial assignment (invariant 7):
+every label in ``[0, c)``, all ``c`` parts used, k-way or recursive bisection
 kept by cut quality, the repair of empty parts, and the reported share of train edges inside parts."""
 
 from __future__ import annotations

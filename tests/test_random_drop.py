@@ -1,4 +1,4 @@
-"""random-drop: spec unkd-and-baselines.md §2 and invariants R1-R5, M3."""
+"""random-drop (docs/methods/random-drop.md): invariants R1-R5, M3."""
 
 from __future__ import annotations
 

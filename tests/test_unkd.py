@@ -1,4 +1,4 @@
-"""UnKD (spec unkd-and-baselines.md §1): invariants U1-U8 and M3 of §4, and one cell end to end."""
+"""UnKD (docs/methods/unkd.md): invariants U1-U8 and M3, and one cell end to end."""
 
 from __future__ import annotations
 
@@ -424,7 +424,7 @@ def test_pairs_same_seed_identical_and_differ_across_epochs():
         assert np.array_equal(a.pos, b.pos) and np.array_equal(a.neg, b.neg)
     assert not np.array_equal(first[0].pos, first[1].pos)
     assert not np.array_equal(first[1].neg, first[2].neg)
-    # the stream is numpy default_rng([seed, 3]) (spec §0)
+    # the stream is numpy default_rng([seed, 3])
     own = PairSampler(s.candidates, s.allocation, 20.0, np.random.default_rng([0, 3])).draw()
     assert np.array_equal(own.pos, first[0].pos) and np.array_equal(own.neg, first[0].neg)
     _, (other,) = draws(1, 1)

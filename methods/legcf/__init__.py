@@ -167,7 +167,7 @@ class LEGCF(Method):
         Knob("chunk", 4096, "rows per batch of the assignment update"),
     )
     simplifications = (
-        "Follows the authors' code where it departs from the paper (spec §2): N(0,1) codebook init, "
+        "Follows the authors' code where it departs from the paper: N(0,1) codebook init, "
         "tanh on composed rows, the normalised A inside A' (normalised twice), clipping at 3.",
         "w* is 0.9, the value the code in effect uses on every dataset, not the readme's per-dataset "
         "0.5/0.6/0.9; the FM biases "
@@ -317,12 +317,12 @@ class LEGCF(Method):
         notes = []
         if min(u["row_sum_mean"] for u in stage2["updates"]) < SHRUNK_ROW_SUM:
             notes.append(f"legcf: the assignment updates shrank S's mean row sum below {SHRUNK_ROW_SUM:g} "
-                         "(1 at init; spec §2.6: minimum-norm pinv, then top-t); see the measurement "
+                         "(1 at init; paper Eq. 10-15: minimum-norm pinv, then top-t); see the measurement "
                          "assignment_row_sum_mean")
         before, after = pre.get("valid", {}).get(metric), stage2.get("valid", {}).get(metric)
         if before is not None and after is not None and after < before:
             notes.append(f"legcf: stage 2 (assignment updates) ended below stage 1 (S frozen) on "
-                         f"validation {metric}; the spec reports stage 2's best")
+                         f"validation {metric}; the method reports stage 2's best")
         return notes
 
     def export(self, ctx: MethodContext, o: dict[str, Any], target: Target, model: CompositionalLightGCN,

@@ -159,7 +159,7 @@ class PlaceholderModel(nn.Module):
 
 
 INFERRED_NOTE = ("lerg: no official code; importance, re-routing, placeholders and the storage "
-                 "convention are the spec's inferences")
+                 "convention are inferred (docs/methods/lerg.md)")
 
 @register_method("lerg")
 class LERG(Method):
@@ -196,12 +196,12 @@ class LERG(Method):
         "No LERG code is public: the importance score (sum of cosines to all entities), the "
         "re-routing rule (most similar retained 2-hop substitute), k-means over final H rows, "
         "tanh and no meta nodes, Δ per row with LSQ init, and the storage convention are the "
-        "spec's inferences [I], each behind an option.",
+        "inferences [I] (docs/methods/lerg.md), each behind an option.",
         "S stays fixed at its METIS init (no pseudo-inverse updates); LEGCF's loss, 5-negative "
         "sampler, clipping and the harness's early stopping are used for both training phases.",
         "An emb-only target keeps every entity (retention 1): the result is the quantised "
         "pretrained model, without selection, rewiring or fine-tuning.",
-        "The artifact stores S for all N entities (the spec's bits formula), although pruned "
+        "The artifact stores S for all N entities (the inferred bits formula), although pruned "
         "entities only use their centroid.",
     )
 

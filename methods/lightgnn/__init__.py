@@ -112,7 +112,7 @@ STAGE_VERSION = 1
 AUTHORS_TEACHER = {"epochs": 300, "lr": 4e-4, "reg": 1.5e-6}
 ABLATIONS = ("none", "random-emb", "random-edge", "random-both", "binary-edge", "no-alignment",
              "no-intermediate", "no-importance")
-CPU_NOTE = ("profile 'cpu' (spec §12 lite: shared teacher, short intermediate and runs, sampled "
+CPU_NOTE = ("profile 'cpu' (lite: shared teacher, short intermediate and runs, sampled "
             "contrastive candidates): not comparable to the paper's numbers")
 
 
@@ -173,7 +173,7 @@ class LightGNN(Method):
     )
     simplifications = (
         "Propagation, augmentation, KD target, uniformity terms and resets follow the authors' code "
-        "where it departs from the paper (spec §11): self-loops inside the normalised graph, weights "
+        "where it departs from the paper: self-loops inside the normalised graph, weights "
         "on every directed entry, closure graph I + A + A^2 (no new user-item edges at 2 hops).",
         "Model selection and the pruning snapshot use validation Recall@20 (the code uses test); a "
         "tie with the run's best does not move the snapshot (the code's >=).",
