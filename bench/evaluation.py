@@ -30,7 +30,6 @@ DEFAULT_EVAL_MEMORY_BYTES = 512 * 2**20
 _BYTES_PER_CELL = 12
 
 
-
 def excluded_splits(split: str) -> tuple[str, ...]:
     """The splits whose items are removed from the ranking when scoring ``split``: the training
     items, plus the validation items when scoring ``test``."""

@@ -224,18 +224,17 @@ def evaluate_split(
 
 def bpr_step(model: BPRModel, optimizer: torch.optim.Optimizer,
              batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], config: TrainConfig,
-             hooks: Sequence[TrainHook] = (), step: int = 1, where: str = "", name: str = "") -> float:
+             hooks: Sequence[TrainHook] = (), step: int = 1) -> float:
     """One optimiser step on a batch of (user, positive, negative) triples: the BPR loss plus the
     model's penalty (LightGCN paper Eq. 15), backward, the hooks' ``before_step``, the step, their
     ``step_end``; ``step`` counts from 1. Returns the batch loss. A non-finite loss raises
-    :class:`TrainingDivergedError` naming the dataset ``name`` and ``where`` (default: the step).
-    This is the step :func:`fit_bpr` takes and the one the speed benchmarks time."""
+    :class:`TrainingDivergedError` ("loss became nan"; callers add where it happened). This is the
+    step :func:`fit_bpr` takes and the one the speed benchmarks time."""
     users, pos, neg = batch
     bpr, penalty = model.bpr_loss(users, pos, neg, config.reg, config.reg_form)
     loss = bpr + penalty
     if not torch.isfinite(loss):
-        prefix = f"{name}: " if name else ""
-        raise TrainingDivergedError(f"{prefix}loss became {loss.item()} at {where or f'step {step}'}")
+        raise TrainingDivergedError(f"loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     for hook in hooks:
@@ -295,8 +294,11 @@ def fit_bpr(
             u = users_all[b * batch : (b + 1) * batch].to(device)
             p = pos_all[b * batch : (b + 1) * batch].to(device)
             q = neg_all[b * batch : (b + 1) * batch].to(device)
-            where = f"epoch {epoch}, batch {b + 1}/{n_batches} (lr={config.lr}, reg={config.reg})"
-            loss = bpr_step(model, optimizer, (u, p, q), config, hooks, step + 1, where, data.name)
+            try:
+                loss = bpr_step(model, optimizer, (u, p, q), config, hooks, step + 1)
+            except TrainingDivergedError as exc:
+                raise TrainingDivergedError(f"{data.name}: {exc} at epoch {epoch}, batch {b + 1}/{n_batches}"
+                                            f" (lr={config.lr}, reg={config.reg})") from None
             step += 1
             total += loss * u.numel()
         epoch_seconds.append(time.perf_counter() - t0)

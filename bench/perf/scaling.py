@@ -193,7 +193,7 @@ def timed_steps(model: Any, triples: tuple[Any, Any, Any], config: Any, n_steps:
     :func:`bench.training.make_adam`. Over one epoch's batches this gives the same parameters as
     ``fit_bpr`` (``tests/test_synthetic.py`` checks it).
     """
-    from bench.training import bpr_step, make_adam
+    from bench.training import TrainingDivergedError, bpr_step, make_adam
 
     users_all, pos_all, neg_all = triples
     device = next(iter(model.parameters())).device
@@ -208,7 +208,10 @@ def timed_steps(model: Any, triples: tuple[Any, Any, Any], config: Any, n_steps:
         u = users_all[b * batch : (b + 1) * batch].to(device)
         p = pos_all[b * batch : (b + 1) * batch].to(device)
         q = neg_all[b * batch : (b + 1) * batch].to(device)
-        total += bpr_step(model, optimizer, (u, p, q), config, where=f"timed step {k + 1}") * u.numel()
+        try:
+            total += bpr_step(model, optimizer, (u, p, q), config, step=k + 1) * u.numel()
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(f"{exc} at timed step {k + 1}") from None
         times.append(time.perf_counter() - t0)
     return times
 
