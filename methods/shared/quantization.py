@@ -38,17 +38,12 @@ def init_steps(table: torch.Tensor, bits: int) -> torch.Tensor:
     return step.clamp_min(MIN_STEP)
 
 
-class _ScaleGrad(torch.autograd.Function):
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Identity forward, ``scale · grad`` backward (the LSQ paper's gradient scale)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad * ctx.scale, None
+    y = x.view_as(x)
+    if y.requires_grad:
+        y.register_hook(lambda grad: grad * scale)
+    return y
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -67,7 +62,7 @@ def fake_quantize(table: torch.Tensor, step: torch.Tensor, bits: int) -> torch.T
     """``Ê = round(clip(E/Δ)) · Δ`` with LSQ's gradients to ``E`` and ``Δ`` (see the module docstring)."""
     q_min, q_max = code_range(bits)
     g = 1.0 / math.sqrt(table.shape[1] * q_max)
-    s = _ScaleGrad.apply(step, g)
+    s = _scale_grad(step, g)
     v = torch.clamp(table / s, q_min, q_max)
     return _RoundSTE.apply(v) * s
 
