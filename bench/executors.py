@@ -6,7 +6,8 @@ as cells finish (in any order). Workers only compute: the client writes the stor
 * :class:`SequentialExecutor`: one cell after another in this process (the default).
 * :class:`ProcessExecutor`: ``--workers N`` spawned processes. A worker that dies (killed by the
   out-of-memory killer, a segfault) breaks the pool; the cells that were running are retried once
-  in a fresh pool and then recorded as failed, the others are resubmitted.
+  in a fresh pool and then recorded as failed, the others are resubmitted. A worker ends by
+  itself when the main process dies, so a killed run leaves no orphans behind.
 * :class:`DaskExecutor`: ``--scheduler ADDRESS`` (an existing cluster) or ``--dask-workers N``
   (a LocalCluster of N single-threaded worker processes). Cells on CUDA are annotated with the
   resource ``GPU=1``, so a scheduler places at most one per GPU (start workers with
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +33,8 @@ import torch
 from bench.cell import CellSpec, finish_result, new_result, run_cell
 
 MAX_ATTEMPTS_AFTER_CRASH = 2
+#: exit status of a worker that ended because its parent process died
+PARENT_GONE_EXIT = 70
 
 
 def failed_result(spec: CellSpec, error: str) -> dict[str, Any]:
@@ -51,8 +56,23 @@ class SequentialExecutor:
         pass
 
 
+def _exit_with_parent() -> None:
+    """Block until the parent process is gone, then end this worker at once.
+
+    A worker whose parent was killed (SIGKILL, the out-of-memory killer) would otherwise stay
+    blocked on its task pipe forever, holding its memory (and GPU memory on CUDA). The parent's
+    sentinel becomes ready when it exits on every platform ``multiprocessing`` supports.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(PARENT_GONE_EXIT)
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def _run_marked(spec: CellSpec, marker_dir: str) -> dict[str, Any]:
