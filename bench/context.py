@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +41,8 @@ from bench.sampling import EpochSampler
 from bench.training import TrainConfig, TrainHook, TrainResult, build_lightgcn, config_dict, fit_bpr
 
 CHECKPOINT_VERSION = 1
+# free space below which a failed cache write is put down to a full disk
+LOW_DISK_BYTES = 64 * 2**20
 # options that change where or how fast a model trains, not what it learns
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
@@ -106,10 +110,41 @@ def locked_cache(path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], 
                 if log:
                     log(f"cached state {path} is unusable ({exc}); rebuilding it")
         state, meta = _hashed(*build())
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"state": state, "meta": json.dumps(meta)}, tmp)
-        os.replace(tmp, path)
+        _save_atomically({"state": state, "meta": json.dumps(meta)}, path, log)
         return state, meta, False
+
+
+def _save_atomically(blob: dict[str, Any], path: Path, log: Callable[[str], None] | None) -> bool:
+    """Write ``blob`` to ``path`` through a temporary file and a rename; whether it was written.
+
+    A failed write (a full disk, a read-only cache) removes the temporary file and is logged: the
+    caller keeps the state it just built in memory, so the cells of this run still use it.
+    """
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+        return True
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        if log:
+            log(f"could not write the cache file {path} ({_write_failure(exc, path.parent)}); "
+                "it is used from memory in this run and rebuilt by the next one")
+        return False
+
+
+def _write_failure(exc: BaseException, directory: Path) -> str:
+    """``exc`` in words, saying "the disk is full" when that is the cause (torch reports a full disk
+    as a bare ``RuntimeError: [enforce fail ...] file write failed``)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"the disk is full: {exc.strerror}"
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    if free is not None and free < LOW_DISK_BYTES:
+        return f"the disk is full ({free / 2**20:.1f} MiB free): {type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class BaseCheckpoints:
