@@ -105,3 +105,40 @@ def test_cuda_phase_peak_and_reset():
         pass
     assert mem.peaks["alloc"] >= mem.baseline["alloc"] + 256 * MiB
     assert mem.peaks["idle"] < mem.peaks["alloc"] - 200 * MiB
+
+
+def _scoring_like() -> None:
+    """Scores of 2000 users over 3000 items (about 23 MiB) and their top 20."""
+    scores = torch.randn(2000, 64) @ torch.randn(3000, 64).T
+    scores.topk(20, dim=1)
+
+
+def _churn() -> None:
+    """What a heavy cell leaves behind: large and many small tensors, allocated and freed."""
+    big = [torch.randn(2000, 2000) for _ in range(20)]  # 16 MiB each
+    del big
+    small = [torch.randn(50, 1000) for _ in range(5000)]  # 200 KB each
+    del small
+
+
+@linux_only
+@pytest.mark.skipif(memory._malloc_trim() is None, reason="needs a C library with malloc_trim")
+def test_a_phase_needs_the_same_memory_whatever_ran_before_it():
+    torch.set_num_threads(1)
+    _scoring_like()  # the first call also sets up library state that later calls keep
+    before = PhaseMemory("cpu")
+    with before.phase("scoring"):
+        _scoring_like()
+    _churn()
+    after = PhaseMemory("cpu")
+    with after.phase("scoring"):
+        _scoring_like()
+    assert after.released_free_memory
+    mib = 2**20
+    # what the earlier work freed is not counted in the next phase's starting footprint ...
+    grown = after.baseline["scoring"] - before.baseline["scoring"]
+    assert grown < 16 * mib, (before.baseline, after.baseline)
+    # ... and the phase's own need is seen again instead of hiding inside memory already resident
+    inc_before, inc_after = before.increments()["scoring"], after.increments()["scoring"]
+    assert inc_before > 20 * mib
+    assert abs(inc_after - inc_before) < 2 * mib, (inc_before / mib, inc_after / mib)

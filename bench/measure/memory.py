@@ -18,11 +18,21 @@ How, by device:
   than the sampling interval can be missed. ``rss_source`` says which reading was used.
 
 RSS counts everything the process maps (the interpreter, libraries, the dataset), hence the
-baseline; a phase's increment is ``peaks[name] - baseline[name]``.
+baseline; a phase's increment is ``peaks[name] - baseline[name]``: what the phase itself needs.
+
+On CPU, memory that earlier work freed stays in the C allocator's heap (glibc keeps it resident to
+reuse it), so without care a phase would start from whatever the process last held: its baseline
+would depend on which cells ran before it, and its peak could hide inside memory already counted.
+Each CPU phase therefore first hands the allocator's free memory back to the system
+(``malloc_trim(0)`` where the C library has it; ``released_free_memory`` says whether it did), so
+the baseline is what is really in use and the increment does not depend on the order of cells.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -63,6 +73,28 @@ def _hwm_follows_rss(slack: int = 64 * 2**20) -> bool:
     but ignores it, as some sandboxes may, would keep an older, higher mark)."""
     hwm, rss = _status_bytes("VmHWM"), _status_bytes("VmRSS")
     return hwm is not None and rss is not None and hwm <= rss + slack
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or None where there is none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Return the C allocator's free heap memory to the system; whether that was possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def _rss_reader() -> tuple[str, Callable[[], int]]:
@@ -117,6 +149,7 @@ class PhaseMemory:
         self.peaks: dict[str, int] = {}
         self.baseline: dict[str, int] = {}
         self.rss_source: str | None = None
+        self.released_free_memory = False
         self._active: str | None = None
         if self.device.type == "cuda":
             self.method = "cuda_max_memory_allocated"
@@ -140,7 +173,9 @@ class PhaseMemory:
         try:
             if self.method == "cuda_max_memory_allocated":
                 yield from self._cuda(name)
-            elif self.method == "cpu_peak_rss_vmhwm":
+                return
+            self.released_free_memory = release_free_memory()
+            if self.method == "cpu_peak_rss_vmhwm":
                 yield from self._vmhwm(name)
             else:
                 yield from self._sampled(name)
