@@ -100,12 +100,14 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from bench.data.catalog import catalog, data_root
+    from bench.data.catalog import catalog, catalog_problems, data_root
     from bench.data.loading import load_dataset
     from bench.data.sources import availability
 
     root = data_root(args.data_dir)
     if args.name is None:
+        for problem in catalog_problems(root):
+            print(f"recshrink: warning: {problem} (its dataset is left out)", file=sys.stderr)
         rows = [
             {"name": s.name, "available": availability(s, root), "description": s.description,
              "defined_in": s.origin}

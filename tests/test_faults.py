@@ -8,6 +8,7 @@ input still loads to the same arrays.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from bench.cli import main
 from bench.data import preprocess as pp
+from bench.data.catalog import CatalogError, catalog, catalog_problems, get_spec
 from bench.data.loading import _unique_pairs, load_dataset
 from bench.data.readers import MAX_ID, DataFormatError, read_adjacency, read_atomic, read_edgelist
 
@@ -180,3 +182,223 @@ def test_a_malformed_line_is_quoted_only_briefly(tmp_path):
         read_adjacency(path)
     assert len(str(info.value)) < len(str(path)) + 200
     assert secret not in str(info.value)
+
+
+# catalog types -------------------------------------------------------------------------------
+
+
+def test_header_string_false_is_an_error_not_true(tmp_path):
+    path = ratio_dataset(tmp_path, extra='header = "false"')
+    with pytest.raises(CatalogError) as info:
+        load_dataset("mine", tmp_path)
+    assert_names(info.value, str(path), "dataset 'mine'", "source[0].header", "'false'")
+
+
+def test_header_true_boolean_still_skips_the_first_line(tmp_path):
+    ratio_dataset(tmp_path, extra="header = true", header_line="user item\n")
+    data = load_dataset("mine", tmp_path, use_cache=False)
+    assert data.n_users == 6 and data.n_items == 5
+    assert len(data.train) + len(data.valid) + len(data.test) == 30
+
+
+CATALOG_TYPE_ERRORS = [
+    pytest.param(', seed = "0"', "split.seed", id="seed-string"),
+    pytest.param(", seed = -1", "split.seed", id="seed-negative"),
+    pytest.param(", seed = true", "split.seed", id="seed-bool"),
+    pytest.param(', ratios = "0.7,0.05,0.25"', "split.ratios", id="ratios-string"),
+    pytest.param(", ratios = [0.7, 0.3]", "split.ratios", id="ratios-two"),
+    pytest.param(', ratios = [0.7, "0.05", 0.25]', "split.ratios", id="ratios-string-item"),
+    pytest.param(", ratios = [0.7, 0.2, 0.2]", "split.ratios", id="ratios-not-summing-to-1"),
+    pytest.param(', scope = 3', "split.scope", id="scope-int"),
+]
+
+
+@pytest.mark.parametrize(("split", "key"), CATALOG_TYPE_ERRORS)
+def test_wrongly_typed_split_keys_name_file_dataset_and_key(tmp_path, split, key):
+    path = ratio_dataset(tmp_path, split=split)
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), "dataset 'mine'", key)
+
+
+@pytest.mark.parametrize("value", ['"0.1"', "true", "1.5", "[0.1]"])
+def test_wrongly_typed_valid_from_train_names_the_key(tmp_path, value):
+    path = given_dataset(tmp_path, {"train": "0 1\n", "test": "0 2\n"}, split=f", valid_from_train = {value}")
+    path.write_text(path.read_text().replace(', valid = "valid.txt"', ""))
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), "dataset 'mine'", "split.valid_from_train")
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("name = 123", "'name'"),
+    ('name = ""', "'name'"),
+    ("description = 5", "description"),
+    ("split = 5", "'split'"),
+    ('preprocess = { dedup = "no" }', "preprocess.dedup"),
+    ('preprocess = { threshold = "4" }', "preprocess.threshold"),
+    ('preprocess = { kcore = "5" }', "preprocess.kcore"),
+])
+def test_wrongly_typed_top_level_keys_name_the_file_and_key(tmp_path, line, key):
+    body = textwrap.dedent(RATIO_TOML.format(dir="mine", split="", extra=""))
+    top, rest = body.split("\n", 1)
+    if line.startswith("split"):
+        top = ""
+    path = write(tmp_path / "mine.toml", f"{line}\n{top}\n{rest}")
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), key)
+    assert "missing 'name'" not in str(info.value)
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ("separator = 1", "source[0].separator"),
+    ("dir = 3", "source[0].dir"),
+    ("sha256 = { all = 5 }", "source[0].sha256.all"),
+    ("fields = { user_field = 1 }", "source[0].fields.user_field"),
+])
+def test_wrongly_typed_source_keys_name_the_key(tmp_path, extra, key):
+    path = write(tmp_path / "mine.toml", RATIO_TOML.format(dir="mine", split="", extra="")
+                 .replace('dir = "mine"', "") + textwrap.dedent(f"    {extra}\n"))
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), "dataset 'mine'", key)
+
+
+def test_builtin_catalog_still_parses_with_the_same_options():
+    specs = catalog(Path("/nonexistent-data-root"))
+    assert specs["gowalla"].split == {"protocol": "given", "valid_from_train": 0.1, "seed": 0}
+    assert specs["ml-1m"].sources[0].separator == "::"
+    assert specs["ml-100k"].sources[1].header is False
+
+
+# catalog files: encodings, broken files ---------------------------------------------------
+
+
+def test_a_catalog_toml_with_a_byte_order_mark_loads(tmp_path):
+    path = ratio_dataset(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    spec = get_spec("mine", tmp_path)
+    assert spec.origin == str(path) and spec.split["protocol"] == "ratio"
+
+
+def test_a_non_utf8_catalog_toml_names_the_file_and_line(tmp_path):
+    path = write(tmp_path / "mine.toml", b'description = "caf\xe9"\n')
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), "line 1", "UTF-8")
+
+
+def test_a_broken_catalog_file_leaves_the_other_datasets_usable(tmp_path, capsys):
+    ratio_dataset(tmp_path, "good")
+    broken = write(tmp_path / "broken.toml", "split = { protocol = \n")
+    typed_text = textwrap.dedent(RATIO_TOML.format(dir="x", split=', seed = "1"', extra=""))
+    typed = write(tmp_path / "typed.toml", 'name = "other"\n' + typed_text)
+    assert len(load_dataset("good", tmp_path, use_cache=False).train) > 0
+    names = set(catalog(tmp_path))
+    assert "good" in names and "ml-100k" in names and "broken" not in names and "other" not in names
+    problems = [str(p) for p in catalog_problems(tmp_path)]
+    assert len(problems) == 2 and str(broken) in problems[0] and str(typed) in problems[1]
+    # using the broken datasets raises their own errors
+    with pytest.raises(CatalogError, match="invalid TOML") as info:
+        get_spec("broken", tmp_path)
+    assert str(broken) in str(info.value)
+    with pytest.raises(CatalogError, match=r"split\.seed") as info:
+        get_spec("other", tmp_path)
+    assert str(typed) in str(info.value)
+    # the listing still works and warns, naming the file
+    assert main(["datasets", "--json", "--data-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    rows = {r["name"] for r in json.loads(captured.out)}
+    assert {"good", "ml-100k"} <= rows and "broken" not in rows
+    assert "warning" in captured.err and str(broken) in captured.err and str(typed) in captured.err
+    assert main(["datasets", "broken", "--data-dir", str(tmp_path)]) == 2
+    assert str(broken) in capsys.readouterr().err
+
+
+def test_a_broken_file_named_after_a_builtin_does_not_silently_fall_back(tmp_path):
+    path = write(tmp_path / "ml-1m.toml", "split = 3\n")
+    with pytest.raises(CatalogError) as info:
+        get_spec("ml-1m", tmp_path)
+    assert str(path) in str(info.value)
+    assert "ml-1m" not in catalog(tmp_path)
+    assert "ml-100k" in catalog(tmp_path)
+
+
+def test_an_unreadable_catalog_entry_is_reported_not_raised_by_the_listing(tmp_path):
+    (tmp_path / "dir.toml").mkdir()  # a folder named like a catalog file cannot be read
+    ratio_dataset(tmp_path, "good")
+    assert "good" in catalog(tmp_path)
+    [problem] = catalog_problems(tmp_path)
+    assert str(tmp_path / "dir.toml") in str(problem) and "cannot read" in str(problem)
+
+
+# paths ---------------------------------------------------------------------------------------
+
+DOWNLOAD_TOML = """\
+    split = {{ protocol = "ratio" }}
+    [[source]]
+    kind = "download"
+    format = "edgelist"
+    dir = "{dir}"
+    files = {{ all = "{file}" }}
+    urls = {{ all = "https://example.invalid/r.txt" }}
+    """
+
+
+@pytest.mark.parametrize(("folder", "file", "key"), [
+    ("/tmp/elsewhere", "r.txt", "source[0].dir"),
+    ("../outside", "r.txt", "source[0].dir"),
+    ("ok/../../outside", "r.txt", "source[0].dir"),
+    ("ok", "../../r.txt", "source[0].files.all"),
+    ("ok", "/etc/r.txt", "source[0].files.all"),
+])
+def test_a_download_source_leaving_the_data_root_is_an_error(tmp_path, monkeypatch, folder, file, key):
+    root = tmp_path / "root"
+    path = write(root / "mine.toml", DOWNLOAD_TOML.format(dir=folder, file=file))
+    monkeypatch.delenv("RECSHRINK_OFFLINE")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("no download may start")
+
+    monkeypatch.setattr("bench.data.sources.download", no_download)
+    with pytest.raises(CatalogError) as info:
+        load_dataset("mine", root)
+    assert_names(info.value, str(path), "dataset 'mine'", key, "below the data root")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+def test_an_archive_file_leaving_the_data_root_is_an_error(tmp_path):
+    text = DOWNLOAD_TOML.format(dir="ok", file="r.txt").replace(
+        'urls = { all = "https://example.invalid/r.txt" }',
+        'archive = { file = "../x.zip", url = "https://example.invalid/x.zip" }')
+    path = write(tmp_path / "mine.toml", text)
+    with pytest.raises(CatalogError) as info:
+        get_spec("mine", tmp_path)
+    assert_names(info.value, str(path), "archive.file")
+
+
+def test_resolving_a_programmatic_download_source_outside_the_root_writes_nothing(tmp_path, monkeypatch):
+    from bench.data.catalog import DatasetSpec, Source
+    from bench.data.sources import DatasetUnavailableError, resolve_files
+
+    monkeypatch.delenv("RECSHRINK_OFFLINE")
+    calls = []
+    monkeypatch.setattr("bench.data.sources.download", lambda *a, **k: calls.append(a))
+    source = Source(kind="download", format="edgelist", files={"all": "r.txt"}, dir="../escape",
+                    urls={"all": "https://example.invalid/r.txt"})
+    spec = DatasetSpec("x", "", (source,), {"protocol": "ratio"}, {}, "test")
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(DatasetUnavailableError, match="below the data root"):
+        resolve_files(spec, root)
+    assert calls == [] and not (tmp_path / "escape").exists()
+
+
+def test_a_local_source_may_read_an_absolute_folder(tmp_path):
+    outside = tmp_path / "elsewhere"
+    write(outside / "ratings.txt", "".join(f"{u} {i}\n" for u in range(4) for i in range(5)))
+    root = tmp_path / "root"
+    write(root / "mine.toml", RATIO_TOML.format(dir=outside, split="", extra=""))
+    data = load_dataset("mine", root, use_cache=False)
+    assert (data.n_users, data.n_items) == (4, 5)
