@@ -9,6 +9,9 @@ input still loads to the same arrays.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from bench.data import preprocess as pp
 from bench.data.catalog import CatalogError, catalog, catalog_problems, get_spec
 from bench.data.loading import _unique_pairs, load_dataset
 from bench.data.readers import MAX_ID, DataFormatError, read_adjacency, read_atomic, read_edgelist
+from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -402,3 +406,73 @@ def test_a_local_source_may_read_an_absolute_folder(tmp_path):
     write(root / "mine.toml", RATIO_TOML.format(dir=outside, split="", extra=""))
     data = load_dataset("mine", root, use_cache=False)
     assert (data.n_users, data.n_items) == (4, 5)
+
+
+# the command line ----------------------------------------------------------------------------
+
+
+def test_run_out_an_existing_file_is_a_clear_error(tiny_root, tmp_path, capsys):
+    config = tiny_config(tiny_root, 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nseeds = [0]\n'
+                                    "emb_targets = [1.0]\n")
+    out = write(tmp_path / "taken", "not a folder\n")
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recshrink: error: --out") and str(out) in err and "Traceback" not in err
+    assert out.read_text() == "not a folder\n"
+    below = out / "sub"
+    assert main(["run", str(config), "--out", str(below), "--no-progress"]) == 2
+    assert str(out) in capsys.readouterr().err
+
+
+def test_report_out_an_existing_file_is_a_clear_error(tmp_path, capsys):
+    out = write(tmp_path / "taken", "x\n")
+    assert main(["report", str(tmp_path / "results.sqlite"), "-o", str(out)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def _cli(args: list[str], stdout: int | None = None, env: dict[str, str] | None = None):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=ROOT, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=300,
+                          env={**os.environ, "RECSHRINK_OFFLINE": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("args", [["methods", "--json"], ["datasets", "--json"], ["datasets"]])
+def test_a_closed_stdout_stops_quietly_with_status_141(tmp_path, args):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes: like `| head -1` after one line
+    try:
+        proc = _cli([*args, *(["--data-dir", str(tmp_path)] if args[0] == "datasets" else [])],
+                    stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+
+
+_NO_TORCH = """
+import sys
+import bench.cli
+for argv in {argvs!r}:
+    try:
+        bench.cli.main(argv)
+    except SystemExit:
+        pass
+print("torch" in sys.modules)
+"""
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    argvs = [["--help"], ["run", "--help"], ["run", "--no-such-option"], ["nonsense"], []]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH.format(argvs=argvs)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_dataset_listing_does_not_import_torch(tmp_path):
+    code = (f"import sys, bench.cli; bench.cli.main(['datasets', '--data-dir', {str(tmp_path)!r}]); "
+            f"print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
