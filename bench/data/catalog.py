@@ -9,15 +9,22 @@ Schema of one dataset (built-in file: ``[[dataset]]`` tables; user file: top lev
     [[source]]                      # one or more, tried in order
     kind = "local"                  # local | download | recbole
     format = "edgelist"             # adjacency | edgelist | atomic
-    dir = "mydata"                  # folder below the data root
+    dir = "mydata"                  # folder below the data root (local: may be absolute)
     files = { all = "ratings.csv" } # or { train = ..., valid = ..., test = ... }
-    header = false                  # edgelist: skip a header line
+    header = false                  # edgelist: skip a header line (a boolean, not "false")
     separator = ","                 # edgelist: literal field separator (default: any of , tab space)
     urls = { all = "https://..." }  # download: one URL per file ...
     sha256 = { all = "hex" }        # ... and its checksum
     archive = { file = "x.zip", url = "https://...", sha256 = "hex" }  # or one zip for all files
 
 Data root: ``--data-dir``, else ``$RECSHRINK_DATA``, else ``./datasets``.
+
+Every key is type-checked; an error names the catalog file, the dataset and the key. A
+``download`` source writes below the data root only: its ``dir``, ``files`` and ``archive.file``
+are relative paths without ``..``. A ``local`` source may read files anywhere (an absolute
+``dir``). A user file that cannot be read or is invalid leaves out only its own dataset
+(:func:`catalog_problems` lists such files; asking for that dataset raises the file's error).
+Catalog files are UTF-8, optionally with a byte-order mark.
 """
 
 from __future__ import annotations

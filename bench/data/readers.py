@@ -38,7 +38,7 @@ class DataFormatError(ValueError):
     def __init__(self, path: Path | str, line: int | None, message: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
-        self.path, self.line = str(path), line
+        self.path, self.line, self.message = str(path), line, message
 
 
 @dataclass
@@ -175,7 +175,7 @@ def read_edgelist(
             if line_no == 1 and not header:
                 raise DataFormatError(
                     path, line_no,
-                    f"{str(err).split(': ', 1)[1]} (if this is a header line, set header = true)",
+                    f"{err.message} (if this is a header line, set header = true)",
                 ) from None
             raise
         items.append(_parse_id(fields[1], "item", path, line_no))
