@@ -6,18 +6,61 @@ Machine-readable output (``--json``) uses stable names that scripts rely on:
 ``epochs``, ``best_epoch`` and ``train_seconds_per_epoch`` (median), plus the configuration,
 the dataset fingerprint and the environment; ``methods --json`` prints ``name``, ``axes``,
 ``description``, ``knobs`` (and ``source``, ``target_mapping``) per method.
+
+Exit status: 0 success; 1 a ``run`` with failed cells; 2 an error, reported on one line
+``recshrink: error: ...`` (an invalid config, dataset or catalog file, output folder, ...) or a
+usage error; 130 interrupted; 141 (128 + SIGPIPE, as a shell reports a program that a closed pipe
+stopped) when the reader of stdout went away, e.g. ``recshrink methods --json | head -1``: the
+command stops quietly, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-# Each subcommand imports what it needs inside its function, for import time only: `recshrink --help`
-# and argument errors should not load torch and the training stack.
+# Each subcommand imports what it needs inside its function, for import time only: `recshrink --help`,
+# argument errors and the data commands should not load torch and the training stack.
+
+# The errors reported as one line and exit status 2, by module: a module is looked up only when it is
+# already imported (an error of a module never imported cannot have been raised), so catching them
+# imports nothing.
+_USER_ERRORS: dict[str, tuple[str, ...]] = {
+    "bench.config": ("ConfigError",),
+    "bench.contract": ("MethodError",),
+    "bench.data.catalog": ("CatalogError",),
+    "bench.data.readers": ("DataFormatError",),
+    "bench.data.sources": ("ChecksumError", "DatasetUnavailableError"),
+    "bench.store": ("StoreError",),
+    "bench.training": ("TrainingDivergedError",),
+}
+_BUILTIN_USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, ValueError, RuntimeError)
+EXIT_BROKEN_PIPE = 141
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = list(_BUILTIN_USER_ERRORS)
+    for module, names in _USER_ERRORS.items():
+        if module in sys.modules:
+            found.extend(getattr(sys.modules[module], n) for n in names)
+    return tuple(found)
+
+
+def _check_out_dir(path: Path, option: str) -> None:
+    """Refuse an output folder that exists as a file, or lies below a file, before any work."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == path else f"lies below {p}, which is"
+                raise NotADirectoryError(f"{option} {path}: {what} an existing file, not a folder; "
+                                         f"give a folder path")
+            return
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -100,12 +143,14 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from bench.data.catalog import catalog, data_root
+    from bench.data.catalog import catalog, catalog_problems, data_root
     from bench.data.loading import load_dataset
     from bench.data.sources import availability
 
     root = data_root(args.data_dir)
     if args.name is None:
+        for problem in catalog_problems(root):
+            print(f"recshrink: warning: {problem} (its dataset is left out)", file=sys.stderr)
         rows = [
             {"name": s.name, "available": availability(s, root), "description": s.description,
              "defined_in": s.origin}
@@ -195,6 +240,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
+    _check_out_dir(Path(args.out), "--out")
     paths = build_report(args.results, args.out, latex=args.latex, title=args.title)
     for p in paths.values():
         print(p)
@@ -207,6 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_matrix
 
     config = load_config(args.config)
+    _check_out_dir(Path(args.out) if args.out is not None else Path("reports") / config.name, "--out")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.workers is not None:
@@ -238,26 +285,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.config import ConfigError
-    from bench.contract import MethodError
-    from bench.data.catalog import CatalogError
-    from bench.data.readers import DataFormatError
-    from bench.data.sources import ChecksumError, DatasetUnavailableError
-    from bench.store import StoreError
-    from bench.training import TrainingDivergedError
-
     args = build_parser().parse_args(argv)
     handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run,
                 "report": cmd_report}
     try:
-        return handlers[args.command](args)
-    except (CatalogError, ConfigError, MethodError, StoreError, DataFormatError, DatasetUnavailableError,
-            ChecksumError, TrainingDivergedError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"recshrink: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("recshrink: interrupted", file=sys.stderr)
-        return 130
+        try:
+            status = handlers[args.command](args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return status
+        except BrokenPipeError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, _user_errors()):
+                raise
+            print(f"recshrink: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("recshrink: interrupted", file=sys.stderr)
+            return 130
+    except BrokenPipeError:
+        # the reader of stdout is gone: stop quietly; stdout goes to devnull so that the interpreter's
+        # final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ CATALOG_ERRORS = [
                  id="unknown-key"),
     pytest.param("typo", "typo", 'splitt = { protocol = "ratio" }\n' + RATIO_TOML.format(dir="typo"),
                  r"\['splitt'\]", id="unknown-top-level-key"),
-    pytest.param("broken", "yelp-lightgnn", "split = { protocol = \n", "invalid TOML", id="invalid-toml"),
+    pytest.param("broken", "broken", "split = { protocol = \n", "invalid TOML", id="invalid-toml"),
 ]
 
 

@@ -107,7 +107,7 @@ def _sorted(pairs: np.ndarray) -> np.ndarray:
 
 
 def _unique_pairs(pairs: np.ndarray, n_items: int) -> tuple[np.ndarray, int]:
-    keys = pairs[:, 0] * n_items + pairs[:, 1]
+    keys = pp.pair_keys(pairs[:, 0], pairs[:, 1], n_items)
     uniq = pp.sorted_unique(keys)
     return np.stack([uniq // n_items, uniq % n_items], axis=1), len(keys) - len(uniq)
 
@@ -161,10 +161,10 @@ def _build_given(
         pairs["train"] = pairs["train"][labels == 0]
         info["valid_from_train"] = frac
     # the splits must be disjoint: a pair already in an earlier split is dropped from a later one
-    seen = pairs["train"][:, 0] * n_items + pairs["train"][:, 1]
+    seen = pp.pair_keys(pairs["train"][:, 0], pairs["train"][:, 1], n_items)
     cross = 0
     for n in ("valid", "test"):
-        keys = pairs[n][:, 0] * n_items + pairs[n][:, 1]
+        keys = pp.pair_keys(pairs[n][:, 0], pairs[n][:, 1], n_items)
         overlap = np.isin(keys, seen)
         cross += int(overlap.sum())
         pairs[n] = pairs[n][~overlap]

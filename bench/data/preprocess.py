@@ -43,6 +43,23 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 DEFAULT_RATIOS = (0.7, 0.05, 0.25)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """``user * n_items + item`` as int64, one key per (user, item) pair, unique per pair.
+
+    Raises ``ValueError`` instead of letting a key wrap around when the largest user id times
+    ``n_items`` does not fit int64 (a wrapped key would merge two users' pairs).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.size:
+        top_user, top_item = int(users.max()), int(items.max())
+        if top_item >= n_items or top_user * n_items + n_items - 1 > _INT64_MAX:
+            raise ValueError(f"(user, item) pair keys overflow int64: user ids up to {top_user} with "
+                             f"{n_items} items; ids must be dense 0..n-1 (at most 2**31 - 1)")
+    return users * n_items + items
 
 
 def implicit(raw: RawInteractions, threshold: float | None) -> tuple[RawInteractions, int]:

@@ -8,18 +8,28 @@
   such as ``user_id:token item_id:token rating:float timestamp:float``; ids are tokens
   (strings) and are remapped to integers by the loader.
 
-Every malformed line raises :class:`DataFormatError` naming the file and line.
+Files are UTF-8 text; a leading byte-order mark is skipped. An integer id is a run of ASCII
+digits ``[0-9]+`` no greater than :data:`MAX_ID` (``2**31 - 1``): the ``given`` split protocol
+uses integer ids as indices as they are, and the bound also keeps every ``user * n_items + item``
+pair key within int64. Every malformed line, including one that is not valid UTF-8, raises
+:class:`DataFormatError` naming the file and line; a quoted field in a message is shortened so
+that an error never echoes much of a file's content.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 FORMATS = ("adjacency", "edgelist", "atomic")
+MAX_ID = 2**31 - 1
+_DIGITS = re.compile(r"[0-9]+")
+_NEGATIVE = re.compile(r"-[0-9]+")
+_SHOWN = 40  # characters of a field quoted in an error message
 
 
 class DataFormatError(ValueError):
@@ -28,7 +38,7 @@ class DataFormatError(ValueError):
     def __init__(self, path: Path | str, line: int | None, message: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
-        self.path, self.line = str(path), line
+        self.path, self.line, self.message = str(path), line, message
 
 
 @dataclass
@@ -50,24 +60,59 @@ class RawInteractions:
         return len(self.users)
 
 
+def _shown(token: str) -> str:
+    """``repr`` of a field for an error message, shortened to a few dozen characters."""
+    return repr(token) if len(token) <= _SHOWN else repr(token[:_SHOWN]) + "..."
+
+
 def _parse_id(token: str, what: str, path: Path, line: int) -> int:
-    try:
-        value = int(token)
-    except ValueError:
-        raise DataFormatError(path, line, f"non-integer {what} id {token!r}") from None
-    if value < 0:
-        raise DataFormatError(path, line, f"negative {what} id {value}")
-    return value
+    if len(token) < 10 and token.isascii() and token.isdigit():  # the common case, < 10**9 <= MAX_ID
+        return int(token)
+    if not _DIGITS.fullmatch(token):
+        if _NEGATIVE.fullmatch(token) and len(token) <= _SHOWN:
+            raise DataFormatError(path, line, f"negative {what} id {token}")
+        raise DataFormatError(path, line, f"non-integer {what} id {_shown(token)} "
+                                          f"(an id is ASCII digits 0-9 only)")
+    if len(token) > 10 or int(token) > MAX_ID:
+        raise DataFormatError(path, line, f"{what} id {_shown(token)} is above the maximum id "
+                                          f"{MAX_ID} (2**31 - 1)")
+    return int(token)
 
 
 def _parse_float(token: str, what: str, path: Path, line: int) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise DataFormatError(path, line, f"non-numeric {what} {token!r}") from None
+        raise DataFormatError(path, line, f"non-numeric {what} {_shown(token)}") from None
     if value != value:  # NaN
         raise DataFormatError(path, line, f"{what} is NaN")
     return value
+
+
+def _undecodable_line(path: Path, exc: UnicodeDecodeError) -> DataFormatError:
+    """The error for the first line of ``path`` that is not valid UTF-8, found in binary mode."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return DataFormatError(
+                    path, line_no, f"not valid UTF-8 text (byte 0x{raw[bad.start]:02x} at column "
+                                   f"{bad.start + 1}); save the file as UTF-8",
+                )
+    return DataFormatError(path, None, f"not valid UTF-8 text ({exc.reason})")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, without a leading byte-order mark.
+
+    A byte sequence that is not UTF-8 raises :class:`DataFormatError` naming its line.
+    """
+    with path.open("r", encoding="utf-8-sig") as f:
+        try:
+            yield from enumerate(f, start=1)
+        except UnicodeDecodeError as exc:
+            raise _undecodable_line(path, exc) from None
 
 
 def read_adjacency(path: Path | str) -> RawInteractions:
@@ -75,15 +120,14 @@ def read_adjacency(path: Path | str) -> RawInteractions:
     path = Path(path)
     users: list[int] = []
     items: list[int] = []
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            u = _parse_id(fields[0], "user", path, line_no)
-            for tok in fields[1:]:
-                items.append(_parse_id(tok, "item", path, line_no))
-            users.extend([u] * (len(fields) - 1))
+    for line_no, line in _lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        u = _parse_id(fields[0], "user", path, line_no)
+        for tok in fields[1:]:
+            items.append(_parse_id(tok, "item", path, line_no))
+        users.extend([u] * (len(fields) - 1))
     return RawInteractions(
         np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64), source=str(path)
     )
@@ -107,39 +151,38 @@ def read_edgelist(
     ratings: list[float] = []
     stamps: list[float] = []
     n_cols: int | None = None
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            if header and n_cols is None and line_no == 1:
-                continue
-            fields = [x.strip() for x in split(text)]
-            if len(fields) < 2 or len(fields) > 4:
+    for line_no, line in _lines(path):
+        text = line.strip()
+        if not text:
+            continue
+        if header and n_cols is None and line_no == 1:
+            continue
+        fields = [x.strip() for x in split(text)]
+        if len(fields) < 2 or len(fields) > 4:
+            raise DataFormatError(
+                path, line_no,
+                f"expected 2 to 4 fields (user item [rating] [timestamp]), got {len(fields)}",
+            )
+        if n_cols is None:
+            n_cols = len(fields)
+        elif len(fields) != n_cols:
+            raise DataFormatError(
+                path, line_no, f"expected {n_cols} fields like the first line, got {len(fields)}"
+            )
+        try:
+            users.append(_parse_id(fields[0], "user", path, line_no))
+        except DataFormatError as err:
+            if line_no == 1 and not header:
                 raise DataFormatError(
                     path, line_no,
-                    f"expected 2 to 4 fields (user item [rating] [timestamp]), got {len(fields)}",
-                )
-            if n_cols is None:
-                n_cols = len(fields)
-            elif len(fields) != n_cols:
-                raise DataFormatError(
-                    path, line_no, f"expected {n_cols} fields like the first line, got {len(fields)}"
-                )
-            try:
-                users.append(_parse_id(fields[0], "user", path, line_no))
-            except DataFormatError as err:
-                if line_no == 1 and not header:
-                    raise DataFormatError(
-                        path, line_no,
-                        f"{str(err).split(': ', 1)[1]} (if this is a header line, set header = true)",
-                    ) from None
-                raise
-            items.append(_parse_id(fields[1], "item", path, line_no))
-            if n_cols >= 3:
-                ratings.append(_parse_float(fields[2], "rating", path, line_no))
-            if n_cols == 4:
-                stamps.append(_parse_float(fields[3], "timestamp", path, line_no))
+                    f"{err.message} (if this is a header line, set header = true)",
+                ) from None
+            raise
+        items.append(_parse_id(fields[1], "item", path, line_no))
+        if n_cols >= 3:
+            ratings.append(_parse_float(fields[2], "rating", path, line_no))
+        if n_cols == 4:
+            stamps.append(_parse_float(fields[3], "timestamp", path, line_no))
     return RawInteractions(
         np.asarray(users, dtype=np.int64),
         np.asarray(items, dtype=np.int64),
@@ -158,48 +201,49 @@ def read_atomic(
 ) -> RawInteractions:
     """Read a RecBole atomic ``.inter`` file (tab separated, typed header ``name:type``)."""
     path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
-        head = f.readline()
-        if not head.strip():
-            raise DataFormatError(path, 1, "missing header line (expected e.g. 'user_id:token')")
-        columns = head.rstrip("\r\n").split("\t")
-        names: dict[str, int] = {}
-        types: dict[str, str] = {}
-        for pos, col in enumerate(columns):
-            if ":" not in col:
-                raise DataFormatError(path, 1, f"header field {col!r} has no ':type' suffix")
-            name, typ = col.split(":", 1)
-            if typ not in ("token", "float", "token_seq", "float_seq"):
-                raise DataFormatError(path, 1, f"unknown field type {typ!r} in {col!r}")
-            names[name], types[name] = pos, typ
-        for need in (user_field, item_field):
-            if need not in names:
-                raise DataFormatError(path, 1, f"header has no field {need!r} (found {list(names)})")
-        iu, ii = names[user_field], names[item_field]
-        ir = names.get(rating_field)
-        it = names.get(time_field)
-        users: list[str] = []
-        items: list[str] = []
-        ratings: list[float] = []
-        stamps: list[float] = []
-        for line_no, line in enumerate(f, start=2):
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            fields = text.split("\t")
-            if len(fields) != len(columns):
-                raise DataFormatError(
-                    path, line_no, f"expected {len(columns)} tab-separated fields, got {len(fields)}"
-                )
-            u, i = fields[iu].strip(), fields[ii].strip()
-            if not u or not i:
-                raise DataFormatError(path, line_no, "empty user or item token")
-            users.append(u)
-            items.append(i)
-            if ir is not None:
-                ratings.append(_parse_float(fields[ir], "rating", path, line_no))
-            if it is not None:
-                stamps.append(_parse_float(fields[it], "timestamp", path, line_no))
+    lines = _lines(path)
+    head = next(lines, (1, ""))[1]
+    if not head.strip():
+        raise DataFormatError(path, 1, "missing header line (expected e.g. 'user_id:token')")
+    columns = head.rstrip("\r\n").split("\t")
+    names: dict[str, int] = {}
+    types: dict[str, str] = {}
+    for pos, col in enumerate(columns):
+        if ":" not in col:
+            raise DataFormatError(path, 1, f"header field {_shown(col)} has no ':type' suffix")
+        name, typ = col.split(":", 1)
+        if typ not in ("token", "float", "token_seq", "float_seq"):
+            raise DataFormatError(path, 1, f"unknown field type {_shown(typ)} in {_shown(col)}")
+        names[name], types[name] = pos, typ
+    for need in (user_field, item_field):
+        if need not in names:
+            found = ", ".join(_shown(n) for n in list(names)[:8]) + (", ..." if len(names) > 8 else "")
+            raise DataFormatError(path, 1, f"header has no field {need!r} (found {found})")
+    iu, ii = names[user_field], names[item_field]
+    ir = names.get(rating_field)
+    it = names.get(time_field)
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[float] = []
+    for line_no, line in lines:
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        fields = text.split("\t")
+        if len(fields) != len(columns):
+            raise DataFormatError(
+                path, line_no, f"expected {len(columns)} tab-separated fields, got {len(fields)}"
+            )
+        u, i = fields[iu].strip(), fields[ii].strip()
+        if not u or not i:
+            raise DataFormatError(path, line_no, "empty user or item token")
+        users.append(u)
+        items.append(i)
+        if ir is not None:
+            ratings.append(_parse_float(fields[ir], "rating", path, line_no))
+        if it is not None:
+            stamps.append(_parse_float(fields[it], "timestamp", path, line_no))
     return RawInteractions(
         np.asarray(users, dtype=object),
         np.asarray(items, dtype=object),

@@ -102,6 +102,17 @@ def download(url: str, dest: Path, sha256: str, dataset: str) -> Path:
     return dest
 
 
+def _download_target(root: Path, *parts: str) -> Path:
+    """``root / parts``, refused unless it stays below ``root`` (a download never writes elsewhere)."""
+    path = root.joinpath(*parts)
+    if any(Path(p).is_absolute() for p in parts) or ".." in path.relative_to(root).parts:
+        raise DatasetUnavailableError(
+            f"refusing to download to {path}: a download source's dir and files must stay below "
+            f"the data root {root}"
+        )
+    return path
+
+
 def _available(source: Source, root: Path) -> bool:
     if source.kind == "recbole":
         return all(recbole_file(f) is not None for f in source.files.values())
@@ -158,8 +169,10 @@ def resolve_files(spec: DatasetSpec, root: Path) -> tuple[Source, dict[str, Path
         if source.kind != "download":
             continue
         try:
+            folder = _download_target(root, source.dir)
+            paths = {k: _download_target(root, source.dir, f) for k, f in source.files.items()}
             if source.archive:
-                arch = folder / source.archive["file"]
+                arch = _download_target(root, source.dir, source.archive["file"])
                 if not arch.is_file():
                     download(source.archive["url"], arch, source.archive.get("sha256", ""), spec.name)
                 else:
