@@ -4,8 +4,9 @@ Machine-readable output (``--json``) uses stable names that scripts rely on:
 ``datasets NAME --json`` prints ``name, n_users, n_items, n_train, n_valid, n_test`` and more;
 ``train ... --json`` prints the test metrics ``recall@K, ndcg@K, precision@K, hit@K, mrr@K``,
 ``epochs``, ``best_epoch`` and ``train_seconds_per_epoch`` (median), plus the configuration,
-the dataset fingerprint and the environment; ``methods --json`` prints ``name``, ``axes``,
-``description``, ``knobs`` (and ``source``, ``target_mapping``) per method.
+the dataset fingerprint, the environment and ``history`` (one row per epoch: ``epoch``, ``loss``,
+``seconds``, ``lr`` and, on validation epochs, ``valid_<metric>``); ``methods --json`` prints
+``name``, ``axes``, ``description``, ``knobs`` (and ``source``, ``target_mapping``) per method.
 
 Exit status: 0 success; 1 a ``run`` with failed cells; 2 an error, reported on one line
 ``recshrink: error: ...`` (an invalid config, dataset or catalog file, output folder, ...) or a
@@ -203,6 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "config": config_dict(config),
         "environment": environment(device),
+        "history": result.history,
     }
     if args.json:
         print(json.dumps(out, indent=2))

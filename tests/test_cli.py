@@ -45,6 +45,21 @@ def test_train_json_has_the_stable_keys(tiny_root, capsys):
     assert len(out["dataset_fingerprint"]) == 64
 
 
+def test_train_json_has_the_per_epoch_history(tiny_root, capsys):
+    assert main(["train", "--dataset", "tiny", "--data-dir", str(tiny_root), "--epochs", "4",
+                 "--eval-every", "2", "--dim", "8", "--batch-size", "64", "--lr", "0.05", "--ks", "10",
+                 "--valid-metric", "recall@10", "--seed", "1", "--device", "cpu", "--json",
+                 "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    history = out["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert all(row["loss"] > 0 and row["seconds"] > 0 for row in history)
+    checked = {row["epoch"]: row["valid_recall@10"] for row in history if "valid_recall@10" in row}
+    assert sorted(checked) == [2, 4]
+    # the kept model is the best validation row of the history
+    assert out["valid_recall@10"] == max(checked.values()) == checked[out["best_epoch"]]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
