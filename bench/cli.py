@@ -163,7 +163,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             print(f"data root: {root.resolve()}")
             _print_table(rows, ["name", "available", "description"])
         return 0
-    stats = load_dataset(args.name, root).stats()
+    data = load_dataset(args.name, root)
+    for warning in data.cold_pair_warnings():
+        print(f"recshrink: warning: {warning}", file=sys.stderr)
+    stats = data.stats()
     if args.json:
         print(json.dumps(stats, indent=2))
     else:

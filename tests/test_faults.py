@@ -27,7 +27,7 @@ from bench.data import preprocess as pp
 from bench.data.catalog import CatalogError, catalog, catalog_problems, get_spec
 from bench.data.loading import _unique_pairs, load_dataset
 from bench.data.readers import MAX_ID, DataFormatError, read_adjacency, read_atomic, read_edgelist
-from tests.helpers import method_context, tiny_config
+from tests.helpers import method_context, tiny_config, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -512,3 +512,20 @@ def test_a_full_cache_disk_keeps_the_trained_base_in_memory(tmp_path, monkeypatc
     assert any("could not write the cache file" in m and "the disk is full" in m for m in messages), messages
     # the next call in this run uses the model from memory: the same state, no retraining
     assert ctx.base().state_hash == base.state_hash
+
+
+def test_a_full_disk_leaves_no_partial_dataset_cache(tmp_path, monkeypatch):
+    from bench.data import loading
+
+    root = write_tiny_dataset(tmp_path / "data")
+    monkeypatch.delenv("RECSHRINK_CACHE", raising=False)  # the cache goes below this root
+
+    def savez(path, **arrays):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loading.np, "savez", savez)
+    with pytest.warns(UserWarning, match="could not write the dataset cache .*No space left"):
+        data = load_dataset("tiny", root)
+    assert data.n_users == 60
+    assert not [p for p in loading.cache_dir(root).rglob("*") if p.is_file()], "a partial cache file was left"

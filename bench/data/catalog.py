@@ -4,7 +4,7 @@ Schema of one dataset (built-in file: ``[[dataset]]`` tables; user file: top lev
 
     name = "mydata"                 # user files: defaults to the file's stem
     description = "..."
-    split = { protocol = "ratio", ratios = [0.7, 0.05, 0.25], seed = 0 }
+    split = { protocol = "ratio", ratios = [0.7, 0.05, 0.25], seed = 0 }  # drop_cold = false
     preprocess = { threshold = 4.0, dedup = true, kcore = [5, 5] }
     [[source]]                      # one or more, tried in order
     kind = "local"                  # local | download | recbole
@@ -94,7 +94,7 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 _DATASET_KEYS = {"name", "description", "split", "preprocess", "source"}
 _SOURCE_KEYS = {"kind", "format", "files", "dir", "urls", "sha256", "archive", "header",
                 "separator", "fields"}
-_SPLIT_KEYS = {"protocol", "ratios", "seed", "valid_from_train", "scope"}
+_SPLIT_KEYS = {"protocol", "ratios", "seed", "valid_from_train", "scope", "drop_cold"}
 _PRE_KEYS = {"threshold", "dedup", "kcore"}
 _ARCHIVE_KEYS = {"file", "url", "sha256"}
 _FIELD_KEYS = {"user_field", "item_field", "rating_field", "time_field"}
@@ -228,6 +228,8 @@ def _parse_split(raw: Any, where: str) -> dict[str, Any]:
         frac = split["valid_from_train"]
         if not (_is_number(frac) and 0 <= frac < 1):
             raise _bad(where, "split.valid_from_train", "a number in [0, 1)", frac)
+    if "drop_cold" in split and not isinstance(split["drop_cold"], bool):
+        raise _bad(where, "split.drop_cold", "true or false (a TOML boolean, unquoted)", split["drop_cold"])
     if "scope" in split and split["scope"] not in _TEMPORAL_SCOPES:
         raise _bad(where, "split.scope", f"one of {_TEMPORAL_SCOPES}", split["scope"])
     split.setdefault("protocol", "ratio")

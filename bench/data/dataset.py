@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+#: share of a validation or test split's pairs with a cold user or item above which we warn
+COLD_PAIR_WARN_SHARE = 0.03
+
 
 class EmptySplitError(ValueError):
     """A split that the protocol needs has no interactions."""
@@ -91,8 +94,51 @@ class InteractionData:
             "valid_users_without_train": len(np.setdiff1d(valid_users, train_users)),
             "fingerprint": self.fingerprint(),
         }
+        out["cold_pairs"] = self.cold_pairs()
         for key in ("read", "duplicates_removed", "duplicates_removed_by_split",
-                    "cross_split_duplicates_removed", "filtered_out"):
+                    "cross_split_duplicates_removed", "filtered_out", "cold_pairs_dropped"):
             if key in self.info:
                 out[key] = self.info[key]
         return out
+
+    def _cold_masks(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Masks over ``split``'s pairs: user never in train, item never in train."""
+        pairs = getattr(self, split)
+        seen_users = np.zeros(self.n_users, dtype=bool)
+        seen_items = np.zeros(self.n_items, dtype=bool)
+        seen_users[self.train[:, 0]] = True
+        seen_items[self.train[:, 1]] = True
+        return ~seen_users[pairs[:, 0]], ~seen_items[pairs[:, 1]]
+
+    def cold_pairs(self) -> dict[str, dict[str, Any]]:
+        """Per evaluation split, the pairs whose user or item never occurs in train.
+
+        Such a pair's user or item keeps its initial embedding (no training interaction moves it),
+        so the model can rank it only by chance: a split with many of them caps every method's
+        recall alike, and a framework that drops them reports higher figures on the same data.
+        """
+        out = {}
+        for split in ("valid", "test"):
+            cold_user, cold_item = self._cold_masks(split)
+            n, cold = len(getattr(self, split)), int((cold_user | cold_item).sum())
+            out[split] = {"pairs": n, "cold_user": int(cold_user.sum()), "cold_item": int(cold_item.sum()),
+                          "cold": cold, "share": cold / n if n else 0.0}
+        return out
+
+    def cold_pair_warnings(self, threshold: float = COLD_PAIR_WARN_SHARE) -> list[str]:
+        """A sentence for each evaluation split whose share of cold pairs is above ``threshold``."""
+        return [f"{self.name}: {c['share']:.1%} of the {split} pairs ({c['cold']} of {c['pairs']}) have a "
+                f"user or item that never occurs in train and can be ranked only by chance; the split "
+                f"option drop_cold = true leaves them out"
+                for split, c in self.cold_pairs().items() if c["share"] > threshold]
+
+    def without_cold_pairs(self) -> InteractionData:
+        """A copy whose validation and test splits keep only pairs of users and items seen in train;
+        ``info["cold_pairs_dropped"]`` counts what was left out per split."""
+        kept, dropped = {}, {}
+        for split in ("valid", "test"):
+            cold_user, cold_item = self._cold_masks(split)
+            warm = ~(cold_user | cold_item)
+            kept[split], dropped[split] = getattr(self, split)[warm], int((~warm).sum())
+        return InteractionData(self.name, self.n_users, self.n_items, self.train, kept["valid"],
+                               kept["test"], info={**self.info, "cold_pairs_dropped": dropped})

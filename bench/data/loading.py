@@ -199,9 +199,8 @@ def build_dataset(
         "split": dict(spec.split),
         "preprocess": dict(spec.preprocess),
     }
-    if "all" in raws:
-        return _build_single(spec, raws["all"], info)
-    return _build_given(spec, raws, info)
+    data = _build_single(spec, raws["all"], info) if "all" in raws else _build_given(spec, raws, info)
+    return data.without_cold_pairs() if spec.split.get("drop_cold", False) else data
 
 
 def _cache_key(spec: DatasetSpec, digests: dict[str, str], source: Source) -> str:
@@ -219,9 +218,13 @@ def _save_cache(path: Path, data: InteractionData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"info": data.info, "fingerprint": data.fingerprint(), "name": data.name}
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, shape=np.array([data.n_users, data.n_items]), train=data.train,
-             valid=data.valid, test=data.test, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, shape=np.array([data.n_users, data.n_items]), train=data.train,
+                 valid=data.valid, test=data.test, meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a partial file behind
+        raise
 
 
 def _load_cache(path: Path) -> InteractionData:
