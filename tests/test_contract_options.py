@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +167,49 @@ def test_the_lightgnn_profiles_satisfy_the_knobs_they_fill():
     for profile in PROFILES.values():
         for name, value in profile.items():
             assert knobs[name].check(value, "lightgnn") == value
+
+
+#: the forms of the "range" cell of a knob table in docs/methods/*.md -> (min, min_exclusive, max)
+DOC_RANGES = [
+    (r"^(?:integer|number) ≥ (-?[\d.]+)", lambda m: (float(m[1]), False, None)),
+    (r"^number > (-?[\d.]+)$", lambda m: (float(m[1]), True, None)),
+    (r"^`([\d.]+)\.\.([\d.]+)`$", lambda m: (float(m[1]), False, float(m[2]))),
+    (r"^`\(([\d.]+), ([\d.]+)\]`$", lambda m: (float(m[1]), True, float(m[2]))),
+    # the upper end is allowed with t = 1 only (a rule of the method): (0, 1] for the knob
+    (r"^`\(([\d.]+), ([\d.]+)\)`; 1 only with t = 1$", lambda m: (float(m[1]), True, float(m[2]))),
+]
+
+
+def _doc_range(cells: list[str]) -> tuple[float, bool, float | None] | None:
+    for cell in cells:
+        for pattern, parse in DOC_RANGES:
+            found = re.match(pattern, cell)
+            if found:
+                return parse(found)
+    return None
+
+
+@pytest.mark.parametrize("name", ["dsl", "legcf", "lerg", "lightgnn", "unkd"])
+def test_the_ranges_in_the_method_docs_are_the_knobs(name):
+    """Every knob with a range has it in its docs page's knob table, and a range documented there
+    is the knob's."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "methods" / f"{name}.md"
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
+            for line in page.read_text().splitlines() if line.startswith("| `")}
+    cls = registry.get_method(name)
+    for knob in cls.knobs:
+        documented = _doc_range(rows[knob.name])
+        declared = None if knob.min is None and knob.max is None else (
+            float(knob.min), knob.min_exclusive, None if knob.max is None else float(knob.max))
+        assert documented == declared, f"{name}.{knob.name}: docs {rows[knob.name]}, knob {knob.as_dict()}"
+        assert not knob.max_exclusive
+
+
+def test_magnitude_protect_is_documented_as_the_sentinel_or_a_count():
+    page = Path(__file__).resolve().parents[1] / "docs" / "methods" / "magnitude.md"
+    assert "| `protect` | `-1` | `-1`, or an integer in `0..floor(d x emb)` |" in page.read_text()
+    knob = next(k for k in registry.get_method("magnitude").knobs if k.name == "protect")
+    assert (knob.min, knob.max, knob.sentinels) == (0, None, (-1,))
 
 
 @pytest.mark.parametrize(("body", "message"), [
