@@ -47,6 +47,11 @@ LOW_DISK_BYTES = 64 * 2**20
 _NON_MODEL_KEYS = ("device", "eval_memory_bytes")
 
 
+def result_fields(config: TrainConfig) -> dict[str, Any]:
+    """The fields of ``config`` that can change what a model learns (all but :data:`_NON_MODEL_KEYS`)."""
+    return {k: v for k, v in config_dict(config).items() if k not in _NON_MODEL_KEYS}
+
+
 def state_hash(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, shapes, dtypes and bytes of a state dict's tensors."""
     h = hashlib.sha256()
@@ -156,7 +161,7 @@ class BaseCheckpoints:
 
     @staticmethod
     def key(data: InteractionData, config: TrainConfig) -> str:
-        backbone = {k: v for k, v in config_dict(config).items() if k not in _NON_MODEL_KEYS}
+        backbone = result_fields(config)
         blob = json.dumps({"dataset": data.fingerprint(), "backbone": backbone,
                            "torch": torch.__version__.split("+")[0], "version": CHECKPOINT_VERSION},
                           sort_keys=True)
@@ -205,22 +210,28 @@ class BaseCheckpoints:
         state, meta, _ = locked_cache(path, train, log)
         return state, meta
 
-    def stage(self, data: InteractionData, name: str, fields: dict[str, Any],
+    @staticmethod
+    def stage_key(data: InteractionData, name: str, config: TrainConfig, fields: Mapping[str, Any]) -> str:
+        """The cache key of a stage: the dataset fingerprint, ``name``, every field of ``config`` (the
+        :class:`TrainConfig` the stage trains with) that can change what it learns, the JSON of
+        ``fields`` (what else the result depends on: method options outside the config, the hashes
+        of the states it starts from, a version) and the torch version."""
+        blob = json.dumps({"dataset": data.fingerprint(), "stage": name, "config": result_fields(config),
+                           "fields": dict(fields), "torch": torch.__version__.split("+")[0],
+                           "version": CHECKPOINT_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def stage(self, data: InteractionData, name: str, config: TrainConfig, fields: Mapping[str, Any],
               build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
               log: Callable[[str], None] | None = None
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
         """A method's cached training stage: ``(state, meta, hit)``.
 
-        Keyed by the dataset fingerprint, ``name``, the JSON of ``fields`` (everything the stage's
-        result depends on: options, seed, the hashes of the states it starts from) and the torch
-        version; kept in memory and, with a directory, on disk next to the base checkpoints
-        (file-locked, so concurrent workers build it once). ``build()`` returns the state and a
-        JSON-able meta (e.g. its training cost); ``hit`` says whether it was reused.
+        Keyed by :meth:`stage_key`; kept in memory and, with a directory, on disk next to the base
+        checkpoints (file-locked, so concurrent workers build it once). ``build()`` returns the state
+        and a JSON-able meta (e.g. its training cost); ``hit`` says whether it was reused.
         """
-        blob = json.dumps({"dataset": data.fingerprint(), "stage": name, "fields": fields,
-                           "torch": torch.__version__.split("+")[0], "version": CHECKPOINT_VERSION},
-                          sort_keys=True, default=str)
-        key = hashlib.sha256(blob.encode()).hexdigest()
+        key = self.stage_key(data, name, config, fields)
         if key in self._memory:
             state, meta = self._memory[key]
             return state, meta, True
@@ -321,14 +332,16 @@ class MethodContext:
             raise KeyError(f"unknown random stream {stream!r}; known: {sorted(streams)}")
         return np.random.default_rng([self.seed, streams[stream], *spawn])
 
-    def stage(self, name: str, fields: dict[str, Any],
+    def stage(self, name: str, config: TrainConfig, fields: Mapping[str, Any],
               build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
-        """A cached training stage (:meth:`BaseCheckpoints.stage` on this cell's data); a reused
-        stage is recorded in :attr:`stages` from its meta (a built one was recorded by
-        :meth:`fit_stage`)."""
+        """A cached training stage (:meth:`BaseCheckpoints.stage` on this cell's data); ``config``: the
+        :class:`TrainConfig` ``build`` trains with, ``fields``: what else its result depends on (this
+        cell's seed, which seeds :meth:`rng`, is added). A reused stage is recorded in :attr:`stages`
+        from its meta (a built one was recorded by :meth:`fit_stage`)."""
         n_before = len(self.stages)
-        state, meta, hit = self.checkpoints.stage(self.data, name, fields, build, self.log)
+        state, meta, hit = self.checkpoints.stage(self.data, name, config, {**fields, "seed": self.seed},
+                                                  build, self.log)
         if len(self.stages) == n_before and "best_epoch" in meta:
             self.stages.append({"stage": name, "epochs": meta.get("epochs"), "best_epoch": meta["best_epoch"],
                                 "budget_epochs": meta.get("budget_epochs"), "cached": True})

@@ -6,7 +6,8 @@ declares
 
 * ``axes``: which of :data:`AXES` it compresses (``emb`` embedding entries, ``edge`` edges
   used in propagation, ``layers`` propagation depth, ``bits`` numeric precision);
-* ``knobs``: its hyperparameters, each with a default and a one-line description;
+* ``knobs``: its hyperparameters, each with a default, a one-line description and the values it
+  allows (choices or a range); ``self.options`` holds them checked, as an :class:`Options`;
 * ``target_mapping``: one sentence on how a preservation :class:`Target` becomes knob values;
 * ``random_streams``: the named numpy random streams it draws from ``context.rng(name)``;
 
@@ -19,7 +20,7 @@ code (:mod:`bench.measure`), so a method never reports its own accuracy, size or
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -100,40 +101,141 @@ class Target:
 
 @dataclass(frozen=True)
 class Knob:
-    """A hyperparameter of a method: name, default, one-line description (and allowed values)."""
+    """A hyperparameter of a method: name, default, one-line description, allowed values.
+
+    ``choices``: the only values allowed. ``min``/``max``: a numeric range, inclusive unless
+    ``min_exclusive``/``max_exclusive``; ``sentinels``: values outside the range that still mean
+    something (e.g. ``-1``: chosen by the method). ``type``: the value's type when the default is
+    None (a default of None means "resolved by the method"; None itself is then always allowed).
+    A rule that involves two knobs is the method's own (checked where it resolves its options).
+    """
 
     name: str
     default: Any
     description: str
     choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    sentinels: tuple[Any, ...] = ()
+    type: type | None = None
 
     def check(self, value: Any, owner: str) -> Any:
         """``value`` converted to the default's type, or :class:`MethodError` naming the knob."""
         where = f"{owner}.{self.name}"
-        default = self.default
-        if default is None:
+        kind = self.type if self.default is None else type(self.default)
+        if kind is None or (self.default is None and value is None):
             pass
-        elif isinstance(default, bool):
+        elif kind is bool:
             if not isinstance(value, bool):
                 raise MethodError(f"option {where} must be true or false, got {value!r}")
-        elif isinstance(default, int):
+        elif kind is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MethodError(f"option {where} must be an integer, got {value!r}")
-        elif isinstance(default, float):
+        elif kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise MethodError(f"option {where} must be a finite number, got {value!r}")
             value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
+        elif kind is str and not isinstance(value, str):
             raise MethodError(f"option {where} must be a string, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise MethodError(f"option {where} must be one of {list(self.choices)}, got {value!r}")
+        if value is not None and value not in self.sentinels and not self.in_range(value):
+            raise MethodError(f"option {where} must be {self.range_text()}, got {value!r}")
         return value
+
+    def in_range(self, value: Any) -> bool:
+        """Whether ``value`` lies in the knob's ``min``/``max`` range (True without one)."""
+        if self.min is not None and (value <= self.min if self.min_exclusive else value < self.min):
+            return False
+        return self.max is None or not (value >= self.max if self.max_exclusive else value > self.max)
+
+    def range_text(self) -> str:
+        """The range in words, e.g. ``>= 1``, ``in (0, 1]`` or ``>= 0 (or -1)``; empty without one."""
+        low = None if self.min is None else ("(" if self.min_exclusive else "[", f"{self.min:g}")
+        high = None if self.max is None else (f"{self.max:g}", ")" if self.max_exclusive else "]")
+        if low and high:
+            text = f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
+        elif low:
+            text = f"{'>' if self.min_exclusive else '>='} {low[1]}"
+        elif high:
+            text = f"{'<' if self.max_exclusive else '<='} {high[0]}"
+        else:
+            return ""
+        if self.sentinels:
+            text += f" (or {', '.join(repr(v) for v in self.sentinels)})"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "default": self.default, "description": self.description}
         if self.choices is not None:
             d["choices"] = list(self.choices)
+        if self.min is not None:
+            d["min"] = self.min
+            d["min_exclusive"] = self.min_exclusive
+        if self.max is not None:
+            d["max"] = self.max
+            d["max_exclusive"] = self.max_exclusive
+        if self.sentinels:
+            d["sentinels"] = list(self.sentinels)
+        if self.type is not None:
+            d["type"] = self.type.__name__
         return d
+
+
+class Options(Mapping[str, Any]):
+    """A method's options, read as attributes (``o.update_every``) or by name (``o["update_every"]``).
+
+    Immutable: :meth:`replace` returns a copy with some values changed (e.g. placeholders a method
+    resolves against the budget), :meth:`extend` one with values of new names (e.g. a solved size);
+    :meth:`as_dict` is the plain dict (in order: the knobs', then the added names). It compares
+    equal to a dict with the same items.
+    """
+
+    __slots__ = ("_owner", "_values")
+
+    def __init__(self, values: Mapping[str, Any], owner: str = "") -> None:
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_owner", owner)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._owner or 'the method'} has no option {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"options are read-only; use replace({name}=...)")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` to existing options (an unknown name is a ``KeyError``)."""
+        unknown = sorted(set(changes) - set(self._values))
+        if unknown:
+            raise KeyError(f"{self._owner or 'the method'} has no option(s) {', '.join(unknown)}")
+        return Options({**self._values, **changes}, self._owner)
+
+    def extend(self, **values: Any) -> Options:
+        """A copy with values of new names added after the others (a known name is a ``KeyError``)."""
+        known = sorted(set(values) & set(self._values))
+        if known:
+            raise KeyError(f"options {', '.join(known)} already exist; use replace()")
+        return Options({**self._values, **values}, self._owner)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
 
 
 @dataclass
@@ -265,8 +367,10 @@ class Method:
         self.options = self.resolve_options(options)
 
     @classmethod
-    def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overridden by ``options``; an undeclared option is an error naming it."""
+    def resolve_options(cls, options: Mapping[str, Any]) -> Options:
+        """Defaults overridden by ``options``, each checked by its knob (type, choices, range); an
+        undeclared option is an error naming it. The config loader calls it, so a bad value fails
+        before any training."""
         by_name = {k.name: k for k in cls.knobs}
         unknown = sorted(set(options) - set(by_name))
         if unknown:
@@ -277,7 +381,7 @@ class Method:
         out = {k.name: k.default for k in cls.knobs}
         for key, value in options.items():
             out[key] = by_name[key].check(value, cls.name)
-        return out
+        return Options(out, cls.name)
 
     @classmethod
     def check_target(cls, target: Target, base_layers: int | None = None) -> None:

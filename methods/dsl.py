@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -343,11 +343,11 @@ class DSL(Method):
                    "regrowing by gradient")
     knobs = (
         Knob("update_ratio", 0.5, "rho0: fraction of the K active entries pruned and regrown by the "
-                                  "first exploration (docs/methods/dsl.md)"),
+                                  "first exploration (docs/methods/dsl.md)", min=0, max=1),
         Knob("update_interval", 0, "dT: optimiser iterations between explorations; 0 = auto, 2.5 epochs: "
-                                   "floor(2.5 x iterations per epoch + 0.5) (docs/methods/dsl.md)"),
+                                   "floor(2.5 x iterations per epoch + 0.5) (docs/methods/dsl.md)", min=0),
         Knob("eta_min", 0.005, "floor of the decayed update ratio at T_end (code 0.005, paper Eq. 2: 0); "
-                               "capped at update_ratio"),
+                               "capped at update_ratio", min=0, max=1),
         Knob("decay", "cosine", "update-ratio schedule over the planned T_end (paper Table 4)",
              choices=DECAYS),
         Knob("reset_adam_on_grow", False, "zero the Adam moments of newly grown entries (the reference "
@@ -384,22 +384,12 @@ class DSL(Method):
         "joint (U + I) x d matrix",
     )
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        o = self.options
-        if not 0 <= o["update_ratio"] <= 1:
-            raise MethodError(f"option dsl.update_ratio must lie in [0, 1], got {o['update_ratio']}")
-        if o["update_interval"] < 0:
-            raise MethodError(f"option dsl.update_interval must be >= 0, got {o['update_interval']}")
-        if not 0 <= o["eta_min"] <= 1:
-            raise MethodError(f"option dsl.eta_min must lie in [0, 1], got {o['eta_min']}")
-
     def epoch_sampler(self, ctx: MethodContext) -> EpochSampler | None:
         """The ``sampler`` option's epoch sampler; ``None`` is the harness default (every interaction
         once). ``user``: :class:`bench.sampling.MultiNegativeSampler` with one negative, the code's
         sampler (docs/methods/dsl.md), except that draws of users without a training item are skipped (the
         code assumes there are none); its ``triples_per_epoch`` is then the expected count."""
-        if self.options["sampler"] == "interaction":
+        if self.options.sampler == "interaction":
             return None
         data = ctx.data
         return MultiNegativeSampler(data.train, data.n_users, data.n_items, n_neg=1)
@@ -426,10 +416,10 @@ class DSL(Method):
         else:
             iters_per_epoch = math.ceil(sampler.triples_per_epoch / sampler.batch_triples(config.batch_size))
         t_end = config.epochs * iters_per_epoch
-        interval = exploration_interval(iters_per_epoch, o["update_interval"])
-        hook = DSLHook(model, t_end, interval, o["update_ratio"], o["eta_min"], o["decay"],
-                       rng=context.rng("dsl"), reset_adam_on_grow=o["reset_adam_on_grow"],
-                       fix_mask=o["fix_mask"])
+        interval = exploration_interval(iters_per_epoch, o.update_interval)
+        hook = DSLHook(model, t_end, interval, o.update_ratio, o.eta_min, o.decay,
+                       rng=context.rng("dsl"), reset_adam_on_grow=o.reset_adam_on_grow,
+                       fix_mask=o.fix_mask)
         result = context.fit(model, config, hooks=[hook], sampler=sampler)
         model.apply_mask_()  # the restored best state already satisfies it; kept as a guard
 
@@ -441,7 +431,7 @@ class DSL(Method):
         paper_in_dense = paper_style_inference_macs(layers, model.dim, graph.nnz, n_nodes)
         factor = paper_style_sparse_factor(sparsity, layers)
         state = training_state_bytes(n)
-        planned = 0 if o["fix_mask"] else t_end // interval
+        planned = 0 if o.fix_mask else t_end // interval
         ops = exploration_compare_ops(n)
         measurements.update({
             "training_state_bytes_analytic": state["dsl"],
@@ -459,10 +449,10 @@ class DSL(Method):
         })
         settings = {
             **shared_settings, "dim": model.dim, "n_layers": layers, "density": k / n,
-            "update_ratio": o["update_ratio"], "eta_min": min(o["eta_min"], o["update_ratio"]),
-            "decay": o["decay"], "reset_adam_on_grow": o["reset_adam_on_grow"], "fix_mask": o["fix_mask"],
-            "update_interval": interval, "sampler": o["sampler"],
-            "update_interval_rule": ("given" if o["update_interval"] else f"auto: floor("
+            "update_ratio": o.update_ratio, "eta_min": min(o.eta_min, o.update_ratio),
+            "decay": o.decay, "reset_adam_on_grow": o.reset_adam_on_grow, "fix_mask": o.fix_mask,
+            "update_interval": interval, "sampler": o.sampler,
+            "update_interval_rule": ("given" if o.update_interval else f"auto: floor("
                                      f"{AUTO_INTERVAL_EPOCHS} x {iters_per_epoch} iterations/epoch + 0.5)"),
             "iterations_per_epoch": iters_per_epoch, "t_end_planned": t_end,
             "iterations_done": hook.last_step, "explorations_planned": planned,

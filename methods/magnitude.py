@@ -86,7 +86,7 @@ class MagnitudePruning(Method):
         Knob("variant", "omp", "omp: global one-shot pruning then fine-tuning (DSL's OMP); magprune: "
              "per-table pruning with per-row protection, no fine-tuning (2406.17335)", VARIANTS),
         Knob("protect", -1, "magprune: entries every row protects; -1 chooses it on validation by a "
-             "sweep over 0..floor(d x emb)"),
+             "sweep over 0..floor(d x emb)", min=0, sentinels=(-1,)),
         Knob("select_metric", "ndcg@20", "magprune: validation metric of the protect sweep"),
     )
     target_mapping = ("keep exactly round(emb x (U+I) x d) entries (omp, global over both tables) or "
@@ -101,8 +101,8 @@ class MagnitudePruning(Method):
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         base = context.base()
         dense = base.model
-        settings: dict = {"variant": self.options["variant"]}
-        if self.options["variant"] == "omp":
+        settings: dict = {"variant": self.options.variant}
+        if self.options.variant == "omp":
             mask = omp_mask(dense.layer0(), target.emb)
             model = MaskedLightGCN.from_lightgcn(dense, mask, mask_in_forward=True)
             metric = context.budget.valid_metric
@@ -138,12 +138,12 @@ class MagnitudePruning(Method):
         """``protect`` from the options, or the best validation ``select_metric`` over the sweep."""
         d = dense.dim
         top = math.floor(d * ratio + 1e-9)
-        if self.options["protect"] >= 0:
-            if self.options["protect"] > top:
+        if self.options.protect >= 0:
+            if self.options.protect > top:
                 raise MethodError(f"magnitude.protect must lie in [0, floor(d x emb) = {top}], "
-                                  f"got {self.options['protect']}")
-            return self.options["protect"], {}
-        metric = self.options["select_metric"]
+                                  f"got {self.options.protect}")
+            return self.options.protect, {}
+        metric = self.options.select_metric
         scores: dict[int, float] = {}
         for m in range(top + 1):
             mask = magprune_mask(dense.user_emb, dense.item_emb, ratio, m)

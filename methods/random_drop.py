@@ -112,12 +112,12 @@ class RandomDrop(Method):
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         data, cfg, opts = context.data, context.budget, self.options
-        settings: dict = {"edge_norm": opts["edge_norm"], "per_user": opts["per_user"],
-                          "per_row": opts["per_row"]}
+        settings: dict = {"edge_norm": opts.edge_norm, "per_user": opts.per_user,
+                          "per_row": opts.per_row}
         full = unique_pairs(data.train, data.n_items)  # the edge universe
         if target.edge is not None and target.edge < 1:
-            kept = drop_edges(full, target.edge, context.rng("edge_mask"), opts["per_user"])
-            graph = dropped_graph(data.n_users, data.n_items, full, kept, opts["edge_norm"],
+            kept = drop_edges(full, target.edge, context.rng("edge_mask"), opts.per_user)
+            graph = dropped_graph(data.n_users, data.n_items, full, kept, opts.edge_norm,
                                   cfg.backend, context.device)
             settings.update(self._isolation(data.n_users, data.n_items, full, kept))
         else:
@@ -144,7 +144,7 @@ class RandomDrop(Method):
         """The ``(U + I) x d`` entry mask (RandEmb), from the embedding-mask stream only."""
         n_rows, dim = context.data.n_users + context.data.n_items, context.budget.dim
         rng = context.rng("emb_mask")
-        if self.options["per_row"]:
+        if self.options.per_row:
             return per_row_random_mask(n_rows, dim, kept_count(ratio, dim), rng)
         return exact_random_mask(n_rows * dim, kept_count(ratio, n_rows * dim), rng).reshape(n_rows, dim)
 

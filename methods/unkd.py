@@ -518,11 +518,13 @@ class UnKD(Method):
     description = ("Unbiased knowledge distillation (Chen et al., WSDM 2023): a smaller LightGCN student "
                    "learns the frozen base model's rankings within item-popularity groups")
     knobs = (
-        Knob("groups", 4, "K, number of item-popularity groups (the code's split_group)"),
-        Knob("sample_num", 30, "S, distillation pairs per user and epoch, shared among groups"),
-        Knob("kd_weight", 1.0, "lambda_KD, weight of the distillation loss"),
-        Knob("mu", 20.0, "position law P(p) ∝ exp(-(p+1)/mu) on a candidate list (the code's 20)"),
-        Knob("max_candidates", 1000, "Cmax, candidates kept per user and group (the code's 1000)"),
+        Knob("groups", 4, "K, number of item-popularity groups (the code's split_group)", min=1),
+        Knob("sample_num", 30, "S, distillation pairs per user and epoch, shared among groups", min=0),
+        Knob("kd_weight", 1.0, "lambda_KD, weight of the distillation loss", min=0),
+        Knob("mu", 20.0, "position law P(p) ∝ exp(-(p+1)/mu) on a candidate list (the code's 20)",
+             min=0, min_exclusive=True),
+        # a pair needs two candidates
+        Knob("max_candidates", 1000, "Cmax, candidates kept per user and group (the code's 1000)", min=2),
         Knob("lam", 0.0, "group-share exponent: w_g ∝ q_g^lam with REF's inverse-popularity q_g; "
                          "0 = equal shares"),
     )
@@ -538,20 +540,6 @@ class UnKD(Method):
         "equal teacher scores in a candidate list are ordered by torch.topk, not by item id",
     )
 
-    @classmethod
-    def resolve_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The base checks plus the knobs' ranges (so a bad config fails when it is loaded)."""
-        o = super().resolve_options(options)
-        ranges = {"groups": o["groups"] >= 1, "sample_num": o["sample_num"] >= 0,
-                  "kd_weight": o["kd_weight"] >= 0, "mu": o["mu"] > 0,
-                  "max_candidates": o["max_candidates"] >= 2}
-        limits = {"groups": ">= 1", "sample_num": ">= 0", "kd_weight": ">= 0", "mu": "> 0",
-                  "max_candidates": ">= 2 (a pair needs two candidates)"}
-        for name, ok in ranges.items():
-            if not ok:
-                raise MethodError(f"option {cls.name}.{name} must be {limits[name]}, got {o[name]!r}")
-        return o
-
     def setup(self, ctx: MethodContext, target: Target) -> UnKDSetup:
         """Teacher, groups, candidate lists, pair sampler and the untrained student (steps 1-4)."""
         o = self.options
@@ -561,19 +549,19 @@ class UnKD(Method):
         d_t = teacher.dim
         d_s = student_dim(target.emb, d_t)
         pop = item_popularity(data.train, data.n_items)
-        groups = popularity_groups(pop, o["groups"])
+        groups = popularity_groups(pop, o.groups)
         with torch.no_grad():
             t_users, t_items = teacher.propagate()
-        candidates = build_candidates(t_users, t_items, data.matrix("train"), groups, o["max_candidates"],
+        candidates = build_candidates(t_users, t_items, data.matrix("train"), groups, o.max_candidates,
                                       ctx.budget.eval_memory_bytes)
         del t_users, t_items
-        allocation = allocate_pairs(o["sample_num"], share_weights(groups, o["lam"]))
-        sampler = PairSampler(candidates, allocation, o["mu"], ctx.rng(KD_STREAM))
+        allocation = allocate_pairs(o.sample_num, share_weights(groups, o.lam))
+        sampler = PairSampler(candidates, allocation, o.mu, ctx.rng(KD_STREAM))
         config = ctx.train_config(dim=d_s)
         graph = ctx.training_graph()  # the full training graph: UnKD never drops edges
         seed_everything(ctx.seed)  # the student's initialisation, as for the base model
         student = UnKDStudent(data.n_users, data.n_items, d_s, config.n_layers, graph,
-                              kd_weight=o["kd_weight"], init=config.init).to(ctx.device)
+                              kd_weight=o.kd_weight, init=config.init).to(ctx.device)
         hook = RedrawPairs(sampler, student)
         per_user = sampler.per_user
         # KD scoring per epoch: every BPR row scores its P pair slots, 2 dot products of length
@@ -583,11 +571,11 @@ class UnKD(Method):
         users_without = int((~(has_pairs & (np.asarray(allocation) > 0)[None, :]).any(axis=1)).sum())
         settings = {
             "student_dim": d_s, "teacher_dim": d_t, "ratio": d_s / d_t, "n_layers": config.n_layers,
-            "groups": groups.n_groups, "groups_requested": o["groups"], "group_sizes": groups.sizes,
+            "groups": groups.n_groups, "groups_requested": o.groups, "group_sizes": groups.sizes,
             "group_masses": groups.masses, "grouping": "fallback" if groups.fallback else "greedy",
-            "items_without_group": int((pop == 0).sum()), "sample_num": o["sample_num"],
-            "allocation": allocation, "pairs_per_user": per_user, "kd_weight": o["kd_weight"],
-            "mu": o["mu"], "lam": o["lam"], "max_candidates": o["max_candidates"],
+            "items_without_group": int((pop == 0).sum()), "sample_num": o.sample_num,
+            "allocation": allocation, "pairs_per_user": per_user, "kd_weight": o.kd_weight,
+            "mu": o.mu, "lam": o.lam, "max_candidates": o.max_candidates,
             "candidate_width": candidates.width,
             "mean_candidates": float(candidates.lengths.mean()) if candidates.lengths.size else 0.0,
             "users_without_pairs": users_without, "candidate_macs": candidates.macs,

@@ -798,8 +798,11 @@ def test_no_update_ablation_keeps_the_metis_init(legcf_runs):
 def test_bad_options_raise_method_errors_naming_them():
     ctx = method_context(0)
     for options, name in [({"w_star": 0.0}, "w_star"), ({"w_star": 1.5}, "w_star"), ({"chunk": 0}, "chunk"),
-                          ({"c": 1, "t": 2}, "c >= t"), ({"update_every": -1}, "update_every")]:
-        with pytest.raises(MethodError, match=name):
+                          ({"update_every": -1}, "update_every"), ({"update_every": 0}, "update_every")]:
+        with pytest.raises(MethodError, match=rf"option legcf\.{name} must be"):
+            LEGCF(**options)  # a knob's range is checked when the method is constructed
+    for options, message in [({"c": 1, "t": 2}, "c >= t"), ({"w_star": 1.0, "t": 2}, "1 only with t = 1")]:
+        with pytest.raises(MethodError, match=message):  # rules on two knobs: the method's own
             LEGCF(**options).compress(ctx, Target(0.5))
     with pytest.raises(MethodError, match="ablation"):
         LEGCF(ablation="sometimes")

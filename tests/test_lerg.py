@@ -330,9 +330,11 @@ def test_bad_options_raise_method_errors_naming_them():
     with pytest.raises(MethodError, match=r"lerg\.importance"):
         LERG(importance="pagerank")
     for options, name in [({"retention": 1.5}, "lerg.retention"), ({"retention": -0.1}, "lerg.retention"),
-                          ({"w_star": 0.0}, "lerg.w_star"), ({"r": 0}, "lerg.t, r"),
-                          ({"clip": -1.0}, "lerg.reg, lr and clip")]:
-        with pytest.raises(MethodError, match=re.escape(name)):
-            LERG(**options).compress(ctx, Target(0.5))
+                          ({"w_star": 0.0}, "lerg.w_star"), ({"r": 0}, "lerg.r"), ({"t": 0}, "lerg.t"),
+                          ({"clip": -1.0}, "lerg.clip")]:
+        with pytest.raises(MethodError, match=re.escape(f"option {name} must be")):
+            LERG(**options)  # a knob's range is checked when the method is constructed
+    with pytest.raises(MethodError, match=re.escape("lerg.w_star must lie in (0, 1) (1 only with t = 1)")):
+        LERG(w_star=1.0).compress(ctx, Target(0.5))  # a rule on two knobs: the method's own
     with pytest.raises(MethodError, match="retention 1 keeps every edge"):
         LERG(retention=1.0, r=10).compress(ctx, Target(0.5, 0.5))

@@ -500,7 +500,7 @@ def test_option_errors():
     with pytest.raises(MethodError, match="middle_gate"):
         LightGNN(middle_gate="yes")
     with pytest.raises(MethodError, match="epochs_per_run"):
-        LightGNN(epochs_per_run=-1).resolved(method_context(0))
+        LightGNN(epochs_per_run=-1)  # checked when constructed (the knob's range)
     with pytest.raises(MethodError, match="cannot compress layers"):
         LightGNN.check_target(Target(0.5, None, 1), 2)
 

@@ -51,9 +51,9 @@ def test_a_cached_stage_is_recorded_once_when_built_and_from_its_meta_when_reuse
         cost, result = ctx.fit_stage(model, config)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, stage_meta(cost, result)
 
-    _, meta, hit = ctx.stage("pretrain", {"x": 1}, build)
+    _, meta, hit = ctx.stage("pretrain", config, {"x": 1}, build)
     assert not hit and meta["budget_epochs"] == 8
-    _, _, hit = ctx.stage("pretrain", {"x": 1}, build)
+    _, _, hit = ctx.stage("pretrain", config, {"x": 1}, build)
     assert hit
     assert [(s["stage"], s["cached"], s["best_epoch"], s["budget_epochs"]) for s in ctx.stages] == [
         ("pretrain", False, 8, 8), ("pretrain", True, 8, 8)]

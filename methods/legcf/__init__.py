@@ -59,18 +59,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from bench.api import (
-    ArtifactPart,
-    CompressedModel,
-    Knob,
-    Method,
-    MethodError,
-    Target,
-    TrainingCost,
-    register_method,
-    seed_everything,
-    stage_meta,
-)
+from bench import api
+from bench.api import ArtifactPart, CompressedModel, Knob, Method, MethodError, Options, Target, TrainingCost
 from methods.shared.composition import (
     EXPANDED_BASES,
     PARTITION_RULE,
@@ -86,11 +76,12 @@ from methods.shared.composition import (
 from methods.shared.composition_training import (
     InfeasibleTargetError,
     LegcfHook,
+    composition_config,
     fit_composition_stage,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.api import MethodContext
+    from bench.api import MethodContext, TrainConfig
 
 # bump when a change alters what a cached stage would contain
 STAGE_VERSION = 3
@@ -124,7 +115,7 @@ def solve_codebook(emb: float, n: int, d: int, t: int = 0, c_max: int = 0) -> tu
         f"t*N = {(t or 1) * n} parameters; the smallest feasible target is about {smallest:.4f}")
 
 
-@register_method("legcf")
+@api.register_method("legcf")
 class LEGCF(Method):
     """See the module docstring."""
 
@@ -136,35 +127,38 @@ class LEGCF(Method):
     target_mapping = ("t = 2 (1 if 2 does not fit) and c = floor((emb*N*d - t*N)/d): #Param c*d + t*N; "
                       "above c_max = 500, c = 500 and t = floor((emb*N*d - 500 d)/N)")
     knobs = (
-        Knob("c", 0, "codebook rows (0: solved from the target)"),
-        Knob("t", 0, "assignment entries per entity (0: 2, or 1 if 2 does not fit, or larger above c_max)"),
+        Knob("c", 0, "codebook rows (0: solved from the target)", min=0),
+        Knob("t", 0, "assignment entries per entity (0: 2, or 1 if 2 does not fit, or larger above c_max)",
+             min=0),
         Knob("c_max", 500, "largest solved codebook (the paper's c = 500); a larger target raises t "
-             "instead (0: no cap, t = 2 at any c)"),
+             "instead (0: no cap, t = 2 at any c)", min=0),
         Knob("w_star", 0.9, "METIS anchor weight (the code's: its METIS init is called without a weight, "
-             "so the default 0.9 applies; the readme lists 0.5/0.6/0.9 per dataset)"),
-        Knob("update_every", 1, "epochs between assignment updates (m)"),
+             "so the default 0.9 applies; the readme lists 0.5/0.6/0.9 per dataset)", min=0, max=1,
+             min_exclusive=True),
+        Knob("update_every", 1, "epochs between assignment updates (m)", min=1),
         Knob("update", "pinv", "assignment update: the authors' pinv + top-t, or lsq-refit (not the "
              "authors': the kept values refitted by least squares against H_full)", UPDATES),
         Knob("stage2_adam", "continue", "stage 2's optimiser: the code's one Adam carried on from stage 1 "
              "(moments and step count), or a new Adam", STAGE2_ADAM),
         Knob("ablation", "none", "paper Table 3 variant", ABLATIONS),
-        Knob("n_neg", 5, "distinct negatives per drawn positive"),
-        Knob("reg", 5e-4, "L2 weight on the composed layer-0 rows (lambda)"),
-        Knob("lr", 1e-3, "learning rate (the authors' 1e-3; 0: the budget's)"),
+        Knob("n_neg", 5, "distinct negatives per drawn positive", min=1),
+        Knob("reg", 5e-4, "L2 weight on the composed layer-0 rows (lambda)", min=0),
+        Knob("lr", 1e-3, "learning rate (the authors' 1e-3; 0: the budget's)", min=0),
         Knob("batch_triples", 2048, "triples per step, shuffled across draws (the authors' 2048; 0: the "
-             "budget's batch_size in draws of n_neg triples kept together)"),
-        Knob("eval_every", 1, "epochs between validations in both stages (the authors' 1; 0: the budget's)"),
+             "budget's batch_size in draws of n_neg triples kept together)", min=0),
+        Knob("eval_every", 1, "epochs between validations in both stages (the authors' 1; 0: the budget's)",
+             min=0),
         Knob("patience", 10, "validations without improvement before a stage stops (the authors' 10; "
-             "0: the budget's)"),
-        Knob("clip", 3.0, "gradient clipping by value (0: off)"),
-        Knob("pretrain_epochs", 0, "stage-1 epochs (0: the budget's)"),
-        Knob("update_epochs", 0, "stage-2 epochs (0: the budget's)"),
+             "0: the budget's)", min=0),
+        Knob("clip", 3.0, "gradient clipping by value (0: off)", min=0),
+        Knob("pretrain_epochs", 0, "stage-1 epochs (0: the budget's)", min=0),
+        Knob("update_epochs", 0, "stage-2 epochs (0: the budget's)", min=0),
         Knob("init", "normal", "codebook init: the code's N(0, 1) or the paper's Xavier",
              ("normal", "xavier")),
         Knob("expanded_graph_base", "norm_adj", "top-left block of A': the code's normalised A or the "
              "paper's raw A", EXPANDED_BASES),
         Knob("tanh", True, "tanh on the composed rows (code)"),
-        Knob("chunk", 4096, "rows per batch of the assignment update"),
+        Knob("chunk", 4096, "rows per batch of the assignment update", min=1),
     )
     simplifications = (
         "Follows the authors' code where it departs from the paper: N(0,1) codebook init, "
@@ -179,68 +173,63 @@ class LEGCF(Method):
 
     # --- options ---------------------------------------------------------------------------------
 
-    def resolved(self, ctx: MethodContext, target: Target) -> dict[str, Any]:
-        o = dict(self.options)
+    def resolved(self, ctx: MethodContext, target: Target) -> Options:
+        """The options with ``c``, ``t`` solved for the target and the budget's placeholders filled
+        (each knob's own range was checked when the method was constructed)."""
+        o = self.options
         n, d = ctx.data.n_users + ctx.data.n_items, ctx.budget.dim
-        for key in ("c", "t", "c_max", "update_every", "n_neg", "pretrain_epochs", "update_epochs",
-                    "batch_triples", "eval_every", "patience"):
-            if o[key] < 0:
-                raise MethodError(f"option legcf.{key} must be >= 0, got {o[key]}")
-        if o["chunk"] < 1 or o["update_every"] < 1 or o["n_neg"] < 1:
-            raise MethodError("options legcf.chunk, update_every and n_neg must be >= 1")
-        if not 0 < o["w_star"] < 1 and not (o["w_star"] == 1 and o["t"] == 1):
-            raise MethodError(f"option legcf.w_star must lie in (0, 1) (1 only with t = 1), "
-                              f"got {o['w_star']}")
-        if o["reg"] < 0 or o["lr"] < 0 or o["clip"] < 0:
-            raise MethodError("options legcf.reg, lr and clip must be >= 0")
-        if o["c"]:
-            o["t"] = o["t"] or 2
-            if o["c"] < o["t"]:
-                raise MethodError(f"legcf needs c >= t, got c={o['c']}, t={o['t']}")
+        if o.w_star == 1 and o.t != 1:
+            raise MethodError(f"option legcf.w_star must lie in (0, 1) (1 only with t = 1), got {o.w_star}")
+        if o.c:
+            c, t = o.c, o.t or 2
+            if c < t:
+                raise MethodError(f"legcf needs c >= t, got c={c}, t={t}")
         else:
-            o["c"], o["t"] = solve_codebook(target.emb, n, d, o["t"], o["c_max"])
-        o["lr"] = o["lr"] or ctx.budget.lr
-        o["eval_every"] = o["eval_every"] or ctx.budget.eval_every
-        o["patience"] = o["patience"] or ctx.budget.patience
-        o["pretrain_epochs"] = o["pretrain_epochs"] or ctx.budget.epochs
-        o["update_epochs"] = o["update_epochs"] or ctx.budget.epochs
-        return o
+            c, t = solve_codebook(target.emb, n, d, o.t, o.c_max)
+        b = ctx.budget
+        return o.replace(c=c, t=t, lr=o.lr or b.lr, eval_every=o.eval_every or b.eval_every,
+                         patience=o.patience or b.patience, pretrain_epochs=o.pretrain_epochs or b.epochs,
+                         update_epochs=o.update_epochs or b.epochs)
 
     # --- building blocks -----------------------------------------------------------------------------
 
     @staticmethod
-    def initial_assignment(ctx: MethodContext, o: dict[str, Any]) -> tuple[Assignment, dict[str, Any]]:
+    def initial_assignment(ctx: MethodContext, o: Options) -> tuple[Assignment, dict[str, Any]]:
         """METIS init (paper §3.4) or the random-init ablation; seeded by the cell's seed."""
         data = ctx.data
         n = data.n_users + data.n_items
         rng = ctx.rng("legcf", 1)
         t0 = time.perf_counter()
-        if o["ablation"] == "random-init":
-            s = random_assignment(n, o["c"], o["t"], rng)
+        if o.ablation == "random-init":
+            s = random_assignment(n, o.c, o.t, rng)
             info = {"init": "random"}
         else:
-            partition = metis_partition(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
-            s = metis_assignment(partition.labels, o["c"], o["t"], o["w_star"], rng)
+            partition = metis_partition(data.n_users, data.n_items, data.train, o.c, ctx.seed)
+            s = metis_assignment(partition.labels, o.c, o.t, o.w_star, rng)
             info = {"init": "metis", **partition.info()}
         info["seconds"] = time.perf_counter() - t0
         return s, info
 
     @staticmethod
-    def make_model(ctx: MethodContext, o: dict[str, Any], s: Assignment, **extra: Any
+    def make_model(ctx: MethodContext, o: Options, s: Assignment, **extra: Any
                    ) -> CompositionalLightGCN:
         graph = ctx.training_graph()
         return CompositionalLightGCN(graph, s.to(ctx.device), ctx.budget.dim, ctx.budget.n_layers,
-                                     raw_base=o["expanded_graph_base"] == "raw_adj", tanh=o["tanh"],
-                                     init=o["init"], **extra).to(ctx.device)
+                                     raw_base=o.expanded_graph_base == "raw_adj", tanh=o.tanh,
+                                     init=o.init, **extra).to(ctx.device)
 
-    def fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
-        b = ctx.budget
-        keys = ("c", "t", "w_star", "n_neg", "reg", "lr", "clip", "pretrain_epochs", "init",
-                "expanded_graph_base", "tanh", "batch_triples", "eval_every", "patience")
-        return {"legcf_version": STAGE_VERSION, "seed": ctx.seed, "dim": b.dim, "n_layers": b.n_layers,
-                "batch_size": b.batch_size,
-                "ks": list(b.ks), "valid_metric": b.valid_metric, "backend": b.backend,
-                "init_kind": "random" if o["ablation"] == "random-init" else "metis",
+    @staticmethod
+    def stage_config(ctx: MethodContext, o: Options, epochs: int) -> TrainConfig:
+        """The :class:`TrainConfig` of a stage of ``epochs`` epochs (both stages share the rest)."""
+        return composition_config(ctx, o, lr=o.lr, reg=o.reg, epochs=epochs, eval_every=o.eval_every,
+                                  patience=o.patience)
+
+    @staticmethod
+    def pretrain_fields(o: Options) -> dict[str, Any]:
+        """What stage 1's result depends on besides its :class:`TrainConfig` (and the cell's seed)."""
+        keys = ("c", "t", "w_star", "n_neg", "clip", "init", "expanded_graph_base", "tanh")
+        return {"legcf_version": STAGE_VERSION, "shuffle_triples": o.batch_triples > 0,
+                "init_kind": "random" if o.ablation == "random-init" else "metis",
                 "partition": PARTITION_RULE, **{k: o[k] for k in keys}}
 
     @staticmethod
@@ -252,40 +241,39 @@ class LEGCF(Method):
 
     # --- stages ------------------------------------------------------------------------------------
 
-    def pretrain(self, ctx: MethodContext, o: dict[str, Any]
+    def pretrain(self, ctx: MethodContext, o: Options
                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
         """Stage 1 (cached): ``(best state, last state, meta)``; ``meta["adam"]``: Adam's moments at
         its end (:func:`adam_moments`)."""
 
+        config = self.stage_config(ctx, o, o.pretrain_epochs)
+
         def build():
             s, init_info = self.initial_assignment(ctx, o)
-            seed_everything(ctx.seed)
+            api.seed_everything(ctx.seed)
             model = self.make_model(ctx, o, s)
-            hook = LegcfHook(model, o["clip"])
-            config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"],
-                                      eval_every=o["eval_every"], patience=o["patience"])
+            hook = LegcfHook(model, o.clip)
             cost, result = fit_composition_stage(ctx, model, config, hook, o)
             state = {f"best.{k}": v for k, v in model.state_dict().items()}
             state.update({f"last.{k}": v for k, v in (hook.last_state or {}).items()})
             state.update({f"adam.{k}": v for k, v in (hook.last_adam or {}).items()})
-            return state, stage_meta(cost, result, init=init_info)
+            return state, api.stage_meta(cost, result, init=init_info)
 
-        state, meta, hit = ctx.stage("legcf-pretrain", self.fields(ctx, o), build)
+        state, meta, hit = ctx.stage("legcf-pretrain", config, self.pretrain_fields(o), build)
         parts = {p: {k[len(p) + 1:]: v for k, v in state.items() if k.startswith(p + ".")}
                  for p in ("best", "last", "adam")}
         return parts["best"], parts["last"], {**meta, "cached": hit, "adam": parts["adam"]}
 
-    def update_stage(self, ctx: MethodContext, o: dict[str, Any], model: CompositionalLightGCN,
+    def update_stage(self, ctx: MethodContext, o: Options, model: CompositionalLightGCN,
                      adam: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, Any], TrainingCost]:
         """Stage 2: continue training with an assignment update every ``update_every`` epochs;
         ``adam``: stage 1's optimiser moments to carry on (None: a new Adam)."""
-        hook = LegcfHook(model, o["clip"], o["update_every"], o["chunk"], refit=o["update"] == "lsq-refit",
+        hook = LegcfHook(model, o.clip, o.update_every, o.chunk, refit=o.update == "lsq-refit",
                          resume_adam=adam)
-        config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["update_epochs"],
-                                  eval_every=o["eval_every"], patience=o["patience"])
-        extra = self.update_macs(model) / o["update_every"]
+        config = self.stage_config(ctx, o, o.update_epochs)
+        extra = self.update_macs(model) / o.update_every
         cost, result = fit_composition_stage(ctx, model, config, hook, o, extra, stage="legcf-update")
-        return {**stage_meta(cost, result), "updates": hook.updates}, cost
+        return {**api.stage_meta(cost, result), "updates": hook.updates}, cost
 
     # --- the method ------------------------------------------------------------------------------
 
@@ -295,13 +283,13 @@ class LEGCF(Method):
         t_start = time.perf_counter()
         best, last, pre = self.pretrain(ctx, o)
         moments = pre.pop("adam")  # tensors: not part of the exported settings
-        adam = moments if o["stage2_adam"] == "continue" else None
+        adam = moments if o.stage2_adam == "continue" else None
         ctx.cost = ctx.cost.add(TrainingCost(**pre["training"]))
-        start = best if o["ablation"] == "no-update" else last
+        start = best if o.ablation == "no-update" else last
         model = self.make_model(ctx, o, Assignment.of_state(start))
         model.load_state_dict({k: v.to(ctx.device) for k, v in start.items()})
         stage2 = None
-        if o["ablation"] != "no-update":
+        if o.ablation != "no-update":
             stage2, cost = self.update_stage(ctx, o, model, adam)
             ctx.cost = ctx.cost.add(cost)
         model.eval()
@@ -325,10 +313,10 @@ class LEGCF(Method):
                          f"validation {metric}; the method reports stage 2's best")
         return notes
 
-    def export(self, ctx: MethodContext, o: dict[str, Any], target: Target, model: CompositionalLightGCN,
+    def export(self, ctx: MethodContext, o: Options, target: Target, model: CompositionalLightGCN,
                pre: dict[str, Any], stage2: dict[str, Any] | None, seconds: float) -> CompressedModel:
         data = ctx.data
-        n, d, c, t = data.n_users + data.n_items, ctx.budget.dim, o["c"], o["t"]
+        n, d, c, t = data.n_users + data.n_items, ctx.budget.dim, o.c, o.t
         s = model.assignment()
         parts = [
             ArtifactPart("codebook", "codebook", model.meta.detach().clone()),
@@ -355,8 +343,8 @@ class LEGCF(Method):
         if outside:
             notes.insert(0, f"legcf c={c} is above {DESIGN_MAX_C}, the largest codebook the paper tested")
         settings = {
-            "c": c, "t": t, "w_star": o["w_star"], "ablation": o["ablation"],
-            "update_every": o["update_every"], "update": o["update"], "outside_design_range": outside,
+            "c": c, "t": t, "w_star": o.w_star, "ablation": o.ablation,
+            "update_every": o.update_every, "update": o.update, "outside_design_range": outside,
             "options_resolved": dict(o), "pretrain": pre,
             "update_stage": stage2, "compress_seconds_this_call": seconds,
         }

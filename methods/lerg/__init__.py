@@ -41,18 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.api import (
-    ArtifactPart,
-    CompressedModel,
-    Knob,
-    Method,
-    MethodError,
-    Target,
-    TrainingCost,
-    register_method,
-    seed_everything,
-    stage_meta,
-)
+from bench import api
+from bench.api import ArtifactPart, CompressedModel, Knob, Method, MethodError, Options, Target, TrainingCost
 from methods.lerg.graph import (
     IMPORTANCE_MODES,
     REROUTE_MODES,
@@ -70,7 +60,12 @@ from methods.shared.composition import (
     metis_assignment,
     metis_partition,
 )
-from methods.shared.composition_training import InfeasibleTargetError, LegcfHook, fit_composition_stage
+from methods.shared.composition_training import (
+    InfeasibleTargetError,
+    LegcfHook,
+    composition_config,
+    fit_composition_stage,
+)
 from methods.shared.quantization import BITS, quantize_codes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,7 +156,7 @@ class PlaceholderModel(nn.Module):
 INFERRED_NOTE = ("lerg: no official code; importance, re-routing, placeholders and the storage "
                  "convention are inferred (docs/methods/lerg.md)")
 
-@register_method("lerg")
+@api.register_method("lerg")
 class LERG(Method):
     """See the module docstring."""
 
@@ -174,22 +169,22 @@ class LERG(Method):
                       "retention 1 for an emb-only target, bisected for an edge target")
     knobs = (
         Knob("bits", 8, "bits per codebook code (LSQ)", BITS),
-        Knob("t", 2, "assignment entries per entity"),
-        Knob("r", 500, "placeholder codebook rows (k-means over pruned entities)"),
+        Knob("t", 2, "assignment entries per entity", min=1),
+        Knob("r", 500, "placeholder codebook rows (k-means over pruned entities)", min=1),
         Knob("retention", 0.0, "share of entities kept, rho_ent (0: 1 for an emb-only target, "
-             "bisected for an edge target)"),
+             "bisected for an edge target)", min=0, max=1),
         Knob("importance", "global_cos", "[I] importance score of an entity", IMPORTANCE_MODES),
         Knob("reroute", "substitute", "[I] re-routing of a pruned entity's edges", REROUTE_MODES),
         Knob("per_side_budget", False, "retain round(rho_ent*U) users and the rest items"),
-        Knob("w_star", 0.6, "METIS anchor weight (as LEGCF)"),
+        Knob("w_star", 0.6, "METIS anchor weight (as LEGCF)", min=0, max=1, min_exclusive=True),
         Knob("use_expanded_graph", False, "[I] propagate with LEGCF's meta nodes"),
         Knob("tanh", True, "[I] tanh on the composed rows (LEGCF's code)"),
-        Knob("n_neg", 5, "distinct negatives per drawn positive"),
-        Knob("reg", 5e-4, "L2 weight on the composed layer-0 rows"),
-        Knob("lr", 0.0, "learning rate (0: the budget's)"),
-        Knob("clip", 3.0, "gradient clipping by value (0: off)"),
-        Knob("pretrain_epochs", 0, "server pretraining epochs (0: the budget's)"),
-        Knob("finetune_epochs", 0, "fine-tuning epochs (0: the budget's)"),
+        Knob("n_neg", 5, "distinct negatives per drawn positive", min=1),
+        Knob("reg", 5e-4, "L2 weight on the composed layer-0 rows", min=0),
+        Knob("lr", 0.0, "learning rate (0: the budget's)", min=0),
+        Knob("clip", 3.0, "gradient clipping by value (0: off)", min=0),
+        Knob("pretrain_epochs", 0, "server pretraining epochs (0: the budget's)", min=0),
+        Knob("finetune_epochs", 0, "fine-tuning epochs (0: the budget's)", min=0),
         Knob("init", "normal", "codebook init (LEGCF's code: N(0, 1))", ("normal", "xavier")),
     )
     simplifications = (
@@ -207,74 +202,64 @@ class LERG(Method):
 
     # --- options ---------------------------------------------------------------------------------
 
-    def resolved(self, ctx: MethodContext, target: Target) -> dict[str, Any]:
-        o = dict(self.options)
-        for key in ("t", "r", "n_neg", "pretrain_epochs", "finetune_epochs"):
-            if o[key] < 0:
-                raise MethodError(f"option lerg.{key} must be >= 0, got {o[key]}")
-        if o["t"] < 1 or o["r"] < 1 or o["n_neg"] < 1:
-            raise MethodError("options lerg.t, r and n_neg must be >= 1")
-        if not 0 <= o["retention"] <= 1:
-            raise MethodError(f"option lerg.retention must lie in [0, 1], got {o['retention']}")
-        if not 0 < o["w_star"] < 1 and not (o["w_star"] == 1 and o["t"] == 1):
-            raise MethodError(f"option lerg.w_star must lie in (0, 1) (1 only with t = 1), "
-                              f"got {o['w_star']}")
-        if o["reg"] < 0 or o["lr"] < 0 or o["clip"] < 0:
-            raise MethodError("options lerg.reg, lr and clip must be >= 0")
-        if target.edge is not None and target.edge < 1 and o["retention"] == 1:
+    def resolved(self, ctx: MethodContext, target: Target) -> Options:
+        """The options with the retention, ``c`` and the budget's placeholders resolved for the target
+        (each knob's own range was checked when the method was constructed)."""
+        o = self.options
+        if o.w_star == 1 and o.t != 1:
+            raise MethodError(f"option lerg.w_star must lie in (0, 1) (1 only with t = 1), got {o.w_star}")
+        if target.edge is not None and target.edge < 1 and o.retention == 1:
             raise MethodError(f"lerg: retention 1 keeps every edge, but the target asks for {target.edge:g}")
         n, d = ctx.data.n_users + ctx.data.n_items, ctx.budget.dim
-        if o["retention"] == 0 and (target.edge is None or target.edge >= 1):
-            o["retention"] = 1.0
-        o["bisect"] = o["retention"] == 0
-        m = None if o["bisect"] else round(o["retention"] * n)
-        o["c"] = solve_lerg_codebook(target.emb, n, d, o["bits"], o["t"], o["r"], m)
-        o["lr"] = o["lr"] or ctx.budget.lr
-        o["pretrain_epochs"] = o["pretrain_epochs"] or ctx.budget.epochs
-        o["finetune_epochs"] = o["finetune_epochs"] or ctx.budget.epochs
-        return o
-
-    def _fields(self, ctx: MethodContext, o: dict[str, Any]) -> dict[str, Any]:
+        retention = o.retention
+        if retention == 0 and (target.edge is None or target.edge >= 1):
+            retention = 1.0
+        bisect = retention == 0
+        m = None if bisect else round(retention * n)
+        c = solve_lerg_codebook(target.emb, n, d, o.bits, o.t, o.r, m)
         b = ctx.budget
-        keys = ("c", "t", "bits", "w_star", "n_neg", "reg", "lr", "clip", "pretrain_epochs", "init",
-                "use_expanded_graph", "tanh")
-        return {"lerg_version": STAGE_VERSION, "seed": ctx.seed, "dim": b.dim, "n_layers": b.n_layers,
-                "batch_size": b.batch_size, "eval_every": b.eval_every, "patience": b.patience,
-                "ks": list(b.ks), "valid_metric": b.valid_metric, "backend": b.backend,
-                "partition": PARTITION_RULE, **{k: o[k] for k in keys}}
+        return o.replace(retention=retention, lr=o.lr or b.lr, pretrain_epochs=o.pretrain_epochs or b.epochs,
+                         finetune_epochs=o.finetune_epochs or b.epochs).extend(bisect=bisect, c=c)
 
-    def _model(self, ctx: MethodContext, o: dict[str, Any], graph, s: Assignment) -> CompositionalLightGCN:
+    @staticmethod
+    def pretrain_fields(o: Options) -> dict[str, Any]:
+        """What step 1's result depends on besides its :class:`TrainConfig` (and the cell's seed)."""
+        keys = ("c", "t", "bits", "w_star", "n_neg", "clip", "init", "use_expanded_graph", "tanh")
+        return {"lerg_version": STAGE_VERSION, "partition": PARTITION_RULE, **{k: o[k] for k in keys}}
+
+    def _model(self, ctx: MethodContext, o: Options, graph, s: Assignment) -> CompositionalLightGCN:
         return CompositionalLightGCN(graph, s.to(ctx.device), ctx.budget.dim, ctx.budget.n_layers,
-                                     expanded=o["use_expanded_graph"], tanh=o["tanh"], bits=o["bits"],
-                                     init=o["init"]).to(ctx.device)
+                                     expanded=o.use_expanded_graph, tanh=o.tanh, bits=o.bits,
+                                     init=o.init).to(ctx.device)
 
     # --- stages ------------------------------------------------------------------------------------
 
-    def pretrain(self, ctx: MethodContext, o: dict[str, Any]) -> tuple[CompositionalLightGCN, dict[str, Any]]:
+    def pretrain(self, ctx: MethodContext, o: Options) -> tuple[CompositionalLightGCN, dict[str, Any]]:
         """Step 1 (cached): QAT of ``(E_meta, Δ)`` with ``S`` fixed at its METIS init."""
         data = ctx.data
         graph = ctx.training_graph()
 
+        config = composition_config(ctx, o, lr=o.lr, reg=o.reg, epochs=o.pretrain_epochs)
+
         def build():
             t0 = time.perf_counter()
-            partition = metis_partition(data.n_users, data.n_items, data.train, o["c"], ctx.seed)
-            s = metis_assignment(partition.labels, o["c"], o["t"], o["w_star"], ctx.rng("lerg", 1))
+            partition = metis_partition(data.n_users, data.n_items, data.train, o.c, ctx.seed)
+            s = metis_assignment(partition.labels, o.c, o.t, o.w_star, ctx.rng("lerg", 1))
             init_seconds = time.perf_counter() - t0
-            seed_everything(ctx.seed)
+            api.seed_everything(ctx.seed)
             model = self._model(ctx, o, graph, s)
-            config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["pretrain_epochs"])
-            cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model, o["clip"]), o,
+            cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model, o.clip), o,
                                      stage="lerg-pretrain")
-            return model.state_dict(), stage_meta(cost, result, init_seconds=init_seconds,
+            return model.state_dict(), api.stage_meta(cost, result, init_seconds=init_seconds,
                                                   init=partition.info())
 
-        state, meta, hit = ctx.stage("lerg-pretrain", self._fields(ctx, o), build)
+        state, meta, hit = ctx.stage("lerg-pretrain", config, self.pretrain_fields(o), build)
         model = self._model(ctx, o, graph, Assignment.of_state(state))
         model.load_state_dict({k: v.to(ctx.device) for k, v in state.items()})
         return model.eval(), {**meta, "cached": hit}
 
     @staticmethod
-    def select(ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray, retention: float
+    def select(ctx: MethodContext, o: Options, h: torch.Tensor, scores: np.ndarray, retention: float
                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps 2-3: retained ids, rewired edges and what happened, for one ``ρ_ent`` (``scores``:
         the entities' importance, computed once per model)."""
@@ -282,14 +267,14 @@ class LERG(Method):
         n = data.n_users + data.n_items
         m = round(retention * n)
         per_side = None
-        if o["per_side_budget"]:
+        if o.per_side_budget:
             m_u = min(data.n_users, round(retention * data.n_users))
             per_side = (m_u, m - m_u)
         retained, sel = select_entities(scores, m, data.n_users, per_side)
-        edges, info = rewire(data.train, data.n_users, data.n_items, retained, h, o["reroute"])
+        edges, info = rewire(data.train, data.n_users, data.n_items, retained, h, o.reroute)
         return retained, edges, {**sel, **info, "retention": retention}
 
-    def bisect_retention(self, ctx: MethodContext, o: dict[str, Any], h: torch.Tensor, scores: np.ndarray,
+    def bisect_retention(self, ctx: MethodContext, o: Options, h: torch.Tensor, scores: np.ndarray,
                          edge: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """The ``ρ_ent`` whose rewired graph keeps ``edge`` of the training edges (±1 point; see
         "Target mapping" in docs/methods/lerg.md)."""
@@ -307,7 +292,7 @@ class LERG(Method):
         assert best is not None
         return best
 
-    def finetune(self, ctx: MethodContext, o: dict[str, Any], pre: CompositionalLightGCN, h: torch.Tensor,
+    def finetune(self, ctx: MethodContext, o: Options, pre: CompositionalLightGCN, h: torch.Tensor,
                  retained: np.ndarray, edges: np.ndarray) -> tuple[PlaceholderModel, dict[str, Any]]:
         """Steps 4-5: placeholders for the pruned entities, then fine-tune the retained ones."""
         data = ctx.data
@@ -315,7 +300,7 @@ class LERG(Method):
         t0 = time.perf_counter()
         graph, _, _ = rewired_graph(data.n_users, data.n_items, retained, edges, ctx.device)
         pruned = np.setdiff1d(np.arange(n), retained)
-        centroids, labels = placeholder_codebook(h, pruned, o["r"], ctx.seed)
+        centroids, labels = placeholder_codebook(h, pruned, o.r, ctx.seed)
         lookup = np.empty(n, dtype=np.int64)
         lookup[retained] = np.arange(len(retained))
         lookup[pruned] = len(retained) + labels
@@ -327,11 +312,11 @@ class LERG(Method):
         model = PlaceholderModel(inner, data.n_users, data.n_items, torch.from_numpy(lookup).to(ctx.device),
                                  centroids.to(ctx.device))
         prep_seconds = time.perf_counter() - t0
-        config = ctx.train_config(lr=o["lr"], reg=o["reg"], epochs=o["finetune_epochs"])
-        cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model.inner, o["clip"]), o,
+        config = composition_config(ctx, o, lr=o.lr, reg=o.reg, epochs=o.finetune_epochs)
+        cost, result = fit_composition_stage(ctx, model, config, LegcfHook(model.inner, o.clip), o,
                                  stage="lerg-finetune")
         ctx.cost = ctx.cost.add(cost).add(TrainingCost(seconds=prep_seconds))
-        info = {**stage_meta(cost, result), "prep_seconds": prep_seconds,
+        info = {**api.stage_meta(cost, result), "prep_seconds": prep_seconds,
                 "placeholder_rows": int(centroids.shape[0]), "pruned": len(pruned)}
         return model.eval(), info
 
@@ -347,7 +332,7 @@ class LERG(Method):
         ctx.cost = ctx.cost.add(TrainingCost(**pre_info["training"]))
         selection: dict[str, Any] | None = None
         tune: dict[str, Any] | None = None
-        if o["retention"] >= 1:
+        if o.retention >= 1:
             model: nn.Module = pre
             retained = np.arange(n)
             graph = pre.graph
@@ -355,11 +340,11 @@ class LERG(Method):
             with torch.no_grad():
                 h = torch.cat(pre.propagate(), dim=0)
             t0 = time.perf_counter()
-            scores = importance_scores(h, o["importance"], data.train, data.n_users)
-            if o["bisect"]:
+            scores = importance_scores(h, o.importance, data.train, data.n_users)
+            if o.bisect:
                 retained, edges, selection = self.bisect_retention(ctx, o, h, scores, float(target.edge))
             else:
-                retained, edges, selection = self.select(ctx, o, h, scores, o["retention"])
+                retained, edges, selection = self.select(ctx, o, h, scores, o.retention)
             selection["seconds"] = time.perf_counter() - t0
             ctx.cost = ctx.cost.add(TrainingCost(seconds=selection["seconds"]))
             model, tune = self.finetune(ctx, o, pre, h, retained, edges)
@@ -367,11 +352,11 @@ class LERG(Method):
         return self.export(ctx, o, pre, model, graph, retained, pre_info, selection, tune,
                            time.perf_counter() - t_start)
 
-    def export(self, ctx: MethodContext, o: dict[str, Any], pre: CompositionalLightGCN, model: nn.Module,
+    def export(self, ctx: MethodContext, o: Options, pre: CompositionalLightGCN, model: nn.Module,
                graph, retained: np.ndarray, pre_info: dict[str, Any], selection: dict[str, Any] | None,
                tune: dict[str, Any] | None, seconds: float) -> CompressedModel:
         data = ctx.data
-        n, d, c, t, b = data.n_users + data.n_items, ctx.budget.dim, o["c"], o["t"], o["bits"]
+        n, d, c, t, b = data.n_users + data.n_items, ctx.budget.dim, o.c, o.t, o.bits
         m = len(retained)
         trained = model.inner if isinstance(model, PlaceholderModel) else model
         s = pre.assignment()
@@ -396,8 +381,8 @@ class LERG(Method):
                              param=True),
                 ArtifactPart("retained.mask", "mask", mask),
             ]
-        spec_bits = lerg_bits(c, d, b, t, n, m, o["r"])
-        honest_bits = lerg_honest_bits(c, d, b, t, n, m, o["r"])
+        spec_bits = lerg_bits(c, d, b, t, n, m, o.r)
+        honest_bits = lerg_honest_bits(c, d, b, t, n, m, o.r)
         nnz = graph.nnz
         layers = ctx.budget.n_layers
         measurements = {
@@ -411,8 +396,8 @@ class LERG(Method):
             "placeholder_rows": float(r_eff),
         }
         settings = {
-            "c": c, "t": t, "bits": b, "r": o["r"], "retention": m / n, "bisected": o["bisect"],
-            "importance": o["importance"], "reroute": o["reroute"],
+            "c": c, "t": t, "bits": b, "r": o.r, "retention": m / n, "bisected": o.bisect,
+            "importance": o.importance, "reroute": o.reroute,
             "inferred_choices": {k: o[k] for k in ("importance", "reroute", "use_expanded_graph", "tanh")},
             "options_resolved": dict(o), "pretrain": pre_info, "selection": selection, "finetune": tune,
             "compress_seconds_this_call": seconds,

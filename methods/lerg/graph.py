@@ -132,7 +132,9 @@ def _side_blocks(n: int, n_users: int | None, per_side: tuple[int, int] | None, 
     return [(0, n_users, m_u), (n_users, n, m_i)]
 
 
-def _check_budget(scores: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+def _selection_budget(scores: np.ndarray, m: int, n_users: int | None, per_side: tuple[int, int] | None
+                      ) -> tuple[np.ndarray, int, list[tuple[int, int, int]]]:
+    """The checked scores (float64), ``m`` and the :func:`_side_blocks` of a selection problem."""
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
         raise MethodError(f"scores must be 1-D, got shape {s.shape}")
@@ -143,23 +145,18 @@ def _check_budget(scores: np.ndarray, m: int) -> tuple[np.ndarray, int]:
     m = int(m)
     if not 0 <= m <= s.size:
         raise MethodError(f"m={m} retained entities is outside [0, N={s.size}]")
-    return s, m
+    return s, m, _side_blocks(s.size, n_users, per_side, m)
 
 
-def lp_relaxation(
-    scores: np.ndarray,
-    m: int,
-    n_users: int | None = None,
-    per_side: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, int]:
+def lp_relaxation(scores: np.ndarray, m: int, n_users: int | None = None,
+                  per_side: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
     """Solve ``max Σ s_i x_i`` s.t. ``Σ x_i = m`` (or one budget per side), ``0 ≤ x ≤ 1`` (step 2).
 
     HiGHS through ``scipy.optimize.linprog`` with a sparse constraint matrix. Returns ``x``
     (float64, ``(N,)``) and the solver status (0 = optimal).
     """
-    s, m = _check_budget(scores, m)
+    s, m, blocks = _selection_budget(scores, m, n_users, per_side)
     n = s.size
-    blocks = _side_blocks(n, n_users, per_side, m)
     if n == 0:
         return np.zeros(0), 0
     rows = np.concatenate([np.full(stop - start, k) for k, (start, stop, _) in enumerate(blocks)])
@@ -172,12 +169,8 @@ def lp_relaxation(
     return np.clip(np.asarray(res.x, dtype=np.float64), 0.0, 1.0), int(res.status)
 
 
-def select_entities(
-    scores: np.ndarray,
-    m: int,
-    n_users: int | None = None,
-    per_side: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, dict]:
+def select_entities(scores: np.ndarray, m: int, n_users: int | None = None,
+                    per_side: tuple[int, int] | None = None) -> tuple[np.ndarray, dict]:
     """The ``m`` retained entities: LP relaxation, keep ``x_i ≥ 0.5``, fix up to exactly ``m`` (step 2).
 
     The fix-up drops the lowest-scored retained or adds the highest-scored unselected entities
@@ -186,9 +179,8 @@ def select_entities(
     score (one cardinality row is totally unimodular). Returns the sorted int64 ids and an info
     dict: ``lp_status``, ``n_fractional``, ``n_fixed_up``, ``m``, ``objective``.
     """
-    s, m = _check_budget(scores, m)
+    s, m, blocks = _selection_budget(scores, m, n_users, per_side)
     n = s.size
-    blocks = _side_blocks(n, n_users, per_side, m)
     if m == 0 or m == n:
         kept = np.arange(n, dtype=np.int64) if m else np.zeros(0, dtype=np.int64)
         info = {"lp_status": "trivial", "n_fractional": 0, "n_fixed_up": 0, "m": m,

@@ -59,18 +59,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bench.api import (
-    CompressedModel,
-    Knob,
-    Method,
-    MethodError,
-    Target,
-    TrainingCost,
-    layer_sum,
-    register_method,
-    seed_everything,
-    stage_meta,
-)
+from bench import api
+from bench.api import CompressedModel, Knob, Method, MethodError, Options, Target, TrainingCost
 from methods.lightgnn.losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
 from methods.lightgnn.pruning import (
     SCHEDULES,
@@ -116,11 +106,13 @@ CPU_NOTE = ("profile 'cpu' (lite: shared teacher, short intermediate and runs, s
             "contrastive candidates): not comparable to the paper's numbers")
 
 
-def _profile_knob(name: str, description: str, choices: tuple[Any, ...] | None = None) -> Knob:
-    return Knob(name, None, f"{description} (default: from the profile)", choices)
+def _profile_knob(name: str, description: str, kind: type, choices: tuple[Any, ...] | None = None,
+                  **limits: Any) -> Knob:
+    """A knob whose default (None) is the profile's value; ``kind`` and ``limits``: its type and range."""
+    return Knob(name, None, f"{description} (default: from the profile)", choices, type=kind, **limits)
 
 
-@register_method("lightgnn")
+@api.register_method("lightgnn")
 class LightGNN(Method):
     """See the module docstring."""
 
@@ -138,20 +130,21 @@ class LightGNN(Method):
         Knob("schedule", "exact", "how the target maps to per-run rates", SCHEDULES),
         Knob("ablation", "none", "paper Table 3 variant", ABLATIONS),
         _profile_knob("teacher", "stage-1 teacher: the shared base LightGCN or the authors' "
-                      "8-layer self-loop sum-readout model", ("shared", "authors")),
-        _profile_knob("teacher_layers", "teacher depth (0: the budget's for 'shared')"),
-        _profile_knob("middle_layers", "intermediate model depth"),
-        _profile_knob("middle_epochs", "intermediate model epochs"),
-        _profile_knob("middle_lr", "intermediate model learning rate (0: the budget's)"),
-        _profile_knob("middle_init", "intermediate model init: Xavier or the teacher's table",
+                      "8-layer self-loop sum-readout model", str, ("shared", "authors")),
+        _profile_knob("teacher_layers", "teacher depth (0: the budget's for 'shared')", int, min=0),
+        _profile_knob("middle_layers", "intermediate model depth", int, min=0),
+        _profile_knob("middle_epochs", "intermediate model epochs", int, min=1),
+        _profile_knob("middle_lr", "intermediate model learning rate (0: the budget's)", float, min=0),
+        _profile_knob("middle_init", "intermediate model init: Xavier or the teacher's table", str,
                       ("xavier", "teacher")),
         _profile_knob("middle_gate", "distil from the teacher instead when the intermediate model's "
-                      "best validation metric is below the teacher's", (True, False)),
-        _profile_knob("epochs_per_run", "student epochs in every pruning run"),
-        _profile_knob("lr", "student learning rate (0: the budget's)"),
-        _profile_knob("candidates", "candidates per contrastive denominator (0: all nodes)"),
-        Knob("hops", 2, "closure graph C = I + A + ... + A^hops"),
-        Knob("closure_sample", 1.0, "fraction of the A^2.. entries kept in C (Amazon: 0.9)"),
+                      "best validation metric is below the teacher's", bool, (True, False)),
+        _profile_knob("epochs_per_run", "student epochs in every pruning run", int, min=1),
+        _profile_knob("lr", "student learning rate (0: the budget's)", float, min=0),
+        _profile_knob("candidates", "candidates per contrastive denominator (0: all nodes)", int, min=0),
+        Knob("hops", 2, "closure graph C = I + A + ... + A^hops", min=1),
+        Knob("closure_sample", 1.0, "fraction of the A^2.. entries kept in C (Amazon: 0.9)", min=0, max=1,
+             min_exclusive=True),
         Knob("beta1", 0.05, "importance weight of the intermediate's edge weight (Yelp)"),
         Knob("beta2", 1.0, "importance weight of the sigma term (Yelp)"),
         Knob("reg", 5e-7, "student decay on the whole tables (Yelp)"),
@@ -166,7 +159,7 @@ class LightGNN(Method):
         Knob("tempsc", 1.0, "uniformity part A temperature"),
         Knob("subspcreg", 1e-4, "uniformity part B weight"),
         Knob("tempsubsp", 1.0, "uniformity part B temperature"),
-        Knob("kd_triples", 100_000, "prediction-KD triples per step"),
+        Knob("kd_triples", 100_000, "prediction-KD triples per step", min=0),
         Knob("student_graph", "self_loops", "student graph: the code's A+I or the harness's A",
              ("self_loops", "plain")),
         Knob("readout", "sum", "layer readout of the weighted models (code: sum)", ("sum", "mean")),
@@ -196,42 +189,26 @@ class LightGNN(Method):
 
     # --- options ---------------------------------------------------------------------------------
 
-    def resolved(self, ctx: MethodContext) -> dict[str, Any]:
-        """The options with the profile's values filled in and budget placeholders resolved."""
-        o = dict(self.options)
-        for key, value in PROFILES[o["profile"]].items():
-            if o[key] is None:
-                o[key] = value
-        for key in ("teacher_layers", "middle_layers", "middle_epochs", "epochs_per_run", "candidates",
-                    "hops", "kd_triples"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 0:
-                raise MethodError(f"option lightgnn.{key} must be an integer >= 0, got {o[key]!r}")
-        for key in ("middle_lr", "lr"):
-            if isinstance(o[key], bool) or not isinstance(o[key], int | float) or o[key] < 0:
-                raise MethodError(f"option lightgnn.{key} must be a number >= 0, got {o[key]!r}")
-            o[key] = float(o[key]) or ctx.budget.lr
-        if o["teacher"] not in ("shared", "authors") or o["middle_init"] not in ("xavier", "teacher"):
-            raise MethodError("lightgnn.teacher must be 'shared' or 'authors' and lightgnn.middle_init "
-                              "'xavier' or 'teacher'")
-        if not isinstance(o["middle_gate"], bool):
-            raise MethodError(f"lightgnn.middle_gate must be true or false, got {o['middle_gate']!r}")
-        if o["epochs_per_run"] < 1 or o["middle_epochs"] < 1 or o["hops"] < 1:
-            raise MethodError("lightgnn.epochs_per_run, middle_epochs and hops must be >= 1")
-        if not 0 < o["closure_sample"] <= 1:
-            raise MethodError(f"lightgnn.closure_sample must lie in (0, 1], got {o['closure_sample']}")
-        if o["teacher_layers"] == 0:
-            o["teacher_layers"] = ctx.budget.n_layers if o["teacher"] == "shared" else 8
+    def resolved(self, ctx: MethodContext) -> Options:
+        """The options with the profile's values filled in and budget placeholders resolved (each
+        knob's type and range was checked when the method was constructed; the profiles' values
+        satisfy them)."""
+        o = self.options
+        o = o.replace(**{k: v for k, v in PROFILES[o.profile].items() if o[k] is None})
+        o = o.replace(middle_lr=float(o.middle_lr) or ctx.budget.lr, lr=float(o.lr) or ctx.budget.lr)
+        if o.teacher_layers == 0:
+            o = o.replace(teacher_layers=ctx.budget.n_layers if o.teacher == "shared" else 8)
         return o
 
     @staticmethod
-    def loss_weights(ctx: MethodContext, o: dict[str, Any], reg: float, ereg: float) -> LossWeights:
+    def loss_weights(ctx: MethodContext, o: Options, reg: float, ereg: float) -> LossWeights:
         """The loss weights for a stage (``no-alignment`` turns off both KD terms)."""
-        aligned = o["ablation"] != "no-alignment"
+        aligned = o.ablation != "no-alignment"
         return LossWeights(
-            softreg=o["softreg"] if aligned else 0.0, tempsoft=o["tempsoft"],
-            cdreg=o["cdreg"] if aligned else 0.0, tempcd=o["tempcd"], screg=o["screg"],
-            tempsc=o["tempsc"], subspcreg=o["subspcreg"], tempsubsp=o["tempsubsp"], reg=reg, ereg=ereg,
-            kd_triples=o["kd_triples"], candidates=o["candidates"] or None,
+            softreg=o.softreg if aligned else 0.0, tempsoft=o.tempsoft,
+            cdreg=o.cdreg if aligned else 0.0, tempcd=o.tempcd, screg=o.screg,
+            tempsc=o.tempsc, subspcreg=o.subspcreg, tempsubsp=o.tempsubsp, reg=reg, ereg=ereg,
+            kd_triples=o.kd_triples, candidates=o.candidates or None,
             chunk_bytes=ctx_chunk_bytes(ctx),
         )
 
@@ -243,21 +220,22 @@ class LightGNN(Method):
         """Train ``objective`` with the shared loop; returns that training's own cost and result."""
         return ctx.fit_stage(objective, config, extra_macs_per_epoch=lambda r: objective.extra_macs(r.epochs))
 
-    def _fields(self, ctx: MethodContext, o: dict[str, Any], *keys: str) -> dict[str, Any]:
-        b = ctx.budget
-        return {"lightgnn_version": STAGE_VERSION, "seed": ctx.seed, "dim": b.dim, "batch_size": b.batch_size,
-                "ks": list(b.ks), "valid_metric": b.valid_metric, "init": b.init, **{k: o[k] for k in keys}}
+    @staticmethod
+    def _fields(o: Options, *keys: str, **extra: Any) -> dict[str, Any]:
+        """What a cached stage's result depends on besides its :class:`TrainConfig` (and the cell's
+        seed): the version, the options ``keys`` and ``extra``."""
+        return {"lightgnn_version": STAGE_VERSION, **{k: o[k] for k in keys}, **extra}
 
     # --- stage 1 ---------------------------------------------------------------------------------
 
-    def teacher(self, ctx: MethodContext, o: dict[str, Any]) -> tuple[TeacherSignals, torch.Tensor, dict]:
+    def teacher(self, ctx: MethodContext, o: Options) -> tuple[TeacherSignals, torch.Tensor, dict]:
         """Stage 1: the teacher's signals, its layer-0 table and provenance."""
         n_users = ctx.data.n_users
-        if o["teacher"] == "shared":
-            if o["teacher_layers"] == ctx.budget.n_layers:
+        if o.teacher == "shared":
+            if o.teacher_layers == ctx.budget.n_layers:
                 base = ctx.base()
             else:
-                base = ctx.checkpoints.get(ctx.data, ctx.train_config(n_layers=o["teacher_layers"]),
+                base = ctx.checkpoints.get(ctx.data, ctx.train_config(n_layers=o.teacher_layers),
                                            ctx.device, ctx.progress, ctx.log)
             model = base.model.eval()
             with torch.no_grad():
@@ -269,34 +247,34 @@ class LightGNN(Method):
             cost = TrainingCost()
         else:
             graph = build_graph("self_loops", n_users, ctx.data.n_items, ctx.data.train, ctx.device)
-            fields = {**self._fields(ctx, o, "teacher_layers", "readout"), **AUTHORS_TEACHER}
+            config = ctx.train_config(lr=AUTHORS_TEACHER["lr"], epochs=AUTHORS_TEACHER["epochs"],
+                                      patience=AUTHORS_TEACHER["epochs"], eval_every=1)
 
             def build():
-                seed_everything(ctx.seed)
-                model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o["teacher_layers"],
-                                         graph, o["readout"], train_edge_weights=False)
+                api.seed_everything(ctx.seed)
+                model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o.teacher_layers,
+                                         graph, o.readout, train_edge_weights=False)
                 objective = DistillationObjective(model, None, LossWeights(reg=AUTHORS_TEACHER["reg"]),
                                                   torch.Generator().manual_seed(ctx.seed))
-                config = ctx.train_config(lr=AUTHORS_TEACHER["lr"], epochs=AUTHORS_TEACHER["epochs"],
-                                          patience=AUTHORS_TEACHER["epochs"], eval_every=1)
                 cost, result = self._train(ctx, objective, config)
                 return ({"user_emb": model.user_emb, "item_emb": model.item_emb},
-                        stage_meta(cost, result))
+                        api.stage_meta(cost, result))
 
-            state, meta, hit = ctx.stage("lightgnn-teacher", fields, build)
-            model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o["teacher_layers"], graph,
-                                     o["readout"], train_edge_weights=False)
+            fields = self._fields(o, "teacher_layers", "readout", reg=AUTHORS_TEACHER["reg"])
+            state, meta, hit = ctx.stage("lightgnn-teacher", config, fields, build)
+            model = WeightedLightGCN(n_users, ctx.data.n_items, ctx.budget.dim, o.teacher_layers, graph,
+                                     o.readout, train_edge_weights=False)
             with torch.no_grad():
                 model.user_emb.copy_(state["user_emb"])
                 model.item_emb.copy_(state["item_emb"])
                 layers = model.layers()
                 users, items = model.propagate()
             cost = TrainingCost(**meta["training"])
-            info = {"kind": "authors", "layers": o["teacher_layers"], "state_hash": meta["state_hash"],
-                    "readout": o["readout"], "graph": "self_loops", "cached": hit,
+            info = {"kind": "authors", "layers": o.teacher_layers, "state_hash": meta["state_hash"],
+                    "readout": o.readout, "graph": "self_loops", "cached": hit,
                     "seconds": cost.seconds, "valid_metric": meta["valid"].get(ctx.budget.valid_metric)}
         if len(layers) > 2:
-            target = layer_sum(layers, 2)
+            target = api.layer_sum(layers, 2)
             info["kd_target"] = f"sum of layers 2..{len(layers) - 1}"
         else:  # a 0- or 1-layer teacher has no layers >= 2: use its final embedding
             target = torch.cat([users, items], dim=0)
@@ -306,30 +284,31 @@ class LightGNN(Method):
 
     # --- stage 2 ---------------------------------------------------------------------------------
 
-    def intermediate(self, ctx: MethodContext, o: dict[str, Any], teacher: TeacherSignals,
+    def intermediate(self, ctx: MethodContext, o: Options, teacher: TeacherSignals,
                      teacher_table: torch.Tensor, teacher_info: dict[str, Any]
                      ) -> tuple[WeightedLightGCN, dict[str, Any]]:
         """Stage 2 (paper Eq. 7): the trained intermediate model on ``Ĉ`` and its provenance."""
         data = ctx.data
-        sample = None if o["closure_sample"] >= 1 else o["closure_sample"]
+        sample = None if o.closure_sample >= 1 else o.closure_sample
         t0 = time.perf_counter()
-        graph = closure_graph(data.n_users, data.n_items, data.train, o["hops"], sample, ctx.device)
+        graph = closure_graph(data.n_users, data.n_items, data.train, o.hops, sample, ctx.device)
         graph_seconds = time.perf_counter() - t0
-        weights = self.loss_weights(ctx, o, o["middle_reg"], o["middle_ereg"])
-        fields = {**self._fields(ctx, o, "middle_layers", "middle_epochs", "middle_lr", "middle_init",
-                                 "hops", "closure_sample", "readout", "middle_reg", "middle_ereg",
-                                 "candidates", "kd_triples", "softreg", "tempsoft", "cdreg", "tempcd",
-                                 "screg", "tempsc"),
-                  "alignment": o["ablation"] != "no-alignment", "teacher": teacher_info["state_hash"]}
+        weights = self.loss_weights(ctx, o, o.middle_reg, o.middle_ereg)
+        fields = self._fields(o, "middle_layers", "middle_init", "hops", "closure_sample", "readout",
+                              "middle_reg", "middle_ereg", "candidates", "kd_triples", "softreg", "tempsoft",
+                              "cdreg", "tempcd", "screg", "tempsc", alignment=o.ablation != "no-alignment",
+                              teacher=teacher_info["state_hash"])
+        config = ctx.train_config(lr=o.middle_lr, epochs=o.middle_epochs, patience=o.middle_epochs,
+                                  eval_every=1)
 
         def make() -> WeightedLightGCN:
-            return WeightedLightGCN(data.n_users, data.n_items, ctx.budget.dim, o["middle_layers"], graph,
-                                    o["readout"])
+            return WeightedLightGCN(data.n_users, data.n_items, ctx.budget.dim, o.middle_layers, graph,
+                                    o.readout)
 
         def build():
-            seed_everything(ctx.seed)
+            api.seed_everything(ctx.seed)
             model = make()
-            if o["middle_init"] == "teacher":
+            if o.middle_init == "teacher":
                 if teacher_table.shape[1] != model.dim:
                     raise MethodError("middle_init 'teacher' needs the teacher's dimension "
                                       f"({teacher_table.shape[1]}) to equal the budget's ({model.dim})")
@@ -337,20 +316,18 @@ class LightGNN(Method):
                     model.user_emb.copy_(teacher_table[: data.n_users])
                     model.item_emb.copy_(teacher_table[data.n_users :])
             objective = DistillationObjective(model, teacher, weights, self._generator(ctx, 0))
-            config = ctx.train_config(lr=o["middle_lr"], epochs=o["middle_epochs"],
-                                      patience=o["middle_epochs"], eval_every=1)
             cost, result = self._train(ctx, objective, config)
             return ({"user_emb": model.user_emb, "item_emb": model.item_emb,
-                     "edge_weight": model.edge_weight}, stage_meta(cost, result))
+                     "edge_weight": model.edge_weight}, api.stage_meta(cost, result))
 
-        state, meta, hit = ctx.stage("lightgnn-middle", fields, build)
+        state, meta, hit = ctx.stage("lightgnn-middle", config, fields, build)
         model = make()
         with torch.no_grad():
             for name in ("user_emb", "item_emb", "edge_weight"):
                 getattr(model, name).copy_(state[name])
         model.eval()
         info = {"cached": hit, "state_hash": meta["state_hash"], "entries": graph.nnz,
-                "layers": o["middle_layers"], "epochs": meta["epochs"], "best_epoch": meta["best_epoch"],
+                "layers": o.middle_layers, "epochs": meta["epochs"], "best_epoch": meta["best_epoch"],
                 "valid_metric": meta["valid"].get(ctx.budget.valid_metric),
                 "test_metric": meta["test"].get(ctx.budget.valid_metric), "cost": meta["training"],
                 "graph_seconds": graph_seconds}
@@ -362,12 +339,12 @@ class LightGNN(Method):
         seed = int(ctx.rng("lightgnn", run).integers(2**62))
         return torch.Generator().manual_seed(seed)
 
-    def _prune(self, ctx: MethodContext, o: dict[str, Any], schedule: Schedule, run: int,
+    def _prune(self, ctx: MethodContext, o: Options, schedule: Schedule, run: int,
                state: dict[str, torch.Tensor], score_parts: dict[str, torch.Tensor | None]
                ) -> dict[str, torch.Tensor]:
         """The state run ``run`` starts from, given run ``run - 1``'s snapshot, pruned (edges by
         paper Eq. 8)."""
-        ablation = o["ablation"]
+        ablation = o.ablation
         state = {k: v.to(ctx.device) for k, v in state.items()}
         alive = state["edge_mask"] > 0
         kept = state["emb_mask"] > 0
@@ -378,7 +355,7 @@ class LightGNN(Method):
                 importance = ablation != "no-importance"
                 score = importance_scores(
                     state["edge_weight"], score_parts["sigma"] if importance else None,
-                    score_parts["w_middle"] if importance else None, o["beta1"], o["beta2"], alive)
+                    score_parts["w_middle"] if importance else None, o.beta1, o.beta2, alive)
                 alive = drop_smallest(score, alive, schedule.p_adj)
         if schedule.p_emb > 0:
             flat = kept.reshape(-1)
@@ -392,22 +369,22 @@ class LightGNN(Method):
         return {"table": state["table"] * emb_mask, "emb_mask": emb_mask,
                 "edge_weight": edge_mask.clone(), "edge_mask": edge_mask}
 
-    def student_runs(self, ctx: MethodContext, o: dict[str, Any], schedule: Schedule,
+    def student_runs(self, ctx: MethodContext, o: Options, schedule: Schedule,
                      kd: TeacherSignals, score_parts: dict[str, torch.Tensor | None], graph: EntryGraph,
                      lineage: dict[str, Any]) -> tuple[WeightedLightGCN, list[dict[str, Any]]]:
         """Stage 3: runs ``1 .. k+1``; returns the last run's best-validation model."""
         data = ctx.data
-        weights = self.loss_weights(ctx, o, o["reg"], o["ereg"])
-        fields = {**self._fields(ctx, o, "epochs_per_run", "lr", "reg", "ereg", "candidates", "kd_triples",
-                                 "softreg", "tempsoft", "cdreg", "tempcd", "screg", "tempsc", "subspcreg",
-                                 "tempsubsp", "beta1", "beta2", "ablation", "student_graph", "readout"),
-                  "n_layers": ctx.budget.n_layers, "p_emb": schedule.p_emb, "p_adj": schedule.p_adj,
-                  **lineage}
-        binary = o["ablation"] == "binary-edge"
+        weights = self.loss_weights(ctx, o, o.reg, o.ereg)
+        fields = self._fields(o, "reg", "ereg", "candidates", "kd_triples", "softreg", "tempsoft", "cdreg",
+                              "tempcd", "screg", "tempsc", "subspcreg", "tempsubsp", "beta1", "beta2",
+                              "ablation", "student_graph", "readout", p_emb=schedule.p_emb,
+                              p_adj=schedule.p_adj, **lineage)
+        config = ctx.train_config(lr=o.lr, epochs=o.epochs_per_run, patience=o.epochs_per_run, eval_every=1)
+        binary = o.ablation == "binary-edge"
 
         def make() -> WeightedLightGCN:
             return WeightedLightGCN(data.n_users, data.n_items, ctx.budget.dim, ctx.budget.n_layers, graph,
-                                    o["readout"], train_edge_weights=not binary)
+                                    o.readout, train_edge_weights=not binary)
 
         history: list[dict[str, Any]] = []
         state: dict[str, torch.Tensor] | None = None
@@ -417,7 +394,7 @@ class LightGNN(Method):
             t0 = time.perf_counter()
 
             def build(run: int = run, previous: dict[str, torch.Tensor] | None = previous):
-                seed_everything(ctx.seed)
+                api.seed_everything(ctx.seed)
                 student = make()  # run 1: Xavier init, w = 1, all masks 1
                 if previous is not None:
                     start = self._prune(ctx, o, schedule, run, previous, score_parts)
@@ -425,18 +402,16 @@ class LightGNN(Method):
                                        start["edge_weight"].to(ctx.device), start["edge_mask"].to(ctx.device))
                 objective = DistillationObjective(student, kd, weights, self._generator(ctx, run),
                                                   delta_for_run(run))
-                config = ctx.train_config(lr=o["lr"], epochs=o["epochs_per_run"],
-                                          patience=o["epochs_per_run"], eval_every=1)
                 cost, result = self._train(ctx, objective, config)
                 out = {"table": student.table(), "emb_mask": student.emb_mask,
                        "edge_weight": student.edge_weight, "edge_mask": student.edge_mask}
-                return out, stage_meta(cost, result, terms=objective.terms)
+                return out, api.stage_meta(cost, result, terms=objective.terms)
 
             # run 1 prunes nothing, so it does not depend on the rates: every target shares it
             run_fields = {**fields, "run": run}
             if run == 1:
                 run_fields.pop("p_emb"), run_fields.pop("p_adj")
-            state, meta, hit = ctx.stage("lightgnn-run", run_fields, build)
+            state, meta, hit = ctx.stage("lightgnn-run", config, run_fields, build)
             cost = TrainingCost(**meta["training"])
             ctx.cost = ctx.cost.add(cost)
             alive = state["edge_mask"] > 0
@@ -464,20 +439,20 @@ class LightGNN(Method):
         ctx = context
         o = self.resolved(ctx)
         t_start = time.perf_counter()
-        schedule = schedule_for_target(target.emb, target.edge, o["schedule"])
+        schedule = schedule_for_target(target.emb, target.edge, o.schedule)
         data = ctx.data
         teacher, teacher_table, teacher_info = self.teacher(ctx, o)
         if teacher_info["kind"] == "authors":
             ctx.cost = ctx.cost.add(TrainingCost(**teacher_info["cost"]))
-        graph = build_graph(o["student_graph"], data.n_users, data.n_items, data.train, ctx.device)
+        graph = build_graph(o.student_graph, data.n_users, data.n_items, data.train, ctx.device)
         lineage: dict[str, Any] = {"teacher": teacher_info["state_hash"]}
         middle_info: dict[str, Any] | None = None
         middle: WeightedLightGCN | None = None
-        if o["ablation"] != "no-intermediate":
+        if o.ablation != "no-intermediate":
             middle, middle_info = self.intermediate(ctx, o, teacher, teacher_table, teacher_info)
             ctx.cost = ctx.cost.add(TrainingCost(**middle_info["cost"]))
             lineage["middle"] = middle_info["state_hash"]
-            gate = middle_gate(o["middle_gate"], teacher_info.get("valid_metric"),
+            gate = middle_gate(o.middle_gate, teacher_info.get("valid_metric"),
                                middle_info["valid_metric"])
             middle_info["gate"] = gate
             if gate["fired"]:  # the intermediate ended below the teacher on validation
@@ -492,7 +467,7 @@ class LightGNN(Method):
             with torch.no_grad():
                 layers = middle.layers()
                 final = middle.readout_of(layers)
-                target_h = layer_sum(layers, 2) if len(layers) > 2 else final
+                target_h = api.layer_sum(layers, 2) if len(layers) > 2 else final
                 kd = TeacherSignals(final[: data.n_users], final[data.n_users :], target_h)
                 pos = middle.graph.positions(graph.rows, graph.cols)
                 if bool((pos < 0).any()):
@@ -505,7 +480,7 @@ class LightGNN(Method):
         return self.export(ctx, o, schedule, model, history, teacher_info, middle_info,
                            time.perf_counter() - t_start)
 
-    def export(self, ctx: MethodContext, o: dict[str, Any], schedule: Schedule, model: WeightedLightGCN,
+    def export(self, ctx: MethodContext, o: Options, schedule: Schedule, model: WeightedLightGCN,
                history: list[dict[str, Any]], teacher_info: dict[str, Any],
                middle_info: dict[str, Any] | None, seconds: float) -> CompressedModel:
         """The deployable model: alive entries with their learned values, the sparse table."""
@@ -539,10 +514,10 @@ class LightGNN(Method):
         }
         first = history[0]
         settings = {
-            "profile": o["profile"], "comparable_to_paper": o["profile"] == "paper",
-            "schedule": o["schedule"], "prunings": schedule.k, "runs": schedule.runs,
+            "profile": o.profile, "comparable_to_paper": o.profile == "paper",
+            "schedule": o.schedule, "prunings": schedule.k, "runs": schedule.runs,
             "p_emb": schedule.p_emb, "p_adj": schedule.p_adj, "nominal_ratios": list(schedule.expected()),
-            "ablation": o["ablation"], "kept_entries": int(mask.sum()), "table_entries": mask.numel(),
+            "ablation": o.ablation, "kept_entries": int(mask.sum()), "table_entries": mask.numel(),
             "storage_format": fmt, "graph_entries": graph.nnz, "graph_kind": graph.kind,
             "options_resolved": {k: v for k, v in o.items() if not isinstance(v, torch.Tensor)},
             "teacher": {k: v for k, v in teacher_info.items() if k != "cost"},
@@ -555,7 +530,7 @@ class LightGNN(Method):
         return CompressedModel(module=out, artifact=parts, graph=compact, n_layers=layers,
                                training=ctx.cost, settings=settings, measurements=measurements,
                                graph_bits=csr_graph_bits(alive_n, compact.n_nodes),
-                               notes=[n for n in (None if o["profile"] == "paper" else CPU_NOTE,
+                               notes=[n for n in (None if o.profile == "paper" else CPU_NOTE,
                                                   (middle_info or {}).get("gate", {}).get("note")) if n])
 
 

@@ -6,7 +6,6 @@ setting fits.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ from bench.api import MethodError, MultiNegativeSampler, TrainHook, TrainingCost
 from methods.shared.composition import Assignment, CompositionalLightGCN, assignment_update
 
 if TYPE_CHECKING:  # pragma: no cover
-    from bench.api import MethodContext, TrainConfig, TrainResult
+    from bench.api import MethodContext, Options, TrainConfig, TrainResult
 
 
 class InfeasibleTargetError(MethodError):
@@ -98,16 +97,23 @@ class LegcfHook(TrainHook):
             self.last_adam = adam_moments(self.model, self.optimizer)
 
 
+def composition_config(ctx: MethodContext, o: Options, **overrides: Any) -> TrainConfig:
+    """The :class:`TrainConfig` a compositional stage trains with: the budget with ``overrides``, and
+    with ``o.batch_triples`` (LEGCF's; 0 or absent: the budget's) as the batch size."""
+    batch_triples = o.get("batch_triples")
+    if batch_triples:
+        overrides["batch_size"] = batch_triples
+    return ctx.train_config(**overrides)
+
+
 def fit_composition_stage(ctx: MethodContext, model: torch.nn.Module, config: TrainConfig, hook: TrainHook,
-                          o: dict[str, Any], extra_macs: float = 0.0, stage: str = "legcf-pretrain"
+                          o: Options, extra_macs: float = 0.0, stage: str = "legcf-pretrain"
                           ) -> tuple[TrainingCost, TrainResult]:
-    """One stage of a compositional model through the shared loop with LEGCF's sampler (``o["n_neg"]``
-    distinct negatives per positive; with ``o["batch_triples"]`` shuffled batches of that many
-    triples); returns that stage's own cost and result. LEGCF's two stages and LERG's both use it."""
-    shuffled = bool(o.get("batch_triples"))
-    sampler = MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o["n_neg"],
-                                   shuffle_triples=shuffled)
-    if shuffled:
-        config = dataclasses.replace(config, batch_size=o["batch_triples"])
+    """One stage of a compositional model through the shared loop with LEGCF's sampler (``o.n_neg``
+    distinct negatives per positive; with ``o.batch_triples`` triples shuffled into batches of
+    ``config.batch_size``, see :func:`composition_config`); returns that stage's own cost and result.
+    LEGCF's two stages and LERG's both use it."""
+    sampler = MultiNegativeSampler(ctx.data.train, ctx.data.n_users, ctx.data.n_items, o.n_neg,
+                                   shuffle_triples=bool(o.get("batch_triples")))
     return ctx.fit_stage(model, config, hooks=[hook], sampler=sampler, extra_macs_per_epoch=extra_macs,
                          stage=stage)
