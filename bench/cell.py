@@ -27,13 +27,19 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.contract import CompressedModel, Target
+from bench.contract import CompressedModel, Method, Target, TrainingCost
 from bench.registry import get_method
 from bench.result import CellResult, now
+
+if TYPE_CHECKING:  # imported when a cell runs (see _execute)
+    from bench.context import MethodContext
+    from bench.data.dataset import InteractionData
+    from bench.measure.memory import PhaseMemory
+    from bench.training import TrainConfig
 
 # a target missed by more than this (absolute, in ratio units) flags the cell
 FLAG_TOLERANCE = 0.02
@@ -181,12 +187,12 @@ def run_cell(spec: CellSpec) -> CellResult:
 class _Setup:
     """What a cell runs: its data, device, budget, method, target and the context it hands over."""
 
-    data: Any
+    data: InteractionData
     device: torch.device
-    config: Any  # bench.training.TrainConfig
-    method: Any
+    config: TrainConfig
+    method: Method
     target: Target
-    ctx: Any  # bench.context.MethodContext
+    ctx: MethodContext
 
 
 def _execute(spec: CellSpec, result: CellResult) -> torch.device:
@@ -231,7 +237,7 @@ def _execute(spec: CellSpec, result: CellResult) -> torch.device:
     return setup.device
 
 
-def _load_checked(spec: CellSpec) -> Any:
+def _load_checked(spec: CellSpec) -> InteractionData:
     """The cell's dataset, checked against the checksum the matrix was planned with."""
     from bench.data.loading import load_dataset
 
@@ -244,7 +250,7 @@ def _load_checked(spec: CellSpec) -> Any:
     return data
 
 
-def _set_up(spec: CellSpec, data: Any, timings: dict[str, Any]) -> _Setup:
+def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any]) -> _Setup:
     """Device, budget, method and target checked, seeds set, and the shared base checkpoint prepared
     (timed as ``base``) if the method uses one; seeds are set again after it."""
     from bench.context import BaseCheckpoints, MethodContext
@@ -272,7 +278,7 @@ def _set_up(spec: CellSpec, data: Any, timings: dict[str, Any]) -> _Setup:
 
 
 def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
-              memory: Any) -> tuple[dict[str, float], dict[str, float]]:
+              memory: PhaseMemory) -> tuple[dict[str, float], dict[str, float]]:
     """Test and validation metrics of the compressed model: its representations (phase
     ``propagation``), then full ranking of the test split (phase ``scoring``) and of the validation
     split (unmeasured)."""
@@ -321,8 +327,8 @@ def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: Compresse
     return m
 
 
-def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: Any, memory: Any,
-             result: CellResult) -> dict[str, Any]:
+def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: TrainingCost,
+             memory: PhaseMemory, result: CellResult) -> dict[str, Any]:
     """Every measurement of the cell (numbers and descriptions): inference cost, training ``cost`` and
     peak memory, the method's own measurements (which may not reuse a harness name), totals with
     the shared base's training, and the training stages (to ``result.info``; the base checkpoint's
@@ -350,7 +356,7 @@ def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: A
     return m
 
 
-def _training_measurements(cost: Any, memory: Any) -> dict[str, Any]:
+def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:
     """Training cost (seconds, epochs, MACs per epoch) and peak memory per phase."""
     m: dict[str, Any] = {"train_seconds": cost.seconds, "train_epochs": cost.epochs,
                          "train_macs_per_epoch": cost.macs_per_epoch}

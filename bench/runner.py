@@ -177,10 +177,8 @@ def run_matrix(
 
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
-    ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
     executor = executor or SequentialExecutor()
-    concurrent = getattr(executor, "concurrent_cells", None)
-    cells = [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
+    cells = _plan_for(executor, config, device, checkpoint_dir)
     store = ResultStore(out / "results.sqlite")
     summary, todo = _resume(config, cells, store, retry_failed, executor.name, out, log)
     run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
@@ -209,6 +207,15 @@ def run_matrix(
         store.finish_run(run_id, outcome)
         _finish(config, store, summary, outcome, report, log)
     return summary
+
+
+def _plan_for(executor: Any, config: MatrixConfig, device: str | None,
+              checkpoint_dir: Path | None) -> list[CellSpec]:
+    """The matrix's cells (:func:`plan`; base checkpoints in ``checkpoint_dir`` or the default), each
+    recording how many cells ``executor`` runs at once."""
+    ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
+    concurrent = getattr(executor, "concurrent_cells", None)
+    return [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
 
 
 def _resume(config: MatrixConfig, cells: list[CellSpec], store: ResultStore, retry_failed: bool,
