@@ -63,8 +63,8 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class BaseModel(TrainedModel):
-    """A freshly loaded copy of the base checkpoint (safe to modify) with its
-    best epoch and metrics, and its provenance."""
+    """A freshly loaded copy of the base checkpoint (safe to modify), its best epoch and metrics, and
+    its provenance."""
 
     model: LightGCN
     key: str

@@ -76,10 +76,6 @@ class CellResult:
                    dataset_checksum=spec.get("dataset_checksum"), code_version=spec.get("code_version"),
                    started_at=now())
 
-    def as_dict(self) -> dict[str, Any]:
-        """The fields as a dict (the form the store returns)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 def columns(*, json: bool | None = None, reported: bool | None = None) -> list[str]:
     """Names of the result's fields (the store's columns) in order, those with the given ``json``

@@ -42,7 +42,7 @@ def test_a_result_round_trips_through_the_store_unchanged(tmp_path):
         back = {c["key"]: c for c in store.cells()}
     assert set(back) == {c.key for c in cells}
     for c in cells:
-        assert back[c.key] == c.as_dict()
+        assert back[c.key] == dataclasses.asdict(c)
         assert CellResult(**back[c.key]) == c
 
 
