@@ -26,14 +26,20 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.contract import CompressedModel, Target
+from bench.contract import CompressedModel, Method, Target, TrainingCost
 from bench.registry import get_method
+from bench.result import CellResult, now
+
+if TYPE_CHECKING:  # imported when a cell runs (see _execute)
+    from bench.context import MethodContext
+    from bench.data.dataset import InteractionData
+    from bench.measure.memory import PhaseMemory
+    from bench.training import TrainConfig
 
 # a target missed by more than this (absolute, in ratio units) flags the cell
 FLAG_TOLERANCE = 0.02
@@ -102,10 +108,6 @@ def report_identity(spec: dict[str, Any]) -> str:
     return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def describe_error(exc: BaseException) -> str:
     """One line naming the kind of failure: diverged, out of memory, or the exception."""
     from bench.training import TrainingDivergedError
@@ -120,22 +122,20 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def new_result(spec: CellSpec) -> dict[str, Any]:
-    """An empty result record for ``spec``, started now, failed until filled in."""
-    return {
-        "key": spec.key, "spec": dataclasses.asdict(spec), "status": "failed", "flagged": False,
-        "flag_reason": None, "error": None, "traceback": None, "metrics": {}, "measurements": {},
-        "settings": {}, "info": {}, "base_checkpoint": None, "timings": {}, "started_at": _now(),
-    }
+def new_result(spec: CellSpec) -> CellResult:
+    """An empty result for ``spec``, started now, failed until filled in."""
+    return CellResult.start(dataclasses.asdict(spec), spec.key)
 
 
-def finish_result(result: dict[str, Any], spec: CellSpec, device: torch.device | str) -> dict[str, Any]:
-    """Stamp the finish time and the environment (with the code version) on a result record."""
+def finish_result(result: CellResult, spec: CellSpec, device: torch.device | str) -> CellResult:
+    """Stamp the finish time, the total seconds and the environment (with the code version) on a
+    result."""
     from bench.environment import environment
 
-    result["finished_at"] = _now()
-    result["environment"] = {**environment(device), "code_version": spec.code_version,
-                             "concurrent_cells": spec.concurrent_cells}
+    result.finished_at = now()
+    result.seconds = result.timings.get("total")
+    result.environment = {**environment(device), "code_version": spec.code_version,
+                          "concurrent_cells": spec.concurrent_cells}
     return result
 
 
@@ -161,8 +161,8 @@ def report_notes(compressed: CompressedModel) -> list[str] | None:
     return notes or None
 
 
-def run_cell(spec: CellSpec) -> dict[str, Any]:
-    """Run one cell and return its result record (see the module docstring)."""
+def run_cell(spec: CellSpec) -> CellResult:
+    """Run one cell and return its result (see the module docstring)."""
     result = new_result(spec)
     t0 = time.perf_counter()
     device = None
@@ -170,41 +170,92 @@ def run_cell(spec: CellSpec) -> dict[str, Any]:
         torch.set_num_threads(spec.threads)
     try:
         device = _execute(spec, result)
-        result["status"] = "ok"
+        result.status = "ok"
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        result["error"] = describe_error(exc)
-        result["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
+        result.error = describe_error(exc)
+        result.traceback = "".join(traceback.format_exception(exc))[-8000:]
     finally:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
-    result["timings"]["total"] = time.perf_counter() - t0
+    result.timings["total"] = time.perf_counter() - t0
     return finish_result(result, spec, device or "cpu")
 
 
-def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
+@dataclass
+class _Setup:
+    """What a cell runs: its data, device, budget, method, target and the context it hands over."""
+
+    data: InteractionData
+    device: torch.device
+    config: TrainConfig
+    method: Method
+    target: Target
+    ctx: MethodContext
+
+
+def _execute(spec: CellSpec, result: CellResult) -> torch.device:
+    """Steps 1-6 of the module docstring, filling ``result``; returns the device the cell ran on."""
     # imported here for import time only: the config parser and the report import this module for
     # CellSpec and report_identity and need none of the training and measuring stack
-    from bench.context import BaseCheckpoints, MethodContext
-    from bench.data.loading import load_dataset
-    from bench.device import resolve_device, seed_everything
-    from bench.evaluation import evaluate_scores, excluded_splits
-    from bench.measure.flops import count_inference_flops
-    from bench.measure.latency import latency_info, measure_latency
     from bench.measure.memory import PhaseMemory
-    from bench.measure.size import achieved_compression
-    from bench.training import TrainConfig, TrainingDivergedError
 
-    timings = result["timings"]
+    timings = result.timings
     t = time.perf_counter()
+    data = _load_checked(spec)
+    timings["load"] = time.perf_counter() - t
+    setup = _set_up(spec, data, timings)
+    memory = PhaseMemory(setup.device)
+    t = time.perf_counter()
+    with memory.phase("training"):
+        compressed = setup.method.compress(setup.ctx, setup.target)
+    timings["compress"] = time.perf_counter() - t
+    ctx = setup.ctx
+    cost = compressed.training if (compressed.training.epochs or compressed.training.seconds) else ctx.cost
+    compressed.module.eval()
+
+    t = time.perf_counter()
+    test, valid = _evaluate(spec, setup, compressed, memory)
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m = _measure(spec, setup, compressed, cost, memory, result)
+    timings["measure"] = time.perf_counter() - t
+
+    result.metrics = {**test, **{f"valid_{k}": v for k, v in valid.items()}}
+    # numbers are measurements; descriptions (units, skipped ops, how memory was read) are info
+    for k in [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, int | float)]:
+        result.info[k] = m.pop(k)
+    result.measurements = m
+    notes = report_notes(compressed)
+    result.settings = {**compressed.settings, "report_note": notes} if notes else compressed.settings
+    reasons = flag_reasons(spec, m)
+    if reasons:
+        result.flagged = True
+        result.flag_reason = "; ".join(reasons)
+    return setup.device
+
+
+def _load_checked(spec: CellSpec) -> InteractionData:
+    """The cell's dataset, checked against the checksum the matrix was planned with."""
+    from bench.data.loading import load_dataset
+
     data = load_dataset(spec.dataset, spec.data_dir)
     if spec.dataset_checksum and data.fingerprint() != spec.dataset_checksum:
         raise DatasetChangedError(
             f"dataset {spec.dataset!r} changed since the matrix was planned "
             f"(checksum {data.fingerprint()[:12]} != {spec.dataset_checksum[:12]})"
         )
-    timings["load"] = time.perf_counter() - t
+    return data
+
+
+def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any]) -> _Setup:
+    """Device, budget, method and target checked, seeds set, and the shared base checkpoint prepared
+    (timed as ``base``) if the method uses one; seeds are set again after it."""
+    from bench.context import BaseCheckpoints, MethodContext
+    from bench.device import resolve_device, seed_everything
+    from bench.training import TrainConfig
 
     device = resolve_device(spec.device)
     config = TrainConfig(**{**spec.budget, "seed": spec.seed, "device": str(device)})
@@ -223,38 +274,48 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
         ctx.prepare_base()
         timings["base"] = time.perf_counter() - t
         seed_everything(spec.seed)
+    return _Setup(data, device, config, method, target, ctx)
 
-    memory = PhaseMemory(device)
-    t = time.perf_counter()
-    with memory.phase("training"):
-        compressed = method.compress(ctx, target)
-    timings["compress"] = time.perf_counter() - t
-    cost = compressed.training if (compressed.training.epochs or compressed.training.seconds) else ctx.cost
-    compressed.module.eval()
 
-    t = time.perf_counter()
+def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
+              memory: PhaseMemory) -> tuple[dict[str, float], dict[str, float]]:
+    """Test and validation metrics of the compressed model: its representations (phase
+    ``propagation``), then full ranking of the test split (phase ``scoring``) and of the validation
+    split (unmeasured)."""
+    from bench.evaluation import evaluate_scores, excluded_splits
+    from bench.training import TrainingDivergedError
+
     with memory.phase("propagation"):
         users, items = compressed.representations()
     if not (torch.isfinite(users).all() and torch.isfinite(items).all()):
         raise TrainingDivergedError(f"{spec.method} produced non-finite representations")
-    item_t = items
 
     def score_rows(u: torch.Tensor) -> torch.Tensor:
-        return compressed.score(users[u], item_t)
+        return compressed.score(users[u], items)
 
+    data, config = setup.data, setup.config
     matrices = {s: data.matrix(s) for s in ("train", "valid", "test")}
     exclude = {s: [matrices[e] for e in excluded_splits(s)] for s in ("test", "valid")}
     with torch.no_grad(), memory.phase("scoring"):
         test = evaluate_scores(score_rows, matrices["test"], exclude["test"], ks=config.ks,
-                               memory_bytes=config.eval_memory_bytes, device=device).metrics
+                               memory_bytes=config.eval_memory_bytes, device=setup.device).metrics
     with torch.no_grad():
         valid = evaluate_scores(score_rows, matrices["valid"], exclude["valid"], ks=config.ks,
-                                memory_bytes=config.eval_memory_bytes, device=device).metrics
-    timings["evaluate"] = time.perf_counter() - t
+                                memory_bytes=config.eval_memory_bytes, device=setup.device).metrics
+    return test, valid
 
-    t = time.perf_counter()
+
+def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
+                            result: CellResult) -> dict[str, Any]:
+    """Sizes and achieved ratios, then (as ``spec.measure`` asks) FLOPs and latency; the latency
+    timer's description goes to ``result.info``."""
+    from bench.measure.flops import count_inference_flops
+    from bench.measure.latency import latency_info, measure_latency
+    from bench.measure.size import achieved_compression
+
+    data = setup.data
     m: dict[str, Any] = achieved_compression(compressed, data.n_users, data.n_items, len(data.train),
-                                             config.dim)
+                                             setup.config.dim)
     measure = {**DEFAULT_MEASURE, **spec.measure}
     if measure["flops"]:
         m.update(count_inference_flops(compressed, data.n_users, measure["flops_batch_users"]))
@@ -262,18 +323,19 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
         m.update(measure_latency(compressed, batches=tuple(measure["latency_batches"]),
                                  warmup=measure["latency_warmup"], repeats=measure["latency_repeats"],
                                  seed=spec.seed))
-        result["info"]["latency"] = latency_info(device)
-    m["train_seconds"] = cost.seconds
-    m["train_epochs"] = cost.epochs
-    m["train_macs_per_epoch"] = cost.macs_per_epoch
-    peaks = dict(memory.peaks)
-    if cost.peak_mem_bytes is not None:
-        peaks["training"] = cost.peak_mem_bytes
-    for phase, value in peaks.items():
-        m[f"peak_mem_{phase}_bytes"] = value
-        if phase in memory.baseline:
-            m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
-    m["peak_mem_method"] = memory.method
+        result.info["latency"] = latency_info(setup.device)
+    return m
+
+
+def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: TrainingCost,
+             memory: PhaseMemory, result: CellResult) -> dict[str, Any]:
+    """Every measurement of the cell (numbers and descriptions): inference cost, training ``cost`` and
+    peak memory, the method's own measurements (which may not reuse a harness name), totals with
+    the shared base's training, and the training stages (to ``result.info``; the base checkpoint's
+    hash to ``result.base_checkpoint``)."""
+    ctx = setup.ctx
+    m = _inference_measurements(spec, setup, compressed, result)
+    m.update(_training_measurements(cost, memory))
     clash = sorted(set(compressed.measurements)
                    & (set(m) | {"base_train_seconds", "train_seconds_total", "train_epochs_total"}))
     if clash:
@@ -284,22 +346,33 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
     m["train_seconds_total"], m["train_epochs_total"] = cost.seconds, cost.epochs
     if base is not None:
         m["base_train_seconds"] = base["training"].seconds
-        result["base_checkpoint"] = base["state_hash"]
+        result.base_checkpoint = base["state_hash"]
         if not own_is_base:
             m["train_seconds_total"] += base["training"].seconds
             m["train_epochs_total"] += base["training"].epochs
     stages = training_stages(base, ctx.stages)
-    result["info"]["training_stages"] = stages
+    result.info["training_stages"] = stages
     m["stages_at_budget"] = sum(s["at_budget"] for s in stages)
-    timings["measure"] = time.perf_counter() - t
+    return m
 
-    result["metrics"] = {**test, **{f"valid_{k}": v for k, v in valid.items()}}
-    # numbers are measurements; descriptions (units, skipped ops, how memory was read) are info
-    for k in [k for k, v in m.items() if isinstance(v, bool) or not isinstance(v, int | float)]:
-        result["info"][k] = m.pop(k)
-    result["measurements"] = m
-    notes = report_notes(compressed)
-    result["settings"] = {**compressed.settings, "report_note": notes} if notes else compressed.settings
+
+def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:
+    """Training cost (seconds, epochs, MACs per epoch) and peak memory per phase."""
+    m: dict[str, Any] = {"train_seconds": cost.seconds, "train_epochs": cost.epochs,
+                         "train_macs_per_epoch": cost.macs_per_epoch}
+    peaks = dict(memory.peaks)
+    if cost.peak_mem_bytes is not None:
+        peaks["training"] = cost.peak_mem_bytes
+    for phase, value in peaks.items():
+        m[f"peak_mem_{phase}_bytes"] = value
+        if phase in memory.baseline:
+            m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
+    m["peak_mem_method"] = memory.method
+    return m
+
+
+def flag_reasons(spec: CellSpec, m: dict[str, Any]) -> list[str]:
+    """Why a cell's achieved compression (measurements ``m``) misses its targets, if it does."""
     reasons = []
     if abs(m["emb_achieved"] - spec.emb_target) > FLAG_TOLERANCE:
         reasons.append(f"emb achieved {m['emb_achieved']:.4f} vs target {spec.emb_target:g}")
@@ -309,7 +382,4 @@ def _execute(spec: CellSpec, result: dict[str, Any]) -> torch.device:
         reasons.append(f"edge achieved {m['edge_achieved']:.4f} vs target {spec.edge_target:g}")
     if spec.layers_target is not None and m["layers"] != spec.layers_target:
         reasons.append(f"layers {m['layers']} vs target {spec.layers_target}")
-    if reasons:
-        result["flagged"] = True
-        result["flag_reason"] = "; ".join(reasons)
-    return device
+    return reasons

@@ -38,7 +38,15 @@ from bench.measure.flops import count_train_macs_per_epoch
 from bench.measure.memory import PhaseMemory
 from bench.registry import random_streams
 from bench.sampling import EpochSampler
-from bench.training import TrainConfig, TrainHook, TrainResult, build_lightgcn, config_dict, fit_bpr
+from bench.training import (
+    TrainConfig,
+    TrainedModel,
+    TrainHook,
+    TrainResult,
+    build_lightgcn,
+    config_dict,
+    fit_bpr,
+)
 
 CHECKPOINT_VERSION = 1
 # free space below which a failed cache write is put down to a full disk
@@ -63,16 +71,14 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 @dataclass
-class BaseModel:
-    """A freshly loaded copy of the base checkpoint (safe to modify) and its provenance."""
+class BaseModel(TrainedModel):
+    """A freshly loaded copy of the base checkpoint (safe to modify), its best epoch and metrics, and
+    its provenance."""
 
     model: LightGCN
     key: str
     state_hash: str
     training: TrainingCost
-    valid: dict[str, float]
-    test: dict[str, float]
-    best_epoch: int
     path: Path | None
     budget_epochs: int | None = None  # the epoch budget it was trained under (None: not recorded)
 

@@ -1,7 +1,8 @@
 """Where cells run: in-process, local worker processes, or a Dask cluster.
 
-Every executor takes the planned :class:`~bench.cell.CellSpec` list and yields result records
-as cells finish (in any order). Workers only compute: the client writes the store.
+Every executor takes the planned :class:`~bench.cell.CellSpec` list and yields their results
+(:class:`~bench.result.CellResult`) as cells finish (in any order). Workers only compute: the
+client writes the store.
 
 * :class:`SequentialExecutor`: one cell after another in this process (the default).
 * :class:`ProcessExecutor`: ``--workers N`` spawned processes. A worker that dies (killed by the
@@ -26,21 +27,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from bench.cell import CellSpec, finish_result, new_result, run_cell
+from bench.result import CellResult
 
 MAX_ATTEMPTS_AFTER_CRASH = 2
 #: exit status of a worker that ended because its parent process died
 PARENT_GONE_EXIT = 70
 
 
-def failed_result(spec: CellSpec, error: str) -> dict[str, Any]:
-    """A failed record for a cell whose worker never returned a result."""
+def failed_result(spec: CellSpec, error: str) -> CellResult:
+    """A failed result for a cell whose worker never returned one."""
     result = new_result(spec)
-    result["error"] = error
+    result.error = error
     return finish_result(result, spec, "cpu")
 
 
@@ -48,7 +49,7 @@ class SequentialExecutor:
     name = "sequential"
     concurrent_cells = 1
 
-    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[CellResult]:
         for spec in specs:
             yield run_cell(spec)
 
@@ -75,7 +76,7 @@ def _init_worker(threads: int) -> None:
     threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
-def _run_marked(spec: CellSpec, marker_dir: str) -> dict[str, Any]:
+def _run_marked(spec: CellSpec, marker_dir: str) -> CellResult:
     marker = Path(marker_dir) / spec.key
     marker.write_text(str(os.getpid()))
     try:
@@ -96,7 +97,7 @@ class ProcessExecutor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self._pool: ProcessPoolExecutor | None = None
 
-    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[CellResult]:
         remaining = {s.key: s for s in specs}
         attempts: dict[str, int] = {}
         with tempfile.TemporaryDirectory(prefix="recshrink-markers-") as markers:
@@ -173,7 +174,7 @@ class DaskExecutor:
             if self.threads is None:
                 self.threads = max(1, (os.cpu_count() or 1) // n_workers)
 
-    def run(self, specs: Sequence[CellSpec]) -> Iterator[dict[str, Any]]:
+    def run(self, specs: Sequence[CellSpec]) -> Iterator[CellResult]:
         from dask.distributed import as_completed
 
         futures = {}

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from bench.cell import CellSpec, report_identity
 from bench.config import MatrixConfig
+from bench.result import CellResult
 from bench.store import ResultStore
 
 
@@ -99,17 +100,17 @@ def default_checkpoint_dir(config: MatrixConfig) -> Path:
     return cache_dir(data_root(config.data_dir)) / "checkpoints"
 
 
-def _fmt_cell(result: dict[str, Any]) -> str:
-    spec = CellSpec(**{k: v for k, v in result["spec"].items()})
-    head = f"{spec.label()}: {result['status']}"
-    if result["status"] != "ok":
-        return f"{head} ({result['error']})"
-    m, x = result["metrics"], result["measurements"]
+def _fmt_cell(result: CellResult) -> str:
+    spec = CellSpec(**{k: v for k, v in result.spec.items()})
+    head = f"{spec.label()}: {result.status}"
+    if result.status != "ok":
+        return f"{head} ({result.error})"
+    m, x = result.metrics, result.measurements
     parts = [f"recall@20={m.get('recall@20', float('nan')):.4f}",
              f"ndcg@20={m.get('ndcg@20', float('nan')):.4f}",
              f"emb={x.get('emb_achieved', float('nan')):.3f}",
-             f"{result['timings'].get('total', 0):.1f}s"]
-    flag = f"  FLAGGED: {result['flag_reason']}" if result.get("flagged") else ""
+             f"{result.timings.get('total', 0):.1f}s"]
+    flag = f"  FLAGGED: {result.flag_reason}" if result.flagged else ""
     return f"{head}  " + "  ".join(parts) + flag
 
 
@@ -165,7 +166,7 @@ def run_matrix(
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_result: Callable[[CellResult], None] | None = None,
     checkpoint_dir: Path | None = None,
     command: str | None = None,
     report: bool = True,
@@ -173,41 +174,13 @@ def run_matrix(
     """Run (or resume) a matrix; see the module docstring. Returns what happened."""
     from bench.environment import environment
     from bench.executors import SequentialExecutor
-    from bench.report import write_run_outputs
 
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
-    ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
     executor = executor or SequentialExecutor()
-    concurrent = getattr(executor, "concurrent_cells", None)
-    cells = [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
+    cells = _plan_for(executor, config, device, checkpoint_dir)
     store = ResultStore(out / "results.sqlite")
-    statuses = store.statuses()
-    done = [c for c in cells if statuses.get(c.key) == "ok"]
-    failed_before = [c for c in cells if statuses.get(c.key) == "failed"]
-    todo = [c for c in cells if statuses.get(c.key) != "ok" and (retry_failed or c.key not in statuses)]
-    summary = RunSummary(out_dir=out, total=len(cells), already_done=len(done),
-                         skipped_failed=0 if retry_failed else len(failed_before),
-                         keys=[c.key for c in cells])
-    failed_note = ""
-    if failed_before:
-        failed_note = (f", {len(failed_before)} failed before" +
-                       (" (rerun)" if retry_failed else " (skipped; --retry-failed reruns them)"))
-    log(f"{config.name}: {len(cells)} cells, {len(done)} already done{failed_note}; running {len(todo)} "
-        f"on {executor.name}; results in {out / 'results.sqlite'}")
-    stored = store.cells() if todo else []  # read once for both checks below
-    clashes = budget_clashes(stored, todo)
-    if clashes:
-        log(f"{config.name}: WARNING: {clashes} of these cells are already in {out / 'results.sqlite'} under "
-            f"another training budget; reports show the newest cell of each method, target and seed, so "
-            f"these will replace the others there. Use another --out to keep both.")
-    n_other, versions = other_version_cells(stored, todo)
-    if n_other:
-        shown = ", ".join(versions[:3]) + (", ..." if len(versions) > 3 else "")
-        log(f"{config.name}: NOTE: {n_other} of these cells are already in {out / 'results.sqlite'} from "
-            f"other code ({shown}); cell keys include the code version ({cells[0].code_version} now), so "
-            f"they run again and reports show the newer results. To resume without recomputing, run "
-            f"from the commit that started the matrix.")
+    summary, todo = _resume(config, cells, store, retry_failed, executor.name, out, log)
     run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
                              environment(cells[0].device if cells else "cpu"))
     outcome = "finished"
@@ -215,17 +188,7 @@ def run_matrix(
                dynamic_ncols=True)
     try:
         for result in executor.run(todo):
-            t = time.perf_counter()
-            store.put(result)
-            summary.store_seconds += time.perf_counter() - t
-            summary.ran += 1
-            summary.cell_seconds += result.get("timings", {}).get("total", 0.0)
-            summary.measure_seconds += result.get("timings", {}).get("measure", 0.0)
-            if result["status"] == "ok":
-                summary.ok += 1
-                summary.flagged += int(bool(result.get("flagged")))
-            else:
-                summary.failed += 1
+            _store_result(result, store, summary)
             bar.update(1)
             (bar.write if progress else log)(_fmt_cell(result))
             if on_result is not None:
@@ -242,14 +205,87 @@ def run_matrix(
         executor.close()
         summary.wall_seconds = time.perf_counter() - t_start
         store.finish_run(run_id, outcome)
-        if report:
-            try:
-                write_run_outputs(store, out, summary.keys, config)
-            except Exception as exc:  # a report problem must not hide the run's own outcome
-                log(f"{config.name}: could not write the report: {type(exc).__name__}: {exc} "
-                    f"(the results are stored; rebuild it with `recshrink report {out}`)")
-        store.close()
-        log(f"{config.name}: {outcome}; ran {summary.ran} cells ({summary.ok} ok, {summary.failed} failed, "
-            f"{summary.flagged} flagged) in {summary.wall_seconds:.1f}s; harness overhead "
-            f"(measurement + storage) {100 * summary.overhead_share:.1f}% of cell time; outputs in {out}")
+        _finish(config, store, summary, outcome, report, log)
     return summary
+
+
+def _plan_for(executor: Any, config: MatrixConfig, device: str | None,
+              checkpoint_dir: Path | None) -> list[CellSpec]:
+    """The matrix's cells (:func:`plan`; base checkpoints in ``checkpoint_dir`` or the default), each
+    recording how many cells ``executor`` runs at once."""
+    ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
+    concurrent = getattr(executor, "concurrent_cells", None)
+    return [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
+
+
+def _resume(config: MatrixConfig, cells: list[CellSpec], store: ResultStore, retry_failed: bool,
+            executor_name: str, out: Path, log: Callable[[str], None]) -> tuple[RunSummary, list[CellSpec]]:
+    """What is left to run of ``cells`` given the store (cells stored ``ok`` are done, failed ones
+    rerun only with ``retry_failed``), logged with what the store already holds of them."""
+    statuses = store.statuses()
+    done = [c for c in cells if statuses.get(c.key) == "ok"]
+    failed_before = [c for c in cells if statuses.get(c.key) == "failed"]
+    todo = [c for c in cells if statuses.get(c.key) != "ok" and (retry_failed or c.key not in statuses)]
+    summary = RunSummary(out_dir=out, total=len(cells), already_done=len(done),
+                         skipped_failed=0 if retry_failed else len(failed_before),
+                         keys=[c.key for c in cells])
+    failed_note = ""
+    if failed_before:
+        failed_note = (f", {len(failed_before)} failed before" +
+                       (" (rerun)" if retry_failed else " (skipped; --retry-failed reruns them)"))
+    log(f"{config.name}: {len(cells)} cells, {len(done)} already done{failed_note}; running {len(todo)} "
+        f"on {executor_name}; results in {out / 'results.sqlite'}")
+    _warn_about_stored(config, store.cells() if todo else [], todo, out, log)
+    return summary, todo
+
+
+def _warn_about_stored(config: MatrixConfig, stored: list[dict[str, Any]], todo: list[CellSpec], out: Path,
+                       log: Callable[[str], None]) -> None:
+    """Log the cells to run that the store (its cells, ``stored``) holds under another training
+    budget (the report will replace them) or from other code (they run again)."""
+    clashes = budget_clashes(stored, todo)
+    if clashes:
+        log(f"{config.name}: WARNING: {clashes} of these cells are already in {out / 'results.sqlite'} under "
+            f"another training budget; reports show the newest cell of each method, target and seed, so "
+            f"these will replace the others there. Use another --out to keep both.")
+    n_other, versions = other_version_cells(stored, todo)
+    if n_other:
+        shown = ", ".join(versions[:3]) + (", ..." if len(versions) > 3 else "")
+        log(f"{config.name}: NOTE: {n_other} of these cells are already in {out / 'results.sqlite'} from "
+            f"other code ({shown}); cell keys include the code version ({todo[0].code_version} now), so "
+            f"they run again and reports show the newer results. To resume without recomputing, run "
+            f"from the commit that started the matrix.")
+
+
+def _store_result(result: CellResult, store: ResultStore, summary: RunSummary) -> None:
+    """Store a finished cell and count it in ``summary``."""
+    t = time.perf_counter()
+    store.put(result)
+    summary.store_seconds += time.perf_counter() - t
+    summary.ran += 1
+    summary.cell_seconds += result.timings.get("total", 0.0)
+    summary.measure_seconds += result.timings.get("measure", 0.0)
+    if result.status == "ok":
+        summary.ok += 1
+        summary.flagged += int(bool(result.flagged))
+    else:
+        summary.failed += 1
+
+
+def _finish(config: MatrixConfig, store: ResultStore, summary: RunSummary, outcome: str, report: bool,
+            log: Callable[[str], None]) -> None:
+    """Write the run's report (if asked; a failure to is logged, not raised), close the store and
+    log the run's outcome."""
+    from bench.report import write_run_outputs
+
+    out = summary.out_dir
+    if report:
+        try:
+            write_run_outputs(store, out, summary.keys, config)
+        except Exception as exc:  # a report problem must not hide the run's own outcome
+            log(f"{config.name}: could not write the report: {type(exc).__name__}: {exc} "
+                f"(the results are stored; rebuild it with `recshrink report {out}`)")
+    store.close()
+    log(f"{config.name}: {outcome}; ran {summary.ran} cells ({summary.ok} ok, {summary.failed} failed, "
+        f"{summary.flagged} flagged) in {summary.wall_seconds:.1f}s; harness overhead "
+        f"(measurement + storage) {100 * summary.overhead_share:.1f}% of cell time; outputs in {out}")

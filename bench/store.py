@@ -3,11 +3,12 @@ code version) (:attr:`bench.cell.CellSpec.key`).
 
 Tables
 
-* ``cells``: one row per cell: identity columns (run, dataset, method, targets, seed), ``status``
-  (``ok`` or ``failed``), ``flagged`` and ``flag_reason``, ``error`` and ``traceback``, and JSON
-  columns ``spec``, ``metrics``, ``measurements``, ``settings``, ``info``, ``timings``,
-  ``environment`` (package versions, device, threads, git SHA), plus ``base_checkpoint`` (sha256 of
-  the shared base model), ``dataset_checksum``, ``code_version`` and start/finish times.
+* ``cells``: one row per cell, one column per field of :class:`bench.result.CellResult` in field
+  order: identity columns (run, dataset, method, targets, seed), ``status`` (``ok`` or ``failed``),
+  ``flagged`` and ``flag_reason``, ``error`` and ``traceback``, and JSON columns ``spec``,
+  ``metrics``, ``measurements``, ``settings``, ``info``, ``timings``, ``environment`` (package
+  versions, device, threads, git SHA), plus ``base_checkpoint`` (sha256 of the shared base model),
+  ``dataset_checksum``, ``code_version``, start/finish times and the cell's seconds.
 * ``cell_values``: the same metrics and measurements in long form ``(key, name, value)`` for SQL.
 * ``runs``: one row per invocation of ``recshrink run`` (config text, command, times, outcome).
 
@@ -22,40 +23,19 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.result import CellResult, column_declarations, columns, now
+
 SCHEMA_VERSION = 1
-_SCHEMA = """
+_COLUMNS = columns()
+_JSON_COLUMNS = columns(json=True)
+_CELLS = ",\n    ".join(column_declarations())
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cells (
-    key TEXT PRIMARY KEY,
-    run TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    method TEXT NOT NULL,
-    emb_target REAL NOT NULL,
-    edge_target REAL,
-    layers_target INTEGER,
-    seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    flagged INTEGER NOT NULL DEFAULT 0,
-    flag_reason TEXT,
-    error TEXT,
-    traceback TEXT,
-    spec TEXT NOT NULL,
-    metrics TEXT NOT NULL,
-    measurements TEXT NOT NULL,
-    settings TEXT NOT NULL,
-    info TEXT NOT NULL,
-    timings TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    base_checkpoint TEXT,
-    dataset_checksum TEXT,
-    code_version TEXT,
-    started_at TEXT,
-    finished_at TEXT,
-    seconds REAL
+    {_CELLS}
 );
 CREATE TABLE IF NOT EXISTS cell_values (
     key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
@@ -74,7 +54,6 @@ CREATE TABLE IF NOT EXISTS runs (
     environment TEXT
 );
 """
-_JSON_COLUMNS = ("spec", "metrics", "measurements", "settings", "info", "timings", "environment")
 
 
 class StoreError(RuntimeError):
@@ -92,10 +71,6 @@ def _json(value: Any) -> str:
         return v
 
     return json.dumps(clean(value), sort_keys=True, default=str)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class ResultStore:
@@ -133,14 +108,14 @@ class ResultStore:
         with self.conn:
             cur = self.conn.execute(
                 "INSERT INTO runs (name, config, command, started_at, environment) VALUES (?,?,?,?,?)",
-                (name, config_text, command, _now(), _json(environment)),
+                (name, config_text, command, now(), _json(environment)),
             )
         return int(cur.lastrowid)
 
     def finish_run(self, run_id: int, outcome: str) -> None:
         with self.conn:
             self.conn.execute("UPDATE runs SET finished_at=?, outcome=? WHERE id=?",
-                              (_now(), outcome, run_id))
+                              (now(), outcome, run_id))
 
     def runs(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM runs ORDER BY id")
@@ -148,29 +123,17 @@ class ResultStore:
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     # --- cells ----------------------------------------------------------------------------------
-    def put(self, result: dict[str, Any]) -> None:
+    def put(self, result: CellResult) -> None:
         """Insert or replace a cell's row and its long-form values in one transaction."""
-        spec = result["spec"]
-        values = {**result.get("metrics", {}), **result.get("measurements", {})}
+        row = [_json(getattr(result, c)) if c in _JSON_COLUMNS else getattr(result, c) for c in _COLUMNS]
+        values = {**result.metrics, **result.measurements}
         with self.conn:
-            self.conn.execute("DELETE FROM cell_values WHERE key=?", (result["key"],))
-            self.conn.execute(
-                "INSERT OR REPLACE INTO cells VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    result["key"], spec.get("run", ""), spec["dataset"], spec["method"],
-                    spec["emb_target"], spec.get("edge_target"), spec.get("layers_target"), spec["seed"],
-                    result["status"], int(bool(result.get("flagged"))), result.get("flag_reason"),
-                    result.get("error"), result.get("traceback"),
-                    *(_json(result.get(c, {})) for c in _JSON_COLUMNS),
-                    result.get("base_checkpoint"), spec.get("dataset_checksum"), spec.get("code_version"),
-                    result.get("started_at"), result.get("finished_at"),
-                    result.get("timings", {}).get("total"),
-                ),
-            )
+            self.conn.execute("DELETE FROM cell_values WHERE key=?", (result.key,))
+            self.conn.execute(f"INSERT OR REPLACE INTO cells ({', '.join(_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' * len(_COLUMNS))})", row)
             self.conn.executemany(
                 "INSERT INTO cell_values VALUES (?,?,?)",
-                [(result["key"], k, float(v)) for k, v in values.items()
+                [(result.key, k, float(v)) for k, v in values.items()
                  if isinstance(v, int | float) and not isinstance(v, bool)],
             )
 
@@ -179,14 +142,14 @@ class ResultStore:
         return dict(self.conn.execute("SELECT key, status FROM cells").fetchall())
 
     def cells(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Stored cells (all, or those with ``keys``) with JSON columns decoded."""
-        cur = self.conn.execute("SELECT * FROM cells ORDER BY dataset, method, emb_target DESC, "
-                                "edge_target DESC, seed")
-        cols = [d[0] for d in cur.description]
+        """Stored cells (all, or those with ``keys``), each a dict of the :class:`CellResult` fields
+        with JSON columns decoded."""
+        cur = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM cells ORDER BY dataset, method, "
+                                "emb_target DESC, edge_target DESC, seed")
         wanted = set(keys) if keys is not None else None
         out = []
         for row in cur.fetchall():
-            rec = dict(zip(cols, row, strict=True))
+            rec = dict(zip(_COLUMNS, row, strict=True))
             if wanted is not None and rec["key"] not in wanted:
                 continue
             for c in _JSON_COLUMNS:

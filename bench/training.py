@@ -167,16 +167,22 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult:
-    """Outcome of a run: the restored best model and what happened."""
+class TrainedModel:
+    """A trained model restored to its best validation epoch, with its metrics there."""
 
     model: Any
-    config: TrainConfig
-    epochs: int
     best_epoch: int
-    best_valid: float
     valid: dict[str, float]
     test: dict[str, float]
+
+
+@dataclass
+class TrainResult(TrainedModel):
+    """Outcome of a run: the restored best model and what happened."""
+
+    config: TrainConfig
+    epochs: int
+    best_valid: float
     epoch_seconds: list[float]
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -261,82 +267,116 @@ def fit_bpr(
     :class:`bench.sampling.InteractionSampler`, every interaction once with one negative); a step
     takes ``sampler.batch_triples(batch_size)`` of them.
     """
+    _check_trainable(data, config)
+    gen = torch.Generator().manual_seed(config.seed)
+    if sampler is None:
+        sampler = InteractionSampler(data.train, data.n_users, data.n_items)
+    loop = _EpochLoop(model, data, config, hooks, sampler,
+                      make_adam([p for p in model.parameters() if p.requires_grad], config.lr))
+    best = _BestState()
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
+               disable=not progress, leave=False)
+    epoch = 0
+    for epoch in bar:
+        row = loop.run(epoch, gen)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            value = best.validate(model, data, config, epoch)
+            row[f"valid_{config.valid_metric}"] = value
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
+                            best=best.epoch)
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if best.since >= config.patience:
+            break
+    bar.close()
+    for hook in hooks:
+        hook.train_end(epoch)
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    test = evaluate_split(model, data, "test", config).metrics if len(data.test) else {}
+    return TrainResult(model=model, config=config, epochs=epoch, best_epoch=best.epoch,
+                       best_valid=best.value, valid=best.valid, test=test,
+                       epoch_seconds=loop.epoch_seconds, history=history)
+
+
+def _check_trainable(data: InteractionData, config: TrainConfig) -> None:
+    """Raise unless ``config`` is valid and ``data`` has the train and validation pairs training needs."""
     config.validate()
     if len(data.train) == 0:
         raise EmptySplitError(f"{data.name}: the train split is empty")
     if len(data.valid) == 0:
         raise EmptySplitError(f"{data.name}: the validation split is empty (needed for early stopping)")
-    device = next(iter(model.parameters())).device
-    gen = torch.Generator().manual_seed(config.seed)
-    if sampler is None:
-        sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-    optimizer = make_adam([p for p in model.parameters() if p.requires_grad], config.lr)
-    batch = sampler.batch_triples(config.batch_size)
-    best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
-    since_best = 0
-    epoch_seconds: list[float] = []
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
-               disable=not progress, leave=False)
-    epoch = step = 0
-    for epoch in bar:
+
+
+@dataclass
+class _BestState:
+    """Early stopping: the best validation value so far, its epoch, metrics and model state, and the
+    validations since it."""
+
+    value: float = -math.inf
+    epoch: int = 0
+    state: dict[str, Any] | None = None
+    valid: dict[str, float] = field(default_factory=dict)
+    since: int = 0
+
+    def validate(self, model: BPRModel, data: InteractionData, config: TrainConfig, epoch: int) -> float:
+        """Evaluate ``model`` on the validation split after ``epoch``, keep its state if it is the best
+        so far; returns the value of ``config.valid_metric``."""
+        res = evaluate_split(model, data, "valid", config)
+        value = res.metrics[config.valid_metric]
+        if value > self.value:
+            self.value, self.epoch, self.valid = value, epoch, res.metrics
+            self.state = copy.deepcopy(model.state_dict())
+            self.since = 0
+        else:
+            self.since += 1
+        return value
+
+
+class _EpochLoop:
+    """One training epoch at a time: the scheduled learning rate, the hooks' ``epoch_start``, the
+    epoch's triples from the sampler, and a :func:`bpr_step` per mini-batch (steps counted across
+    epochs); keeps each epoch's wall time."""
+
+    def __init__(self, model: BPRModel, data: InteractionData, config: TrainConfig,
+                 hooks: Sequence[TrainHook], sampler: EpochSampler, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.data, self.config, self.hooks = model, data, config, hooks
+        self.sampler, self.optimizer = sampler, optimizer
+        self.device = next(iter(model.parameters())).device
+        self.batch = sampler.batch_triples(config.batch_size)
+        self.step = 0
+        self.epoch_seconds: list[float] = []
+
+    def run(self, epoch: int, gen: torch.Generator) -> dict[str, float]:
+        """Train epoch ``epoch`` drawing from ``gen``; returns its history row (epoch, mean loss,
+        seconds, learning rate)."""
         t0 = time.perf_counter()
+        config, batch = self.config, self.batch
         lr = scheduled_lr(config, epoch)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for hook in hooks:
+        for hook in self.hooks:
             hook.epoch_start(epoch)
-        users_all, pos_all, neg_all = sampler.epoch(gen)
+        users_all, pos_all, neg_all = self.sampler.epoch(gen)
         n = users_all.numel()
         n_batches = math.ceil(n / batch)
         total = 0.0
         for b in range(n_batches):
-            u = users_all[b * batch : (b + 1) * batch].to(device)
-            p = pos_all[b * batch : (b + 1) * batch].to(device)
-            q = neg_all[b * batch : (b + 1) * batch].to(device)
+            u = users_all[b * batch : (b + 1) * batch].to(self.device)
+            p = pos_all[b * batch : (b + 1) * batch].to(self.device)
+            q = neg_all[b * batch : (b + 1) * batch].to(self.device)
             try:
-                loss = bpr_step(model, optimizer, (u, p, q), config, hooks, step + 1)
+                loss = bpr_step(self.model, self.optimizer, (u, p, q), config, self.hooks, self.step + 1)
             except TrainingDivergedError as exc:
-                raise TrainingDivergedError(f"{data.name}: {exc} at epoch {epoch}, batch {b + 1}/{n_batches}"
-                                            f" (lr={config.lr}, reg={config.reg})") from None
-            step += 1
+                where = f"epoch {epoch}, batch {b + 1}/{n_batches}"
+                raise TrainingDivergedError(f"{self.data.name}: {exc} at {where} "
+                                            f"(lr={config.lr}, reg={config.reg})") from None
+            self.step += 1
             total += loss * u.numel()
-        epoch_seconds.append(time.perf_counter() - t0)
-        row: dict[str, float] = {"epoch": epoch, "loss": total / n, "seconds": epoch_seconds[-1], "lr": lr}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            res = evaluate_split(model, data, "valid", config)
-            value = res.metrics[config.valid_metric]
-            row[f"valid_{config.valid_metric}"] = value
-            if value > best_value:
-                best_value, best_epoch, best_valid = value, epoch, res.metrics
-                best_state = copy.deepcopy(model.state_dict())
-                since_best = 0
-            else:
-                since_best += 1
-            bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
-                            best=best_epoch)
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if since_best >= config.patience:
-            break
-    bar.close()
-    for hook in hooks:
-        hook.train_end(epoch)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test = evaluate_split(model, data, "test", config).metrics if len(data.test) else {}
-    return TrainResult(
-        model=model,
-        config=config,
-        epochs=epoch,
-        best_epoch=best_epoch,
-        best_valid=best_value,
-        valid=best_valid,
-        test=test,
-        epoch_seconds=epoch_seconds,
-        history=history,
-    )
+        self.epoch_seconds.append(time.perf_counter() - t0)
+        return {"epoch": epoch, "loss": total / n, "seconds": self.epoch_seconds[-1], "lr": lr}
 
 
 def build_lightgcn(data: InteractionData, config: TrainConfig, device: torch.device):

@@ -4,6 +4,7 @@ live in ``conftest.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bench.data.dataset import InteractionData
+from bench.result import CellResult
 from bench.training import TrainConfig
 
 # --- interaction data ---------------------------------------------------------------------------
@@ -183,24 +185,25 @@ def value(method: str, target: float, seed: int, name: str) -> float:
     return 5e6 * target + 1e5
 
 
-def result(method: str, target: float, seed: int) -> dict:
-    key = f"k-{method}-{target}-{seed}"
+def result(method: str, target: float, seed: int) -> CellResult:
+    """The generated store's cell (``method``, ``target``, ``seed``): failed, flagged or ok."""
     failed = (method, target, seed) == FAILED
     flagged = (method, target, seed) == FLAGGED
     spec = {"dataset": "toyset", "method": method, "emb_target": target, "edge_target": None,
             "layers_target": None, "seed": seed, "options": {}, "budget": {"epochs": 5}, "device": "cpu",
             "dataset_checksum": "c0ffee", "code_version": "0.1.0+abc", "run": "gen"}
-    metrics = {} if failed else {n: value(method, target, seed, n) for n in ("recall@20", "ndcg@20")}
-    measurements = {} if failed else {n: value(method, target, seed, n) for n in MEASURES}
-    return {
-        "key": key, "spec": spec, "status": "failed" if failed else "ok", "flagged": flagged,
-        "flag_reason": "emb achieved 0.5500 vs target 0.5" if flagged else None,
-        "error": "RuntimeError: boom" if failed else None, "traceback": None, "metrics": metrics,
-        "measurements": measurements, "settings": {}, "info": {}, "timings": {"total": 1.0},
-        "environment": {"device": "cpu", "versions": {"torch": "2.13.0"}, "git_sha": "abc"},
-        "base_checkpoint": None if method == "toy-a" else "b" * 8,
-        "started_at": "2026-11-21T10:00:00+00:00", "finished_at": f"2026-11-21T10:00:{seed:02d}+00:00",
-    }
+    return dataclasses.replace(
+        CellResult.start(spec, f"k-{method}-{target}-{seed}"),
+        status="failed" if failed else "ok", flagged=flagged,
+        flag_reason="emb achieved 0.5500 vs target 0.5" if flagged else None,
+        error="RuntimeError: boom" if failed else None,
+        metrics={} if failed else {n: value(method, target, seed, n) for n in ("recall@20", "ndcg@20")},
+        measurements={} if failed else {n: value(method, target, seed, n) for n in MEASURES},
+        timings={"total": 1.0}, seconds=1.0,
+        environment={"device": "cpu", "versions": {"torch": "2.13.0"}, "git_sha": "abc"},
+        base_checkpoint=None if method == "toy-a" else "b" * 8,
+        started_at="2026-11-21T10:00:00+00:00", finished_at=f"2026-11-21T10:00:{seed:02d}+00:00",
+    )
 
 
 def cells_plan():

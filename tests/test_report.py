@@ -32,14 +32,14 @@ def expected_cells() -> pd.DataFrame:
     order = sorted(cells_plan(), key=lambda c: (c[0], -c[1], c[2]))
     for m, t, s in order:
         r = result(m, t, s)
-        base = {"run": "gen", "key": r["key"], "dataset": "toyset", "method": m, "variant": m,
+        base = {"run": "gen", "key": r.key, "dataset": "toyset", "method": m, "variant": m,
                 "emb_target": t, "edge_target": math.nan, "layers_target": math.nan, "seed": s,
-                "status": r["status"], "flagged": r["flagged"], "flag_reason": r["flag_reason"],
-                "error": r["error"], "emb_achieved": r["measurements"].get("emb_achieved", math.nan),
+                "status": r.status, "flagged": r.flagged, "flag_reason": r.flag_reason,
+                "error": r.error, "emb_achieved": r.measurements.get("emb_achieved", math.nan),
                 "edge_achieved": math.nan, "options": "{}", "budget": '{"epochs": 5}', "device": "cpu",
-                "base_checkpoint": r["base_checkpoint"], "dataset_checksum": "c0ffee",
-                "code_version": "0.1.0+abc", "finished_at": r["finished_at"]}
-        if r["status"] == "failed":
+                "base_checkpoint": r.base_checkpoint, "dataset_checksum": "c0ffee",
+                "code_version": "0.1.0+abc", "finished_at": r.finished_at}
+        if r.status == "failed":
             rows.append({**base, "name": math.nan, "value": math.nan})
             continue
         for name in ("ndcg@20", "recall@20", *MEASURES):

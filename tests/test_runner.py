@@ -91,7 +91,7 @@ def test_interrupted_matrix_resumes_with_exactly_the_missing_cells(tiny_root, to
     first: list[str] = []
 
     def stop_after_two(result):
-        first.append(result["key"])
+        first.append(result.key)
         if len(first) == 2:
             raise KeyboardInterrupt
 
@@ -101,7 +101,7 @@ def test_interrupted_matrix_resumes_with_exactly_the_missing_cells(tiny_root, to
     with ResultStore(out / "results.sqlite") as store:
         assert store.runs()[-1]["outcome"] == "interrupted"
     second: list[str] = []
-    summary = run_matrix(cfg, out, on_result=lambda r: second.append(r["key"]), **QUIET)
+    summary = run_matrix(cfg, out, on_result=lambda r: second.append(r.key), **QUIET)
     all_keys = set(summary.keys)
     assert set(second) == all_keys - set(first) and len(second) == 4
     assert set(stored(out)) == all_keys
@@ -124,9 +124,9 @@ def test_failures_are_stored_and_the_matrix_goes_on(tiny_root, toy_plugin, tmp_p
 
     # failed cells are not retried unless asked, and then only they run
     ran: list[str] = []
-    run_matrix(cfg, out, on_result=lambda r: ran.append(r["spec"]["method"]), **QUIET)
+    run_matrix(cfg, out, on_result=lambda r: ran.append(r.method), **QUIET)
     assert ran == []
-    run_matrix(cfg, out, retry_failed=True, on_result=lambda r: ran.append(r["spec"]["method"]), **QUIET)
+    run_matrix(cfg, out, retry_failed=True, on_result=lambda r: ran.append(r.method), **QUIET)
     assert sorted(ran) == ["toy-nan", "toy-oom", "toy-raise"]
     assert len(stored(out)) == 5
 
@@ -247,7 +247,7 @@ def test_killed_run_loses_no_finished_cell_and_leaves_no_partial_row(tiny_root, 
     con.close()
     done = {k for k, _ in rows}
     ran: list[str] = []
-    summary = run_matrix(load_config(config), out, on_result=lambda r: ran.append(r["key"]), **QUIET)
+    summary = run_matrix(load_config(config), out, on_result=lambda r: ran.append(r.key), **QUIET)
     assert summary.total == 9 and set(ran) == set(summary.keys) - done
 
 

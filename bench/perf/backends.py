@@ -21,20 +21,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.perf.common import (
-    DEFAULT_OUT,
-    default_data_dir,
-    environment_fields,
-    md_table,
-    set_threads,
-    timed,
-    write_outputs,
-)
+from bench.perf.common import environment_fields, md_table, script_parser, set_threads, timed, write_outputs
 
 
 def available_backends() -> list[str]:
@@ -92,14 +83,8 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["yelp-lightgnn", "citeulike"])
+    p = script_parser(__doc__.split("\n")[0], ["yelp-lightgnn", "citeulike"], repeats=10)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--data-dir", default=default_data_dir(),
-                   help="data root (default: RECSHRINK_DATA or ../shared/datasets)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     set_threads(args.threads)
     rows: list[dict[str, Any]] = []

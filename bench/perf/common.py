@@ -7,6 +7,7 @@ environment: versions, threads, device, git SHA) and ``<name>.md`` (a short tabl
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import statistics
@@ -28,6 +29,21 @@ def default_data_dir() -> str | None:
         return os.environ["RECSHRINK_DATA"]
     shared = Path("../shared/datasets")
     return str(shared) if shared.is_dir() else None
+
+
+def script_parser(description: str, datasets: Sequence[str], repeats: int,
+                  repeats_help: str | None = None) -> argparse.ArgumentParser:
+    """The command line every per-dataset script shares: ``--datasets`` (default ``datasets``),
+    ``--threads`` (default 2), ``--repeats`` (default ``repeats``), ``--data-dir`` and ``--out``;
+    a script adds its own options to it."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--datasets", nargs="+", default=list(datasets))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    p.add_argument("--data-dir", default=default_data_dir(),
+                   help="data root (default: RECSHRINK_DATA or ../shared/datasets)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return p
 
 
 def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:

@@ -41,15 +41,7 @@ import numpy as np
 import torch
 
 from bench.data.dataset import InteractionData
-from bench.perf.common import (
-    DEFAULT_OUT,
-    default_data_dir,
-    environment_fields,
-    md_table,
-    set_threads,
-    timed,
-    write_outputs,
-)
+from bench.perf.common import environment_fields, md_table, script_parser, set_threads, timed, write_outputs
 
 HYPER = {"dim": 64, "layers": 2, "batch_size": 4096, "lr": 1e-3, "reg": 1e-5}
 
@@ -211,15 +203,10 @@ def run_ours(data: InteractionData, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", nargs="+", default=["ml-100k", "yelp-lightgnn"])
+    p = script_parser(__doc__.split("\n")[0], ["ml-100k", "yelp-lightgnn"], repeats=3,
+                      repeats_help="timed repeats of each evaluation")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats of each evaluation")
-    p.add_argument("--data-dir", default=default_data_dir(),
-                   help="data root (default: RECSHRINK_DATA or ../shared/datasets)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     try:
         import recbole  # noqa: F401

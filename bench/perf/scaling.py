@@ -117,15 +117,20 @@ def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.polyfit(np.log10(xs[ok]), np.log10(ys[ok]), 1)[0])
 
 
-def _rss_bytes() -> int:
-    """Current resident set of this process (``VmRSS``), 0 where unreadable."""
+def _proc_bytes(path: str, name: str) -> int | None:
+    """The figure ``name`` (given in kB) of a ``/proc`` status file in bytes, None where unreadable."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def _rss_bytes() -> int:
+    """Current resident set of this process (``VmRSS``), 0 where unreadable."""
+    return _proc_bytes("/proc/self/status", "VmRSS") or 0
 
 
 def _maxrss_bytes() -> int:
@@ -135,13 +140,8 @@ def _maxrss_bytes() -> int:
 
 
 def _mem_total_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """The machine's memory (``MemTotal``), None where unreadable."""
+    return _proc_bytes("/proc/meminfo", "MemTotal")
 
 
 def _last_level_cache_bytes() -> int | None:

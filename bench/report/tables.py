@@ -1,8 +1,9 @@
 """Tidy tables built from one or more result stores: ``cells.csv`` and ``summary.csv``.
 
 ``cells.csv``: one row per (cell, name), where a name is a metric or a measurement. Columns
-:data:`CELL_COLUMNS`: the run, the cell key, dataset, method, ``variant`` (the method plus any
-options given to it, e.g. ``dsl[update_every=50]``), the targets, the seed, status, flag and error,
+:data:`CELL_COLUMNS`: the result's reported columns (:class:`bench.result.CellResult`), that is
+the run, the cell key, dataset, method, then ``variant`` (the method plus any options given to
+it, e.g. ``dsl[update_every=50]``), the targets, the seed, status, flag and error,
 the achieved ratios, the method options and the budget (JSON), the device, the base checkpoint,
 dataset checksum and code version, then ``name`` and ``value``. A failed cell has one row with
 an empty name and no value. ``pandas.read_csv`` gives back the same dtypes (a text column that is
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,16 +30,21 @@ import pandas as pd
 
 from bench.cell import report_identity
 from bench.contract import REFERENCE
+from bench.result import CellResult, columns
 from bench.store import ResultStore
 
 IDENTITY = ["dataset", "variant", "emb_target", "edge_target", "layers_target"]
-CELL_COLUMNS = ["run", "key", "dataset", "method", "variant", "emb_target", "edge_target", "layers_target",
-                "seed", "status", "flagged", "flag_reason", "error", "emb_achieved", "edge_achieved",
-                "options", "budget", "device", "base_checkpoint", "dataset_checksum", "code_version",
-                "finished_at", "name", "value"]
-_TEXT = ["run", "key", "dataset", "method", "variant", "status", "flag_reason", "error", "options", "budget",
-         "device", "base_checkpoint", "dataset_checksum", "code_version", "finished_at", "name"]
-_FLOAT = ["emb_target", "edge_target", "layers_target", "emb_achieved", "edge_achieved", "value"]
+# the result's columns cells.csv shows (the run first), each followed by what cells.csv adds after it
+_SHOWN = sorted(columns(reported=True), key=lambda c: c != "run")
+_ADDED_AFTER = {"method": ["variant"],
+                "error": ["emb_achieved", "edge_achieved", "options", "budget", "device"]}
+CELL_COLUMNS = [*(c for shown in _SHOWN for c in (shown, *_ADDED_AFTER.get(shown, []))), "name", "value"]
+# dtypes: a shown column's from its type in the result (an integer that may be missing reads as float)
+_TYPES = typing.get_type_hints(CellResult)
+_TEXT = [*(c for c in _SHOWN if _TYPES[c] in (str, str | None)), "variant", "options", "budget", "device",
+         "name"]
+_FLOAT = [*(c for c in _SHOWN if _TYPES[c] in (float, float | None, int | None)), "emb_achieved",
+          "edge_achieved", "value"]
 
 
 def variant_label(method: str, options: dict[str, Any]) -> str:
@@ -88,17 +95,10 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
         spec, m = cell["spec"], cell["measurements"]
         options = spec.get("options", {})
         base = {
-            "run": cell["run"], "key": cell["key"], "dataset": cell["dataset"], "method": cell["method"],
-            "variant": variant_label(cell["method"], options),
-            "emb_target": cell["emb_target"], "edge_target": cell["edge_target"],
-            "layers_target": cell["layers_target"], "seed": cell["seed"], "status": cell["status"],
-            "flagged": cell["flagged"], "flag_reason": cell["flag_reason"], "error": cell["error"],
+            **{c: cell[c] for c in _SHOWN}, "variant": variant_label(cell["method"], options),
             "emb_achieved": m.get("emb_achieved"), "edge_achieved": m.get("edge_achieved"),
             "options": json.dumps(options, sort_keys=True),
-            "budget": json.dumps(spec.get("budget", {}), sort_keys=True),
-            "device": spec.get("device"), "base_checkpoint": cell["base_checkpoint"],
-            "dataset_checksum": cell["dataset_checksum"], "code_version": cell["code_version"],
-            "finished_at": cell["finished_at"],
+            "budget": json.dumps(spec.get("budget", {}), sort_keys=True), "device": spec.get("device"),
         }
         # metrics first, then measurements, each in name order
         values = {**dict(sorted(cell["metrics"].items())), **dict(sorted(m.items()))}
