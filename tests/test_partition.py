@@ -126,7 +126,7 @@ def test_bad_mode_and_impossible_part_counts_are_clear_errors():
 
 def test_legcf_initial_assignment_reports_the_partition():
     ctx = method_context(0)
-    o = {"ablation": "none", "c": 40, "t": 2, "w_star": 0.6}
+    o = LEGCF(c=40, t=2, w_star=0.6).options
     s, info = LEGCF.initial_assignment(ctx, o)
     data = ctx.data
     p = metis_partition(data.n_users, data.n_items, data.train, 40, ctx.seed)
@@ -135,5 +135,5 @@ def test_legcf_initial_assignment_reports_the_partition():
     assert info["partition_edges_inside"] == pytest.approx(brute_inside(data.n_users, p.labels, data.train))
     assert info["partition_empty_repaired"] == 0
     assert info["part_size_min"] >= 1
-    random_info = LEGCF.initial_assignment(ctx, {**o, "ablation": "random-init"})[1]
+    random_info = LEGCF.initial_assignment(ctx, o.replace(ablation="random-init"))[1]
     assert "partition_method" not in random_info
