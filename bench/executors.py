@@ -8,7 +8,8 @@ client writes the store.
 * :class:`ProcessExecutor`: ``--workers N`` spawned processes. A worker that dies (killed by the
   out-of-memory killer, a segfault) breaks the pool; the cells that were running are retried once
   in a fresh pool and then recorded as failed, the others are resubmitted. A worker ends by
-  itself when the main process dies, so a killed run leaves no orphans behind.
+  itself when the main process dies, so a killed run leaves no orphans behind; on Ctrl-C or
+  SIGTERM the run ends its workers at once.
 * :class:`DaskExecutor`: ``--scheduler ADDRESS`` (an existing cluster) or ``--dask-workers N``
   (a LocalCluster of N single-threaded worker processes). Cells on CUDA are annotated with the
   resource ``GPU=1``, so a scheduler places at most one per GPU (start workers with
@@ -23,7 +24,7 @@ import multiprocessing.connection
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -89,6 +90,8 @@ class ProcessExecutor:
     """Local worker processes (``spawn``), each with ``threads`` torch threads."""
 
     name = "processes"
+    #: what a worker runs for a cell: ``task(spec, marker_dir) -> result``
+    task: Callable[[CellSpec, str], CellResult] = staticmethod(_run_marked)
 
     def __init__(self, workers: int, threads: int | None = None) -> None:
         if workers < 1:
@@ -108,9 +111,10 @@ class ProcessExecutor:
                     initializer=_init_worker, initargs=(self.threads,),
                 )
                 futures: dict[Future, str] = {
-                    self._pool.submit(_run_marked, s, markers): k for k, s in remaining.items()
+                    self._pool.submit(self.task, s, markers): k for k, s in remaining.items()
                 }
                 broken = False
+                finished = False
                 try:
                     pending = set(futures)
                     while pending and not broken:
@@ -124,7 +128,10 @@ class ProcessExecutor:
                                 continue
                             remaining.pop(key, None)
                             yield result
+                    finished = True
                 finally:
+                    if not finished and not broken:  # interrupted: do not wait for running cells
+                        _end_workers(self._pool)
                     self._pool.shutdown(wait=True, cancel_futures=True)
                     self._pool = None
                 if broken:
@@ -141,7 +148,16 @@ class ProcessExecutor:
 
     def close(self) -> None:
         if self._pool is not None:
+            _end_workers(self._pool)
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (SIGTERM), abandoning the cells they run: on Ctrl-C or
+    SIGTERM the run stops at once instead of waiting for cells whose results it would not store."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 class DaskExecutor:

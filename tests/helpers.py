@@ -250,3 +250,13 @@ def synthetic_cells(datasets: tuple[str, ...] = PLOT_DATASETS, methods: tuple[st
                                      "flagged": flagged, "name": name, "value": values[name]})
     return pd.DataFrame(rows)
 
+
+
+def sleeping_cell(spec, marker_dir: str):
+    """A worker task that records its process id in ``spec.pid_dir`` and then sleeps for two
+    minutes (for tests that interrupt a run while its cells are running)."""
+    import os
+    import time
+
+    (Path(spec.pid_dir) / f"pid-{os.getpid()}").write_text(str(os.getpid()))
+    time.sleep(120)

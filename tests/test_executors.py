@@ -54,3 +54,34 @@ def test_workers_end_when_the_main_process_is_killed(tmp_path):
     finally:
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the workers")
+def test_an_interrupted_run_ends_its_workers_at_once(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.executors import ProcessExecutor
+    from tests.helpers import sleeping_cell
+
+    executor = ProcessExecutor(2, threads=1)
+    executor.task = sleeping_cell  # each cell sleeps for two minutes
+    specs = [SimpleNamespace(key=k, pid_dir=str(tmp_path)) for k in ("a", "b")]
+    interrupted_at: list[float] = []
+
+    def interrupt_once_both_run(signum, frame):
+        if len(list(tmp_path.glob("pid-*"))) == 2:
+            interrupted_at.append(time.monotonic())
+            raise KeyboardInterrupt  # as Ctrl-C or SIGTERM reach the main process
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+
+    previous = signal.signal(signal.SIGALRM, interrupt_once_both_run)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(executor.run(specs))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - interrupted_at[0] < 30, "the run waited for its running cells"
+    workers = [int(p.read_text()) for p in tmp_path.glob("pid-*")]
+    assert not any(alive(p) for p in workers)
