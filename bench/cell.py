@@ -14,7 +14,9 @@ Order of work, the same for every method:
 5. phase ``scoring``: full-ranking evaluation on the test split (then validation, unmeasured);
 6. measurements: sizes and achieved ratios, fvcore FLOPs, latency.
 
-Peak memory is reset at the start of each phase (:mod:`bench.measure.memory`).
+Peak memory is reset at the start of each phase (:mod:`bench.measure.memory`). What the method's
+context logs (a damaged cache file rebuilt, a cache that could not be written) is kept in the
+result's ``info["log"]`` and shown by the runner after the cell's line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +183,8 @@ def run_cell(spec: CellSpec) -> CellResult:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
     result.timings["total"] = time.perf_counter() - t0
+    if not result.info.get("log"):
+        result.info.pop("log", None)
     return finish_result(result, spec, device or "cpu")
 
 
@@ -205,7 +210,7 @@ def _execute(spec: CellSpec, result: CellResult) -> torch.device:
     t = time.perf_counter()
     data = _load_checked(spec)
     timings["load"] = time.perf_counter() - t
-    setup = _set_up(spec, data, timings)
+    setup = _set_up(spec, data, timings, result.info.setdefault("log", []).append)
     memory = PhaseMemory(setup.device)
     t = time.perf_counter()
     with memory.phase("training"):
@@ -250,9 +255,11 @@ def _load_checked(spec: CellSpec) -> InteractionData:
     return data
 
 
-def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any]) -> _Setup:
+def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any],
+            log: Callable[[str], None]) -> _Setup:
     """Device, budget, method and target checked, seeds set, and the shared base checkpoint prepared
-    (timed as ``base``) if the method uses one; seeds are set again after it."""
+    (timed as ``base``) if the method uses one; seeds are set again after it. What the context logs
+    (e.g. a damaged cache file it rebuilt) goes to ``log``."""
     from bench.context import BaseCheckpoints, MethodContext
     from bench.device import resolve_device, seed_everything
     from bench.training import TrainConfig
@@ -268,7 +275,7 @@ def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any]) -> _
     checkpoints = BaseCheckpoints(Path(spec.checkpoint_dir) if spec.checkpoint_dir else None)
     ctx = MethodContext(data=data, device=device, seed=spec.seed, budget=config,
                         checkpoints=checkpoints, progress=spec.progress,
-                        log=lambda msg: None, streams=cls.random_streams)
+                        log=log, streams=cls.random_streams)
     if cls.uses_base:
         t = time.perf_counter()
         ctx.prepare_base()

@@ -9,10 +9,12 @@ the dataset fingerprint, the environment and ``history`` (one row per epoch: ``e
 ``name``, ``axes``, ``description``, ``knobs`` (and ``source``, ``target_mapping``) per method.
 
 Exit status: 0 success; 1 a ``run`` with failed cells; 2 an error, reported on one line
-``recshrink: error: ...`` (an invalid config, dataset or catalog file, output folder, ...) or a
-usage error; 130 interrupted; 141 (128 + SIGPIPE, as a shell reports a program that a closed pipe
-stopped) when the reader of stdout went away, e.g. ``recshrink methods --json | head -1``: the
-command stops quietly, without a traceback.
+``recshrink: error: ...`` (an invalid config, dataset or catalog file, output folder, a full
+disk, ...), a usage error, or a ``run`` whose report could not be written (its cells are stored);
+130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), a ``run`` keeping every finished cell; 141
+(128 + SIGPIPE, as a shell reports a program that a closed pipe stopped) when the reader of
+stdout went away, e.g. ``recshrink methods --json | head -1``: the command stops quietly, without
+a traceback.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ _USER_ERRORS: dict[str, tuple[str, ...]] = {
     "bench.store": ("StoreError",),
     "bench.training": ("TrainingDivergedError",),
 }
-_BUILTIN_USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                        PermissionError, ValueError, RuntimeError)
+# OSError covers a full disk or an unwritable folder (its message names the errno and the path)
+_BUILTIN_USER_ERRORS = (OSError, ValueError, RuntimeError)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 141
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -277,15 +281,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)
 
+    from bench.runner import Terminated
+
     try:
         summary = run_matrix(config, args.out, executor, retry_failed=args.retry_failed,
                              device=args.device, progress=not args.no_progress, log=log)
-    except KeyboardInterrupt:
-        print("recshrink: interrupted; every finished cell is saved, run the same command to resume",
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"recshrink: {how}; every finished cell is saved, run the same command to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
+    if summary.report_error:
+        print(f"recshrink: error: {summary.report_error}", file=sys.stderr)
+        return 2
     return 1 if summary.failed else 0
 
 
@@ -307,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             print("recshrink: interrupted", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of stdout is gone: stop quietly; stdout goes to devnull so that the interpreter's
         # final flush does not fail again

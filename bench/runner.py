@@ -11,8 +11,10 @@
    and ETA, and a log line reports every finished cell.
 4. **Report**: ``cells.csv`` (and the HTML report) from the store, also after an interruption.
 
-Ctrl-C stops the run; every finished cell is already stored and no partial row exists, so running
-the same command again resumes.
+Ctrl-C or SIGTERM stops the run at once (cells still running are abandoned; local workers end);
+every finished cell is already stored and no partial row exists, so running the same command
+again resumes. One run at a time may write to an output folder (a lock naming the holder); a
+result the store cannot take is kept beside it and stored by the next run.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import signal
+import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from tqdm.auto import tqdm
 from bench.cell import CellSpec, report_identity
 from bench.config import MatrixConfig
 from bench.result import CellResult
-from bench.store import ResultStore
+from bench.store import UNSTORED_DIR, ResultStore, StoreError, keep_unstored, run_lock, take_unstored
 
 
 @dataclass
@@ -50,6 +56,7 @@ class RunSummary:
     measure_seconds: float = 0.0
     store_seconds: float = 0.0
     interrupted: bool = False
+    report_error: str | None = None
     keys: list[str] = field(default_factory=list)
 
     @property
@@ -178,35 +185,71 @@ def run_matrix(
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     executor = executor or SequentialExecutor()
-    cells = _plan_for(executor, config, device, checkpoint_dir)
-    store = ResultStore(out / "results.sqlite")
-    summary, todo = _resume(config, cells, store, retry_failed, executor.name, out, log)
-    run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
-                             environment(cells[0].device if cells else "cpu"))
-    outcome = "finished"
-    bar = tqdm(total=len(todo), desc=f"{config.name}", unit="cell", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        for result in executor.run(todo):
-            _store_result(result, store, summary)
-            bar.update(1)
-            (bar.write if progress else log)(_fmt_cell(result))
-            if on_result is not None:
-                on_result(result)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        summary.interrupted = True
-        raise
-    except BaseException:
-        outcome = "crashed"
-        raise
-    finally:
-        bar.close()
-        executor.close()
-        summary.wall_seconds = time.perf_counter() - t_start
-        store.finish_run(run_id, outcome)
-        _finish(config, store, summary, outcome, report, log)
+    with run_lock(out), _sigterm_as_interrupt():
+        cells = _plan_for(executor, config, device, checkpoint_dir)
+        store = ResultStore(out / "results.sqlite")
+        _take_unstored(store, out, log)
+        summary, todo = _resume(config, cells, store, retry_failed, executor.name, out, log)
+        run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
+                                 environment(cells[0].device if cells else "cpu"))
+        outcome = "finished"
+        bar = tqdm(total=len(todo), desc=f"{config.name}", unit="cell", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            for result in executor.run(todo):
+                _store_result(result, store, summary)
+                bar.update(1)
+                for line in [_fmt_cell(result), *(f"  {msg}" for msg in result.info.get("log", []))]:
+                    (bar.write if progress else log)(line)
+                if on_result is not None:
+                    on_result(result)
+        except Terminated:
+            outcome = "terminated"
+            summary.interrupted = True
+            raise
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            summary.interrupted = True
+            raise
+        except BaseException:
+            outcome = "crashed"
+            raise
+        finally:
+            bar.close()
+            executor.close()
+            summary.wall_seconds = time.perf_counter() - t_start
+            _finish(config, store, run_id, summary, outcome, report, log)
     return summary
+
+
+class Terminated(KeyboardInterrupt):
+    """The run was asked to stop by SIGTERM (handled like Ctrl-C: finished cells are kept)."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only: elsewhere
+    Python cannot install handlers, and the caller's own handling stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _take_unstored(store: ResultStore, out: Path, log: Callable[[str], None]) -> None:
+    """Store the results an earlier run could not write (see :func:`bench.store.keep_unstored`)."""
+    taken = take_unstored(store, out)
+    if taken:
+        log(f"stored {len(taken)} cell result(s) that an earlier run could not write to "
+            f"{store.path} (kept in {out / UNSTORED_DIR})")
 
 
 def _plan_for(executor: Any, config: MatrixConfig, device: str | None,
@@ -258,9 +301,14 @@ def _warn_about_stored(config: MatrixConfig, stored: list[dict[str, Any]], todo:
 
 
 def _store_result(result: CellResult, store: ResultStore, summary: RunSummary) -> None:
-    """Store a finished cell and count it in ``summary``."""
+    """Store a finished cell and count it in ``summary``. A result the store cannot take (a full
+    disk, a store damaged while running) is kept beside it, and the run stops with a
+    :class:`StoreError` saying where."""
     t = time.perf_counter()
-    store.put(result)
+    try:
+        store.put(result)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(_unstorable(result, store, summary.out_dir, exc)) from exc
     summary.store_seconds += time.perf_counter() - t
     summary.ran += 1
     summary.cell_seconds += result.timings.get("total", 0.0)
@@ -272,19 +320,39 @@ def _store_result(result: CellResult, store: ResultStore, summary: RunSummary) -
         summary.failed += 1
 
 
-def _finish(config: MatrixConfig, store: ResultStore, summary: RunSummary, outcome: str, report: bool,
-            log: Callable[[str], None]) -> None:
-    """Write the run's report (if asked; a failure to is logged, not raised), close the store and
-    log the run's outcome."""
+def _unstorable(result: CellResult, store: ResultStore, out: Path, exc: BaseException) -> str:
+    """Keep a result the store refused; the message for the run's error."""
+    what = (f"could not write cell {result.key[:12]} ({result.method}, seed {result.seed}) "
+            f"to {store.path}: {exc}")
+    try:
+        kept = keep_unstored(result, out)
+    except OSError as side:
+        # nowhere to write: the numbers go into the message, the one place left
+        return (f"{what}; nor beside it ({side}); its metrics: {json.dumps(result.metrics, default=str)}; "
+                "free some space and rerun to compute it again")
+    return (f"{what}; its result is kept in {kept} and goes into the store when the run is started again "
+            "(free some space first if the disk is full)")
+
+
+def _finish(config: MatrixConfig, store: ResultStore, run_id: int, summary: RunSummary, outcome: str,
+            report: bool, log: Callable[[str], None]) -> None:
+    """Record the run's outcome, write its report (if asked), close the store and log the outcome.
+    Neither a failure to record nor one to report hides the run's own outcome: both are logged,
+    and a failed report is kept in ``summary.report_error``."""
     from bench.report import write_run_outputs
 
     out = summary.out_dir
+    try:
+        store.finish_run(run_id, outcome)
+    except sqlite3.Error as exc:
+        log(f"{config.name}: could not record the run's outcome ({outcome}) in {store.path}: {exc}")
     if report:
         try:
             write_run_outputs(store, out, summary.keys, config)
-        except Exception as exc:  # a report problem must not hide the run's own outcome
-            log(f"{config.name}: could not write the report: {type(exc).__name__}: {exc} "
-                f"(the results are stored; rebuild it with `recshrink report {out}`)")
+        except Exception as exc:
+            summary.report_error = (f"could not write the report: {type(exc).__name__}: {exc} (the results "
+                                    f"are stored; rebuild it with `recshrink report {out}`)")
+            log(f"{config.name}: {summary.report_error}")
     store.close()
     log(f"{config.name}: {outcome}; ran {summary.ran} cells ({summary.ok} ok, {summary.failed} failed, "
         f"{summary.flagged} flagged) in {summary.wall_seconds:.1f}s; harness overhead "

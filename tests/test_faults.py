@@ -9,6 +9,7 @@ for what is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -529,3 +530,183 @@ def test_a_full_disk_leaves_no_partial_dataset_cache(tmp_path, monkeypatch):
         data = load_dataset("tiny", root)
     assert data.n_users == 60
     assert not [p for p in loading.cache_dir(root).rglob("*") if p.is_file()], "a partial cache file was left"
+
+
+# --- the results store, the output folder, the run's process ------------------------------------
+
+CELLS = 'datasets = ["tiny"]\nmethods = ["lightgcn", "toy-truncate"]\nemb_targets = [0.5]\nseeds = [0, 1]\n'
+QUIET = {"progress": False, "log": lambda m: None, "report": False}
+
+
+def _store_with_cells(path: Path, n: int = 40) -> Path:
+    from bench.store import ResultStore
+    from tests.helpers import result
+
+    with ResultStore(path) as store:
+        for seed in range(n):
+            store.put(dataclasses.replace(result("toy-a", 0.5, seed), key=f"k{seed}",
+                                          traceback="x" * 3000))  # enough pages to damage one inside
+    return path
+
+
+@pytest.mark.parametrize("where", ["middle", "end"])
+def test_a_damaged_store_is_refused_on_open_by_run_and_report(tmp_path, tiny_root, toy_plugin, capsys, where):
+    out = tmp_path / "out"
+    store = _store_with_cells(out / "results.sqlite")
+    size = store.stat().st_size
+    with open(store, "r+b") as fh:
+        fh.seek(size // 2 if where == "middle" else size - 3000)
+        fh.write(bytes(range(256)) * 8)
+    damaged = store.read_bytes()
+    config = tiny_config(tiny_root, CELLS)
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"results store {store} is damaged" in err and ".recover" in err and "Traceback" not in err
+    assert main(["report", str(out), "-o", str(tmp_path / "rep")]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    assert store.read_bytes() == damaged  # nothing was written to it
+
+
+def test_a_zero_length_store_is_not_a_store_for_report(tmp_path, capsys):
+    store = tmp_path / "results.sqlite"
+    store.touch()
+    assert main(["report", str(store), "-o", str(tmp_path / "rep")]) == 2
+    assert "not a recshrink results store" in capsys.readouterr().err
+    assert store.stat().st_size == 0  # no schema written into the input
+
+
+def test_a_result_the_store_cannot_take_is_kept_and_stored_by_the_next_run(tmp_path, tiny_root, toy_plugin,
+                                                                           monkeypatch):
+    import sqlite3
+
+    from bench.config import load_config
+    from bench.runner import run_matrix
+    from bench.store import ResultStore, StoreError
+
+    config = load_config(tiny_config(tiny_root, CELLS))
+    out = tmp_path / "out"
+    real_put, calls = ResultStore.put, []
+
+    def put_until_full(self, result):
+        calls.append(result.key)
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_put(self, result)
+
+    monkeypatch.setattr(ResultStore, "put", put_until_full)
+    with pytest.raises(StoreError, match=r"database or disk is full.*kept in .*unstored"):
+        run_matrix(config, out, **QUIET)
+    kept = list((out / "unstored").glob("*.json"))
+    assert [p.stem for p in kept] == [calls[1]]
+    with ResultStore(out / "results.sqlite") as store:
+        assert store.runs()[-1]["outcome"] == "crashed"
+        assert set(store.statuses()) == {calls[0]}
+    monkeypatch.setattr(ResultStore, "put", real_put)
+    ran: list[str] = []
+    summary = run_matrix(config, out, on_result=lambda r: ran.append(r.key), **QUIET)
+    assert calls[1] not in ran and calls[0] not in ran  # neither computed again
+    assert summary.already_done == 2 and summary.ran == summary.total - 2
+    assert not list((out / "unstored").glob("*.json"))
+    with ResultStore(out / "results.sqlite") as store:
+        assert store.statuses()[calls[1]] == "ok"
+
+
+def test_two_runs_on_one_output_folder_cannot_overlap(tmp_path, tiny_root, toy_plugin):
+    from bench.config import load_config
+    from bench.runner import run_matrix
+    from bench.store import RunLockedError, run_lock
+
+    config = load_config(tiny_config(tiny_root, CELLS))
+    out = tmp_path / "out"
+    with run_lock(out):
+        expected = rf"another recshrink run is writing to {out} \(PID {os.getpid()} "
+        with pytest.raises(RunLockedError, match=expected):
+            run_matrix(config, out, **QUIET)
+    assert run_matrix(config, out, **QUIET).ok == 4  # released
+
+
+def test_a_killed_runs_lock_is_not_stale(tmp_path):
+    from bench.store import run_lock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from bench.store import run_lock
+        with run_lock({str(out)!r}):
+            print("held", flush=True)
+            time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.kill()
+        holder.wait(timeout=30)
+        with run_lock(out):  # the kernel released it with the process
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_records_it(tmp_path, tiny_root, toy_plugin):
+    import signal
+    import sqlite3
+    import time
+
+    config = tiny_config(tiny_root, 'datasets = ["tiny"]\nmethods = ["lightgcn", "toy-truncate"]\n'
+                                    "emb_targets = [0.5, 0.25]\nseeds = [0, 1, 2]\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(config), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    for line in proc.stderr:
+        if "/seed" in line and ": ok" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 143, rest
+    assert "terminated (SIGTERM); every finished cell is saved" in rest and "Traceback" not in rest
+    con = sqlite3.connect(out / "results.sqlite")
+    assert con.execute("SELECT outcome FROM runs").fetchall() == [("terminated",)]
+    assert con.execute("SELECT COUNT(*) FROM cells WHERE status = 'ok'").fetchone()[0] >= 1
+    con.close()
+
+
+def test_a_failed_report_write_keeps_the_old_report_and_fails_the_run(tmp_path, tiny_root, toy_plugin,
+                                                                      monkeypatch, capsys):
+    config = tiny_config(tiny_root, CELLS)
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    page = (out / "index.html").read_text()
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        if self.name.startswith(".index.html.tmp"):
+            real_write_text(self, text[:100], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        from bench.report import build_report
+        build_report([out], out)
+    assert (out / "index.html").read_text() == page  # the old page, whole
+    assert not list(out.glob(".*tmp*")), "a temporary file was left"
+    assert main(["run", str(config), "--out", str(out), "--no-progress", "--retry-failed"]) == 2
+    assert "could not write the report" in capsys.readouterr().err
+
+
+def test_a_rebuilt_damaged_checkpoint_is_said_in_the_cells_log(tmp_path, tiny_root, toy_plugin, monkeypatch):
+    from tests.helpers import run_single_cell
+
+    monkeypatch.setenv("RECSHRINK_CACHE", str(tmp_path / "cache"))
+    body = 'datasets = ["tiny"]\nmethods = ["toy-truncate"]\nemb_targets = [0.5]\nseeds = [0]\n'
+    first = run_single_cell(tiny_root, tmp_path / "a", body)
+    assert not any("unusable" in m for m in first["info"]["log"])  # it says it trained the base
+    (checkpoint,) = (tmp_path / "cache" / "checkpoints").glob("*.pt")
+    checkpoint.write_bytes(b"damaged")
+    second = run_single_cell(tiny_root, tmp_path / "b", body)
+    assert any(str(checkpoint) in m and "unusable" in m and "rebuilding" in m
+               for m in second["info"]["log"]), second["info"]["log"]
+    assert second["metrics"] == first["metrics"]
