@@ -96,6 +96,17 @@ class MatrixConfig:
     workers: int = 1
     text: str = ""
 
+    def check_dataset(self, data: Any) -> None:
+        """The budget values that depend on a dataset (``ks`` at most its item count), for the shared
+        budget and every method's override; a :class:`ConfigError` names the key."""
+        budgets = [("budget", self.budget)] + [(f"methods.{e.name}.budget", {**self.budget, **e.budget})
+                                               for e in self.methods if "ks" in e.budget]
+        for key, budget in budgets:
+            try:
+                TrainConfig(**{**budget, "ks": tuple(budget.get("ks", TrainConfig.ks))}).check_against(data)
+            except ValueError as exc:
+                raise _err(self.source, f"{key}.ks", str(exc)) from None
+
     def cells(self, device: str, checksums: dict[str, str], code_version: str,
               checkpoint_dir: str | None = None, progress: bool = False) -> list[CellSpec]:
         """The matrix, one :class:`CellSpec` per (dataset, method, target, seed), without duplicates."""

@@ -95,6 +95,7 @@ def plan(config: MatrixConfig, device: str | None = None, checkpoint_dir: Path |
     checksums = {}
     for name in config.datasets:
         data = load_dataset(name, config.data_dir)
+        config.check_dataset(data)
         checksums[name] = data.fingerprint()
     return config.cells(dev, checksums, code_version(),
                         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, progress=progress)

@@ -23,14 +23,14 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbone.graph import normalized_adjacency
-from bench.backbone.lightgcn import LightGCN
+from bench.backbone.graph import BACKENDS, normalized_adjacency
+from bench.backbone.lightgcn import INITS, REG_FORMS, LightGCN
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.device import resolve_device, seed_everything
 from bench.evaluation import (
@@ -40,6 +40,7 @@ from bench.evaluation import (
     evaluate_embeddings,
     excluded_splits,
 )
+from bench.metrics import METRIC_NAMES
 from bench.sampling import EpochSampler, InteractionSampler
 
 
@@ -138,6 +139,11 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        """Every option's type and range, before any training: an error names each bad option."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"invalid training option: {f.name}={value!r} (an integer)")
         checks = {
             "dim": self.dim >= 1,
             "n_layers": self.n_layers >= 0,
@@ -150,20 +156,37 @@ class TrainConfig:
             "lr_schedule": self.lr_schedule in LR_SCHEDULES,
             "lr_min": 0 <= self.lr_min <= self.lr,
             "lr_period": self.lr_period >= 0,
+            "reg_form": self.reg_form in REG_FORMS,
+            "init": self.init in INITS,
+            "backend": self.backend in BACKENDS,
+            "eval_memory_bytes": self.eval_memory_bytes >= 1,
+            "ks": bool(self.ks) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                        for k in self.ks),
         }
+        allowed = {"lr_schedule": LR_SCHEDULES, "reg_form": REG_FORMS, "init": INITS, "backend": BACKENDS}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 "invalid training option(s): "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
-                + (f" (lr_schedule is one of {LR_SCHEDULES})" if "lr_schedule" in bad else "")
+                + "".join(f" ({k} is one of {allowed[k]})" for k in bad if k in allowed)
                 + (" (0 <= lr_min <= lr)" if "lr_min" in bad else "")
+                + (" (ks: positive integers)" if "ks" in bad else "")
+                + (" (eval_memory_bytes >= 1)" if "eval_memory_bytes" in bad else "")
             )
-        _, _, k = self.valid_metric.partition("@")
-        if not k.isdigit() or int(k) not in self.ks:
+        name, _, k = self.valid_metric.partition("@")
+        if name not in METRIC_NAMES or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(
-                f"valid_metric {self.valid_metric!r} must be NAME@K with K in ks={self.ks}"
+                f"valid_metric {self.valid_metric!r} must be NAME@K with NAME one of {METRIC_NAMES} "
+                f"and K in ks={self.ks}"
             )
+
+    def check_against(self, data: InteractionData) -> None:
+        """What depends on the dataset: every K of ``ks`` at most its item count."""
+        too_large = [k for k in self.ks if k > data.n_items]
+        if too_large:
+            raise ValueError(f"ks {too_large} exceed {data.name}'s {data.n_items} items: a top-K list "
+                             "cannot be longer than the catalogue")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -710,3 +711,46 @@ def test_a_rebuilt_damaged_checkpoint_is_said_in_the_cells_log(tmp_path, tiny_ro
     assert any(str(checkpoint) in m and "unusable" in m and "rebuilding" in m
                for m in second["info"]["log"]), second["info"]["log"]
     assert second["metrics"] == first["metrics"]
+
+
+# --- budget values that used to pass validation and fail every cell at run time -------------------
+
+@pytest.mark.parametrize("line, named", [
+    ('backend = "bogus"', "backend='bogus'"),
+    ('init = "bogus"', "init='bogus'"),
+    ('reg_form = "bogus"', "reg_form='bogus'"),
+    ('valid_metric = "bogus@20"', "valid_metric 'bogus@20'"),
+    ("ks = [0, 20]", "ks=(0, 20)"),
+    ("ks = [-5, 20]", "ks=(-5, 20)"),
+    ("dim = 8.5", "dim=8.5"),
+    ("epochs = 2.5", "epochs=2.5"),
+    ("eval_memory_bytes = 0", "eval_memory_bytes=0"),
+    ("eval_memory_bytes = -1", "eval_memory_bytes=-1"),
+])
+def test_a_bad_budget_value_is_a_config_error_before_any_cell(tmp_path, tiny_root, line, named):
+    from bench.config import ConfigError, load_config
+
+    config = tiny_config(tiny_root, CELLS)
+    key = line.split("=")[0].strip()
+    kept = [ln for ln in config.read_text().splitlines() if ln.split("=")[0].strip() != key]
+    config.write_text("\n".join(kept).replace("[budget]", f"[budget]\n{line}", 1) + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: budget: ") + ".*" + re.escape(named)):
+        load_config(config)
+
+
+def test_ks_above_the_item_count_is_a_config_error_before_any_cell(tmp_path, tiny_root, toy_plugin, capsys):
+    config = tiny_config(tiny_root, CELLS)
+    text = config.read_text().replace("ks = [5, 10]", "ks = [10, 50]")  # the tiny dataset has 40 items
+    config.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: budget.ks: ks [50] exceed tiny's 40 items" in err
+    assert not (out / "results.sqlite").exists() or not _stored_keys(out)
+
+
+def _stored_keys(out: Path) -> set[str]:
+    from bench.store import ResultStore
+
+    with ResultStore(out / "results.sqlite") as store:
+        return set(store.statuses())
