@@ -209,6 +209,7 @@ def _execute(spec: CellSpec, result: CellResult) -> torch.device:
     timings = result.timings
     t = time.perf_counter()
     data = _load_checked(spec)
+    result.info["cold_pairs"] = data.cold_pairs()
     timings["load"] = time.perf_counter() - t
     setup = _set_up(spec, data, timings, result.info.setdefault("log", []).append)
     memory = PhaseMemory(setup.device)

@@ -81,3 +81,39 @@ def test_datasets_warns_when_a_split_has_many_cold_pairs(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["cold_pairs"]["test"]["cold"] == 2
     assert "50.0% of the test pairs (2 of 4)" in captured.err and "drop_cold = true" in captured.err
+
+
+def _cell_with_cold(share: float, seed: int):
+    import dataclasses
+
+    from tests.helpers import result
+
+    cold = {"pairs": 1000, "cold_user": 10, "cold_item": int(share * 1000) - 10, "cold": int(share * 1000),
+            "share": share}
+    cell = result("lightgcn", 1.0, seed)
+    return dataclasses.replace(cell, info={"cold_pairs": {"valid": {**cold, "share": 0.0, "cold": 0},
+                                                          "test": cold}})
+
+
+@pytest.mark.parametrize("share, noted", [(0.05, True), (0.01, False)])
+def test_the_report_notes_a_split_with_many_cold_pairs(tmp_path, share, noted):
+    from bench.report import build_report
+    from bench.store import ResultStore
+
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for seed in (0, 1):
+            store.put(_cell_with_cold(share, seed))
+    build_report([tmp_path / "results.sqlite"], tmp_path / "rep", figures=False)
+    markdown = (tmp_path / "rep" / "summary.md").read_text()
+    html = (tmp_path / "rep" / "index.html").read_text()
+    sentence = f"{share:.1%} of the test pairs ({int(share * 1000)} of 1000"
+    assert (sentence in markdown) is noted and (sentence in html) is noted
+    assert "of the valid pairs" not in markdown
+
+
+def test_a_cell_records_its_datasets_cold_pairs(tmp_path, tiny_root, toy_plugin):
+    from tests.helpers import run_single_cell
+
+    cell = run_single_cell(tiny_root, tmp_path / "o", 'datasets = ["tiny"]\nmethods = ["lightgcn"]\n'
+                                                      "emb_targets = [0.5]\nseeds = [0]\n")
+    assert cell["info"]["cold_pairs"] == load_dataset("tiny", tiny_root).cold_pairs()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.data.dataset import COLD_PAIR_WARN_SHARE
 from bench.registry import available_methods
 from bench.report.stats import add_to_summary, comparisons
 from bench.report.tables import cells_frame, load_cells, summary_frame
@@ -77,6 +78,13 @@ UNCONVERGED_REFERENCE_NOTE = (
     "that trains longer from the base checkpoint can pass it without being better")
 
 
+COLD_PAIRS_NOTE = (
+    "{share:.1%} of the {split} pairs ({cold} of {pairs}: {cold_user} with a user, {cold_item} with an "
+    "item that never occurs in train) can be ranked only by chance: they cap every method's recall "
+    "alike; frameworks that drop them report higher figures on the same files (the dataset's split "
+    "option drop_cold = true does so here)")
+
+
 SHARED_MACHINE_NOTE = (
     "{n} cells ran at once on one machine (one worker process each): their time, latency and "
     "memory figures were measured while other cells ran and are not those of an idle machine")
@@ -86,8 +94,8 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
     budget cut short (``info["training_stages"]``), with how many cells carry each; a cut stage of the
-    dense reference, and cells run several at once on one machine, add a note for the whole dataset
-    (variant ``all``)."""
+    dense reference, cells run several at once on one machine, and an evaluation split with many
+    cold pairs (``info["cold_pairs"]``) add a note for the whole dataset (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
@@ -103,6 +111,9 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage))] += 1
         if cut and c["method"] == REFERENCE:
             counter[(c["dataset"], "all", UNCONVERGED_REFERENCE_NOTE)] += 1
+        for split, cold in ((c.get("info") or {}).get("cold_pairs") or {}).items():
+            if cold["share"] > COLD_PAIR_WARN_SHARE:
+                counter[(c["dataset"], "all", COLD_PAIRS_NOTE.format(split=split, **cold))] += 1
         concurrent = (c.get("environment") or {}).get("concurrent_cells")
         if concurrent is not None and concurrent > 1:
             counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
