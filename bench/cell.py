@@ -365,17 +365,22 @@ def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: T
 
 
 def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:
-    """Training cost (seconds, epochs, MACs per epoch) and peak memory per phase."""
+    """Training cost (seconds, epochs, MACs per epoch) and memory per phase: the peak, and for the
+    phases measured in this call also the footprint they started from (``mem_baseline_*``) and what
+    the phase itself needed (``mem_* = peak - baseline``, the figure that does not depend on the
+    cells run before it in the same process; see :mod:`bench.measure.memory`)."""
     m: dict[str, Any] = {"train_seconds": cost.seconds, "train_epochs": cost.epochs,
                          "train_macs_per_epoch": cost.macs_per_epoch}
     peaks = dict(memory.peaks)
-    if cost.peak_mem_bytes is not None:
+    if cost.peak_mem_bytes is not None:  # trained outside this call: its own record, no baseline here
         peaks["training"] = cost.peak_mem_bytes
     for phase, value in peaks.items():
         m[f"peak_mem_{phase}_bytes"] = value
-        if phase in memory.baseline:
+        if phase in memory.baseline and not (phase == "training" and cost.peak_mem_bytes is not None):
             m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
+            m[f"mem_{phase}_bytes"] = value - memory.baseline[phase]
     m["peak_mem_method"] = memory.method
+    m["mem_released_free_memory"] = memory.released_free_memory
     return m
 
 

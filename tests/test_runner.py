@@ -14,6 +14,7 @@ import pytest
 
 from bench.cli import main
 from bench.config import load_config
+from bench.measure.memory import release_free_memory
 from bench.runner import run_matrix
 from bench.store import ResultStore
 from tests.helpers import tiny_config
@@ -50,6 +51,13 @@ def test_results_store_rows_and_cells_csv(tiny_root, toy_plugin, tmp_path):
                      "latency_propagation_p50_ms", "latency_scoring_b1_p50_ms",
                      "latency_scoring_b4_p95_ms"):
             assert name in m, name
+        for phase in ("propagation", "scoring"):  # what the phase needed: its peak over its start
+            assert m[f"mem_{phase}_bytes"] == m[f"peak_mem_{phase}_bytes"] - m[f"mem_baseline_{phase}_bytes"]
+            assert m[f"mem_{phase}_bytes"] >= 0
+        if c["method"] == "lightgcn":  # no training in the call: the base's own peak, no increment here
+            assert "mem_training_bytes" not in m and "mem_baseline_training_bytes" not in m
+        on_cpu = c["environment"]["device"] == "cpu"
+        assert c["info"]["mem_released_free_memory"] is (on_cpu and release_free_memory())
         assert 0 <= c["metrics"]["recall@10"] <= 1 and "valid_ndcg@5" in c["metrics"]
     ref = next(c for c in cells.values() if c["method"] == "lightgcn" and c["seed"] == 0)
     # the training stages it used: the shared base, trained under the tiny budget's 3 epochs
