@@ -161,3 +161,20 @@ def test_reports_merge_several_stores(tmp_path):
     summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert len(summary) == 5 and summary["n_seeds"].sum() == len(cells_plan()) - 1
     assert json.loads(got["budget"].iloc[0]) == {"epochs": 5}
+
+
+def test_a_note_counts_cells_not_the_stages_that_share_a_name(tmp_path):
+    import dataclasses
+
+    from bench.report import build_report
+    from bench.store import ResultStore
+    from tests.helpers import result
+
+    run = {"stage": "lightgnn-run", "epochs": 5, "best_epoch": 5, "budget_epochs": 5, "at_budget": True}
+    runs = [run] * 4
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for seed in range(3):
+            store.put(dataclasses.replace(result("toy-a", 0.5, seed), info={"training_stages": runs}))
+    build_report([tmp_path / "results.sqlite"], tmp_path / "rep", figures=False)
+    text = (tmp_path / "rep" / "summary.md").read_text()
+    assert "toy-a (3 cells): stage lightgnn-run was still improving" in text

@@ -106,7 +106,9 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         notes = (c.get("settings") or {}).get("report_note") or []
         for note in [notes] if isinstance(notes, str) else notes:
             counter[(c["dataset"], variant, note)] += 1
-        cut = [s["stage"] for s in (c.get("info") or {}).get("training_stages", []) if s.get("at_budget")]
+        # a stage name counts once per cell: LightGNN's pruning runs are all stage "lightgnn-run"
+        cut = list(dict.fromkeys(s["stage"] for s in (c.get("info") or {}).get("training_stages", [])
+                                 if s.get("at_budget")))
         for stage in cut:
             counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage))] += 1
         if cut and c["method"] == REFERENCE:
