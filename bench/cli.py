@@ -226,6 +226,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toml_value(value: Any) -> str:
+    """``value`` as it is written in a TOML config (``None``: the method resolves it)."""
+    return "(unset: the method resolves it)" if value is None else json.dumps(value)
+
+
+def _allowed(knob: dict[str, Any]) -> str:
+    """A knob's allowed values in words: its choices or its range, if it declares them."""
+    if knob.get("choices"):
+        return "  (one of " + ", ".join(_toml_value(c) for c in knob["choices"]) + ")"
+    bounds = []
+    if "min" in knob:
+        bounds.append((">" if knob.get("min_exclusive") else ">=") + f" {knob['min']}")
+    if "max" in knob:
+        bounds.append(("<" if knob.get("max_exclusive") else "<=") + f" {knob['max']}")
+    if not bounds:
+        return ""
+    sentinels = ", or " + ", ".join(map(str, knob["sentinels"])) if knob.get("sentinels") else ""
+    return f"  ({' and '.join(bounds)}{sentinels})"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from bench.registry import describe_methods, plugin_errors
 
@@ -238,8 +258,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{r['name']}: {r['description']}")
         print(f"    compresses: {axes}")
         print(f"    target: {r['target_mapping']}")
+        if r["knobs"]:
+            print(f"    options, set in a matrix config's [methods.{r['name']}] table (defaults shown):")
         for k in r["knobs"]:
-            print(f"    --{k['name']} (default {k['default']!r}): {k['description']}")
+            print(f"      {k['name']} = {_toml_value(k['default'])}{_allowed(k)}  # {k['description']}")
         print(f"    source: {r['source']}")
     for name, err in plugin_errors().items():
         print(f"plugin {name} failed to load: {err}", file=sys.stderr)

@@ -74,3 +74,17 @@ def test_errors_are_reported_without_traceback(tiny_root, capsys, args, message)
     assert main([*args, "--data-dir", str(tiny_root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("recshrink: error:") and message in err
+
+
+def test_methods_lists_knobs_as_the_toml_keys_they_are(capsys):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "--update_ratio" not in out
+    assert "options, set in a matrix config's [methods.dsl] table" in out
+    # each knob line is valid TOML up to its comment, and parses to the knob's default
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("update_ratio = "))
+    assert tomllib.loads(line.strip().split("  ")[0]) == {"update_ratio": 0.5}
+    protect = next(ln for ln in out.splitlines() if ln.strip().startswith("protect = "))
+    assert "(>= 0, or -1)" in protect
