@@ -166,6 +166,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         else:
             print(f"data root: {root.resolve()}")
             _print_table(rows, ["name", "available", "description"])
+            if any(r["available"].startswith("missing") for r in rows):
+                print("missing: not under this data root; point --data-dir (or $RECSHRINK_DATA) at the "
+                      "folder that holds them, or see `recshrink datasets NAME` for what is looked for")
         return 0
     data = load_dataset(args.name, root)
     for warning in data.cold_pair_warnings():

@@ -26,6 +26,8 @@ def test_datasets_listing_shows_builtins_and_user_files(tiny_root, capsys):
     assert {"ml-100k", "yelp-lightgnn", "citeulike", "gowalla", "tiny"} <= set(rows)
     assert rows["tiny"]["available"] == "present"
     assert rows["yelp-lightgnn"]["available"] == "missing"  # not in this data root
+    assert main(["datasets", "--data-dir", str(tiny_root)]) == 0
+    assert "point --data-dir (or $RECSHRINK_DATA) at the folder" in capsys.readouterr().out
 
 
 def test_train_json_has_the_stable_keys(tiny_root, capsys):
