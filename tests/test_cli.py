@@ -76,6 +76,7 @@ def test_errors_are_reported_without_traceback(tiny_root, capsys, args, message)
     assert main([*args, "--data-dir", str(tiny_root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("recshrink: error:") and message in err
+    assert err.count("\n") == 1, err  # one line, as the README says
 
 
 def test_methods_lists_knobs_as_the_toml_keys_they_are(capsys):

@@ -138,16 +138,16 @@ def availability(spec: DatasetSpec, root: Path) -> str:
 
 
 def _missing_message(spec: DatasetSpec, root: Path) -> str:
-    lines = [f"dataset {spec.name!r} is not available. Tried:"]
+    """One line: the dataset, every place looked in, and how to set the data root."""
+    tried = []
     for s in spec.sources:
         if s.kind == "recbole":
-            lines.append("  - the ml-100k files inside an installed recbole package "
+            tried.append("the ml-100k files inside an installed recbole package "
                          "(pip install 'recshrink[recbole]')")
         else:
-            for split, f in s.files.items():
-                lines.append(f"  - {split}: {root / s.dir / f}")
-    lines.append(f"(data root: {root.resolve()}; set it with --data-dir or RECSHRINK_DATA)")
-    return "\n".join(lines)
+            tried.extend(f"{split} {root / s.dir / f}" for split, f in s.files.items())
+    return (f"dataset {spec.name!r} is not available; tried: {'; '.join(tried)} "
+            f"(data root: {root.resolve()}; set it with --data-dir or RECSHRINK_DATA)")
 
 
 def resolve_files(spec: DatasetSpec, root: Path) -> tuple[Source, dict[str, Path]]:
@@ -188,5 +188,5 @@ def resolve_files(spec: DatasetSpec, root: Path) -> tuple[Source, dict[str, Path
         except DatasetUnavailableError as exc:
             errors.append(exc)
     if errors:
-        raise DatasetUnavailableError("\n".join(str(e) for e in errors))
+        raise DatasetUnavailableError("; ".join(str(e) for e in errors))
     raise DatasetUnavailableError(_missing_message(spec, root))
