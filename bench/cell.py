@@ -318,7 +318,7 @@ def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: Compresse
     """Sizes and achieved ratios, then (as ``spec.measure`` asks) FLOPs and latency; the latency
     timer's description goes to ``result.info``."""
     from bench.measure.flops import count_inference_flops
-    from bench.measure.latency import latency_info, measure_latency
+    from bench.measure.latency import busy_note, latency_info, load_between, machine_load, measure_latency
     from bench.measure.size import achieved_compression
 
     data = setup.data
@@ -328,10 +328,14 @@ def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: Compresse
     if measure["flops"]:
         m.update(count_inference_flops(compressed, data.n_users, measure["flops_batch_users"]))
     if measure["latency"]:
+        before = machine_load()
         m.update(measure_latency(compressed, batches=tuple(measure["latency_batches"]),
                                  warmup=measure["latency_warmup"], repeats=measure["latency_repeats"],
                                  seed=spec.seed))
-        result.info["latency"] = latency_info(setup.device)
+        load = load_between(before, machine_load())
+        result.info["latency"] = {**latency_info(setup.device), "machine_load": load}
+        if load["busy"]:
+            compressed.notes.append(busy_note(load))
     return m
 
 

@@ -94,3 +94,26 @@ def test_measure_latency_on_cuda():
     assert info["timer"] == "cuda_event"
     assert info["cuda_runtime_version"] == torch.version.cuda
     assert info["device_name"] == torch.cuda.get_device_name()
+
+
+def test_load_between_calls_a_machine_busy_when_threads_outnumber_cpus():
+    from bench.measure.latency import load_between, machine_load
+
+    now = machine_load()
+    assert now["cpus"] >= 1 and (now["load_1m"] is None or now["load_1m"] >= 0)
+    quiet = load_between({"load_1m": 0.9, "cpus": 2}, {"load_1m": 2.0, "cpus": 2})
+    assert quiet["busy"] is False and quiet["load_1m_max"] == 2.0
+    assert load_between({"load_1m": 1.0, "cpus": 2}, {"load_1m": 3.5, "cpus": 2})["busy"] is True
+    assert load_between({"load_1m": None, "cpus": 2}, {"load_1m": None, "cpus": 2})["busy"] is False
+
+
+def test_a_cell_timed_on_a_busy_machine_says_so(tmp_path, tiny_root, toy_plugin, monkeypatch):
+    from bench.measure import latency
+    from tests.helpers import run_single_cell
+
+    monkeypatch.setattr(latency, "machine_load", lambda: {"load_1m": 7.5, "cpus": 2})
+    cell = run_single_cell(tiny_root, tmp_path / "o", 'datasets = ["tiny"]\nmethods = ["random-drop"]\n'
+                                                      "emb_targets = [0.5]\nseeds = [0]\n")
+    load = cell["info"]["latency"]["machine_load"]
+    assert load == {"cpus": 2, "load_1m_before": 7.5, "load_1m_after": 7.5, "load_1m_max": 7.5, "busy": True}
+    assert any("busy machine (1-minute load 7.5 on 2 CPUs)" in n for n in cell["settings"]["report_note"])

@@ -18,6 +18,7 @@ not overlap. On CPU each repeat is timed with ``time.perf_counter``. Reported: t
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -168,6 +169,33 @@ def _cuda_driver_version() -> str | None:
         return None
     lines = res.stdout.strip().splitlines()
     return lines[0].strip() if lines else None
+
+
+def machine_load() -> dict[str, Any]:
+    """The machine's 1-minute load average and the CPUs this process may use (``load_1m`` is None
+    where the platform has no load average)."""
+    try:
+        load: float | None = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"load_1m": load, "cpus": cpus}
+
+
+def load_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The machine's load over a timing, from :func:`machine_load` readings before and after it.
+    ``busy``: more runnable threads than CPUs (1-minute load above the CPU count) at either end,
+    so the timings are not those of an idle machine."""
+    loads = [x["load_1m"] for x in (before, after) if x["load_1m"] is not None]
+    peak = max(loads) if loads else None
+    return {"cpus": before["cpus"], "load_1m_before": before["load_1m"], "load_1m_after": after["load_1m"],
+            "load_1m_max": peak, "busy": peak is not None and peak > before["cpus"]}
+
+
+def busy_note(load: dict[str, Any]) -> str:
+    """The cell's note for timings taken on a busy machine."""
+    return (f"latency measured on a busy machine (1-minute load {load['load_1m_max']:.1f} on {load['cpus']} "
+            "CPUs): its latency figures are not those of an idle machine")
 
 
 def latency_info(device: torch.device | str) -> dict[str, Any]:
