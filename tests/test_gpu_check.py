@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from bench.api import DeviceCheck, Method
-from bench.perf.gpu_check import CPU, all_checks, compare_matrices, compare_outputs, main, run_check
+from bench.perf.gpu_check import (
+    CPU,
+    all_checks,
+    compare_matrices,
+    compare_outputs,
+    main,
+    run_check,
+    summary_markdown,
+)
 
 FAST = ["--device", "cpu", "--no-matrix", "--latency-edges", "2000", "--latency-repeats", "1"]
 
@@ -163,18 +171,22 @@ def _cell(metrics, status="ok", error=None):
 
 
 def test_compare_matrices():
-    ref = {("lightgcn", 1.0): _cell({"test_recall@10": 0.40, "test_ndcg@10": 0.30}),
+    ref = {("lightgcn", 1.0): _cell({"test_recall@10": 0.40, "test_ndcg@10": 0.30, "valid_recall@10": 0.9}),
            ("dsl", 0.5): _cell({"test_recall@10": 0.35})}
     close = {("lightgcn", 1.0): _cell({"test_recall@10": 0.41, "test_ndcg@10": 0.30}),
              ("dsl", 0.5): _cell({"test_recall@10": 0.35})}
     rows, failures = compare_matrices(ref, close)
-    assert failures == [] and len(rows) == 3 and all(r.passed for r in rows)
+    assert failures == [] and len(rows) == 3 and all(r.passed for r in rows)  # validation ones skipped
     far = {("lightgcn", 1.0): _cell({"test_recall@10": 0.10, "test_ndcg@10": 0.30}),
            ("dsl", 0.5): _cell({}, "failed", "CUDA error: an illegal memory access")}
     rows, failures = compare_matrices(ref, far)
     assert failures == [
         "matrix cell dsl emb=0.5 failed on the device run: CUDA error: an illegal memory access",
-        "matrix cell lightgcn emb=1: test_recall@10 0.1000 on the device vs 0.4000 on the CPU (|Δ| > 0.03)"]
+        "matrix cell lightgcn emb=1: test_recall@10 0.1000 on the device vs 0.4000 on the CPU (|Δ| > 0.15)"]
     assert [r.passed for r in rows] == [True, False]  # ndcg, then recall (sorted by name)
     _, failures = compare_matrices(ref, {("dsl", 0.5): _cell({"test_recall@10": 0.35})})
     assert failures == ["matrix cell lightgcn emb=1: missing on the device run"]
+    text = summary_markdown(CPU, [], None, rows, failures, 1.0)
+    assert ("| lightgcn | 1 | 2 | test_ndcg@10 | 0.3000 | 0.3000 | test_recall@10 | 0.3000 | **FAIL** |"
+            in text)
+    assert text.count("| lightgcn |") == 1 and text.count("| dsl |") == 0  # dsl: failed, no row

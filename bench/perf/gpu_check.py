@@ -14,16 +14,17 @@ On a machine with a CUDA device it
 2. times scoring (gather B users' representations, score every item, top 20) at batches
    1/64/1024 with CUDA events (:func:`bench.measure.latency.measure_latency`) on a synthetic
    power-law LightGCN;
-3. runs one tiny matrix (every registered method on a small two-community dataset written to a
-   temporary folder, one target, a 3-epoch budget) on the GPU and on the CPU and compares the
-   metrics of each cell;
+3. runs one tiny matrix (every registered method on a small four-community dataset written to a
+   temporary folder, emb target 0.8, a 3-epoch budget) on the GPU and on the CPU and compares the
+   test metrics of each cell;
 4. writes a markdown summary (``--out``): device, versions, each check's largest absolute and
    relative error and its verdict, the latency table, the matrix comparison.
 
 It exits 1, naming every failed check on stderr, when anything disagrees or raises, and 0 when
 everything passes. Without a CUDA device it says so (with what ``torch.cuda.is_available()``
 returned) and exits 0 without doing anything else. ``--device cpu`` (hidden) runs the same
-machinery with the CPU as the device under test: a self-test of the comparison and the summary.
+machinery with the CPU as the device under test: a self-test of the comparison and the summary
+(about 2 minutes on 2 shared CPU cores, most of it the CPU latency figures and the two matrices).
 """
 
 from __future__ import annotations
@@ -62,12 +63,16 @@ SPMM_RTOL, SPMM_ATOL = 1e-4, 1e-5
 # then computed from identical hit lists with float32 log2/divisions on the device: a few ulps, rtol
 # 1e-6 with atol 1e-7.
 EVAL_RTOL, EVAL_ATOL = 1e-6, 1e-7
-# The tiny matrix trains every method for 3 epochs on each device. Samples come from CPU-seeded
-# generators, but sums run in another order on the GPU and a few methods draw from the device's own
-# generator, so the two models differ by rounding or by sampling. Metrics are averages over ~300 test
-# users: 0.03 is about ten users' hits at one cut-off, while a broken kernel leaves a model near
-# random, off by far more (recall@10 of a random ranking of 100 items is ~0.1 against ~0.4 trained).
-MATRIX_ATOL = 0.03
+# The tiny matrix trains every method for 3 epochs on each device and compares the test metrics. The
+# training samples come from CPU-seeded generators, but the GPU sums in another order and some tables
+# are initialised from the device's own generator (LightGNN's WeightedLightGCN creates its tables on
+# the device), so the two models differ by rounding or, at most, like two seeds. Two CPU runs with
+# seeds 0 and 1 differ by at most 0.063 in any test metric of any method (LEGCF's recall@20; most
+# differ by < 0.03), while a trained model reaches recall@10 ~0.67 against ~0.1 for a random ranking,
+# so a kernel that breaks training moves most methods' metrics by ~0.5: 0.15 is 2.4x the seed-to-seed
+# spread. The kernel checks above are the precise comparison; this one catches what only a whole
+# training run on the device shows (a crash, a device mismatch, NaNs, a model that learns nothing).
+MATRIX_ATOL = 0.15
 
 
 # --- comparing two runs of a check -----------------------------------------------------------------
@@ -375,13 +380,15 @@ latency_batches = [1, 16]
 
 
 def write_matrix_dataset(root: Path, seed: int = 0) -> Path:
-    """A two-community dataset (300 users, 100 items: each user likes 12 items of their half) with a
-    given train/valid/test split, as a user TOML dataset named ``gpucheck`` under ``root``."""
+    """A four-community dataset (300 users, 100 items: each user likes 12 of the 25 items of their
+    community) with a given 70/10/20 train/valid/test split, as a user TOML dataset named
+    ``gpucheck`` under ``root``. A model that learns the communities ranks the held-out items far
+    above chance (recall@10 ~0.4 against ~0.1 for a random ranking)."""
     rng = np.random.default_rng(seed)
     pairs = []
     for u in range(300):
-        half = np.arange(50) if u < 150 else np.arange(50, 100)
-        pairs += [(u, i) for i in rng.choice(half, 12, replace=False)]
+        community = np.arange(25) + 25 * (u % 4)
+        pairs += [(u, i) for i in rng.choice(community, 12, replace=False)]
     arr = np.array(pairs, dtype=np.int64)
     labels = rng.permutation(len(arr)) % 10
     folder = root / _DATASET
@@ -396,9 +403,9 @@ def write_matrix_dataset(root: Path, seed: int = 0) -> Path:
 
 
 def run_tiny_matrix(device: torch.device, work: Path, methods: Sequence[str] | None = None,
-                    emb: float = 0.5) -> dict[tuple[str, float], dict[str, Any]]:
-    """Run the tiny matrix (every registered method, or ``methods``, at ``emb``) on ``device`` in
-    ``work``; return each cell's status, error and metrics by (method, emb target)."""
+                    emb: float = 0.8, seed: int = 0) -> dict[tuple[str, float], dict[str, Any]]:
+    """Run the tiny matrix (every registered method, or ``methods``, at ``emb``, one ``seed``) on
+    ``device`` in ``work``; return each cell's status, error and metrics by (method, emb target)."""
     from bench.config import load_config
     from bench.runner import run_matrix
     from bench.store import ResultStore
@@ -407,7 +414,8 @@ def run_tiny_matrix(device: torch.device, work: Path, methods: Sequence[str] | N
     method_list = '"all"' if methods is None else "[" + ", ".join(f'"{m}"' for m in methods) + "]"
     config_path = work / "gpucheck.toml"
     config_path.write_text(f'name = "gpucheck"\ndatasets = ["{_DATASET}"]\nmethods = {method_list}\n'
-                           f'emb_targets = [{emb}]\nseeds = [0]\ndata_dir = "{data_root}"\n' + MATRIX_BUDGET)
+                           f'emb_targets = [{emb}]\nseeds = [{seed}]\ndata_dir = "{data_root}"\n'
+                           + MATRIX_BUDGET)
     tag = str(device).replace(":", "")
     run_matrix(load_config(config_path), work / f"out-{tag}", device=str(device), progress=False,
                log=lambda msg: None, checkpoint_dir=work / f"checkpoints-{tag}", report=False)
@@ -431,8 +439,8 @@ class MatrixRow:
 def compare_matrices(reference: dict[tuple[str, float], dict[str, Any]],
                      other: dict[tuple[str, float], dict[str, Any]], atol: float = MATRIX_ATOL
                      ) -> tuple[list[MatrixRow], list[str]]:
-    """Metric by metric, the cells of two runs of the tiny matrix (``reference``: the CPU) and the
-    failures: a cell missing or failed on either side, or a metric apart by more than ``atol``."""
+    """Test metric by test metric, the cells of two runs of the tiny matrix (``reference``: the CPU)
+    and the failures: a cell missing or failed on either side, or a metric apart by more than ``atol``."""
     rows: list[MatrixRow] = []
     failures: list[str] = []
     for key in sorted(set(reference) | set(other)):
@@ -448,6 +456,8 @@ def compare_matrices(reference: dict[tuple[str, float], dict[str, Any]],
                             + "; ".join(f"{side} run: {c['error']}" for side, c in bad))
             continue
         for metric in sorted(set(ref["metrics"]) | set(dev["metrics"])):
+            if metric.startswith("valid_"):  # model selection's own figures; the test metrics are the result
+                continue
             a, b = dev["metrics"].get(metric), ref["metrics"].get(metric)
             if not isinstance(a, int | float) or not isinstance(b, int | float):
                 continue
@@ -498,6 +508,12 @@ def summary_markdown(device: torch.device, checks: Sequence[CheckResult], latenc
     lines += ["## Kernel checks", "", "Each check runs from the same seeded CPU-built inputs on the CPU and "
               "on the device under test; every returned output and gradient must satisfy "
               "|device - cpu| <= atol + rtol |cpu| (integer outputs: equal).", ""]
+    from bench.backbone.graph import BACKENDS
+    from bench.perf.backends import available_backends
+
+    missing = [b for b in BACKENDS if b not in available_backends()]
+    if missing:
+        lines += [f"Propagation backends not installed here, so not checked: {', '.join(missing)}.", ""]
     lines.append(md_table(
         ["check", "declared by", "tensors", "max abs err", "max rel err", "rtol", "atol", "seconds",
          "result"],
@@ -523,12 +539,21 @@ def summary_markdown(device: torch.device, checks: Sequence[CheckResult], latenc
     if matrix_rows is None:
         lines += ["Not run (`--no-matrix`).", ""]
     else:
-        lines += ["Every registered method at emb 0.5 on a 300 x 100 two-community dataset, 3 epochs, "
+        lines += ["Every registered method at emb 0.8 on a 300 x 100 four-community dataset, 3 epochs, "
                   f"seed 0, run on each device; a metric passes when |device - cpu| <= {MATRIX_ATOL:g}.", ""]
-        lines.append(md_table(["method", "emb", "metric", "cpu", "device", "|Δ|", "result"],
-                              [[r.method, f"{r.emb:g}", r.metric, f"{r.reference:.4f}", f"{r.device:.4f}",
-                                f"{abs(r.device - r.reference):.4f}", "pass" if r.passed else "**FAIL**"]
-                               for r in matrix_rows]))
+        cells: dict[tuple[str, float], list[MatrixRow]] = {}
+        for r in matrix_rows:
+            cells.setdefault((r.method, r.emb), []).append(r)
+        table = []
+        for (method, emb), rows_ in cells.items():
+            worst = max(rows_, key=lambda r: abs(r.device - r.reference))
+            by_metric = {r.metric: r for r in rows_}
+            shown = by_metric.get("recall@10") or rows_[0]
+            table.append([method, f"{emb:g}", len(rows_), shown.metric, f"{shown.reference:.4f}",
+                          f"{shown.device:.4f}", worst.metric, f"{abs(worst.device - worst.reference):.4f}",
+                          "pass" if all(r.passed for r in rows_) else "**FAIL**"])
+        lines.append(md_table(["method", "emb", "metrics", "shown", "cpu", "device", "largest difference at",
+                               "largest difference", "result"], table))
     return "\n".join(lines)
 
 
