@@ -58,7 +58,8 @@ CPU = torch.device("cpu")
 # off by O(0.1). The same bound as the CPU backends' cross-check (bench/perf/backends.py).
 SPMM_RTOL, SPMM_ATOL = 1e-4, 1e-5
 # The evaluation check scores small-integer embeddings (|x| <= 4, d = 16): every dot product is an
-# integer below 2^24, exact in float32 whatever the order of the sum, so ties are real ties and the
+# integer below 2^24, exact in float32 whatever the order of the sum (and even with TF32, which
+# represents |x| <= 4 exactly and accumulates in float32), so ties are real ties and the
 # top-K lists must be identical (the tie rule, lower item first, included). The per-user metrics are
 # then computed from identical hit lists with float32 log2/divisions on the device: a few ulps, rtol
 # 1e-6 with atol 1e-7.
@@ -475,7 +476,10 @@ def compare_matrices(reference: dict[tuple[str, float], dict[str, Any]],
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__,
            "cuda runtime (torch build)": str(torch.version.cuda),
-           "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"}
+           "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
+           # TF32 would round matmul inputs to 10 mantissa bits; the tolerances assume it is off
+           "tf32 matmul allowed": str(torch.backends.cuda.matmul.allow_tf32),
+           "float32 matmul precision": torch.get_float32_matmul_precision()}
     for pkg in ("numpy", "scipy", "torch-sparse", "recshrink"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
