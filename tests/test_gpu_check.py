@@ -161,6 +161,7 @@ def test_self_test_summary_has_every_section(tmp_path, capsys):
     for name in ("backbone.product[csr]", "evaluation.full_ranking", "shared.lsq_fake_quantize",
                  "lightgnn.weighted_matmul[closure]", "shared.masked_table"):
         assert f"| {name} |" in text
+    assert "- `shared.lsq_fake_quantize`: LSQ fake quantisation" in text
     for row in ("propagation", "scoring, batch 1", "scoring, batch 64", "scoring, batch 1024"):
         row = f"| {row} |"
         assert row in text

@@ -55,7 +55,7 @@ CPU = torch.device("cpu")
 # spmm operator's index_add_ with atomics, in any order). Reordering a sum of random-sign terms moves
 # it by about sqrt(n) * eps * sum|terms| = 6 * 6e-8 * 3 = 1e-6, compounded over two layers: rtol 1e-4
 # with atol 1e-5 (for sums that cancel to near 0) leaves a margin of about 10, and a wrong entry is
-# off by O(0.1). The same bound as the CPU backends' cross-check (bench/perf/backends.py).
+# off by O(0.1). The CPU backends' cross-check (bench/perf/backends.py) uses the same rtol.
 SPMM_RTOL, SPMM_ATOL = 1e-4, 1e-5
 # The evaluation check scores small-integer embeddings (|x| <= 4, d = 16): every dot product is an
 # integer below 2^24, exact in float32 whatever the order of the sum (and even with TF32, which
@@ -93,6 +93,7 @@ class CheckResult:
     n_tensors: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    description: str = ""
 
     @property
     def message(self) -> str:
@@ -161,7 +162,8 @@ def run_check(check: DeviceCheck, device: torch.device, seed: int = 0, source: s
               reference_device: torch.device = CPU) -> CheckResult:
     """``check`` on ``reference_device`` and on ``device`` with the same seed, compared (an exception in
     either run is a failure naming it)."""
-    result = CheckResult(check.name, source, passed=False, rtol=check.rtol, atol=check.atol)
+    result = CheckResult(check.name, source, passed=False, rtol=check.rtol, atol=check.atol,
+                         description=check.description)
     t0 = time.perf_counter()
     try:
         reference = check.run(reference_device, seed)
@@ -523,6 +525,10 @@ def summary_markdown(device: torch.device, checks: Sequence[CheckResult], latenc
          "result"],
         [[c.name, c.source, c.n_tensors, _fmt(c.max_abs), _fmt(c.max_rel), f"{c.rtol:g}", f"{c.atol:g}",
           f"{c.seconds:.2f}", "pass" if c.passed else "**FAIL**"] for c in checks]))
+    described = [c for c in checks if c.description]
+    if described:
+        lines += ["What each check computes:", ""]
+        lines += [f"- `{c.name}`: {c.description}" for c in described] + [""]
     lines += ["## Scoring latency", ""]
     if latency is None:
         lines += ["Not measured.", ""]
