@@ -15,12 +15,20 @@ and implements :meth:`Method.compress`, which gets a context (dataset, device, s
 budget, progress, the shared base LightGCN checkpoint; see :mod:`bench.context`) and a target,
 and returns a :class:`CompressedModel`. The harness measures every returned model with the same
 code (:mod:`bench.measure`), so a method never reports its own accuracy, size or speed.
+
+A method that owns a numerical kernel (a custom autograd function, a sparse product, a fake
+quantiser) may also declare :meth:`Method.device_checks`: a sequence of :class:`DeviceCheck`, each a
+name and a function ``run(device, seed) -> {name: tensor}`` that builds its inputs from ``seed`` on
+the CPU, moves them to ``device``, runs the kernel (forward, and backward where it has one) and
+returns its outputs and gradients. ``python -m bench.perf.gpu_check`` runs every registered
+method's checks on the CPU and on a CUDA device and compares each returned tensor within the
+check's ``rtol``/``atol``, so a plugin's kernels are checked on a GPU exactly like the built-ins'.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,6 +51,32 @@ AXIS_DESCRIPTIONS = {
 ARTIFACT_KINDS: tuple[str, ...] = ("values", "indices", "codebook", "assignment", "mask", "scale", "graph")
 # kinds whose entries count as stored embedding parameters unless a part says otherwise
 _PARAM_KINDS = frozenset({"values", "codebook"})
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """A kernel a method owns, run on two devices and compared tensor by tensor.
+
+    ``run(device, seed)`` builds its inputs deterministically from ``seed`` on the CPU (so both
+    runs see identical inputs), moves them to ``device``, runs the kernel, forward and backward
+    where it has one, and returns ``{name: tensor}`` (outputs and gradients). Floating-point
+    tensors must agree within ``|a - b| <= atol + rtol |b|`` (``b`` the CPU result); integer and
+    boolean tensors must be equal. ``description`` says what it computes, in one sentence.
+    """
+
+    name: str
+    run: Callable[[torch.device, int], dict[str, torch.Tensor]]
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"a device check needs a non-empty name, got {self.name!r}")
+        if not callable(self.run):
+            raise ValueError(f"device check {self.name!r}: run must be callable")
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError(f"device check {self.name!r}: rtol and atol must be >= 0")
 
 
 class MethodError(ValueError):
@@ -398,6 +432,12 @@ class Method:
         """The compressed model for ``target``; ``context`` is a :class:`bench.context.MethodContext`
         (typed ``Any`` here: the context depends on the contract, not the other way round)."""
         raise NotImplementedError
+
+    @classmethod
+    def device_checks(cls) -> Sequence[DeviceCheck]:
+        """The method's own kernels to compare between the CPU and a GPU (default: none); see
+        :class:`DeviceCheck`. Checks shared by several methods keep one name and one function."""
+        return ()
 
     @classmethod
     def info(cls) -> dict[str, Any]:

@@ -48,6 +48,7 @@ import torch
 
 from bench.api import (
     CompressedModel,
+    DeviceCheck,
     EpochSampler,
     Knob,
     Method,
@@ -64,6 +65,7 @@ from methods.shared.masking import (
     exact_random_mask,
     kept_count,
     masked_model_report,
+    masked_table_device_check,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -404,6 +406,11 @@ class DSL(Method):
         k = kept_count(target.emb, n)
         mask = torch.from_numpy(exact_random_mask(n, k, ctx.rng("emb_mask")).reshape(rows, dense.dim))
         return MaskedLightGCN.from_lightgcn(dense, mask, mask_in_forward=False), k
+
+    @classmethod
+    def device_checks(cls) -> tuple[DeviceCheck, ...]:
+        """The masked embedding table (:func:`methods.shared.masking.masked_table_device_check`)."""
+        return (masked_table_device_check(),)
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         o = self.options

@@ -22,6 +22,7 @@ import torch
 
 from bench.api import (
     CompressedModel,
+    DeviceCheck,
     Knob,
     Method,
     MethodError,
@@ -31,7 +32,14 @@ from bench.api import (
     evaluate_split,
     register_method,
 )
-from methods.shared.masking import KeepMasked, MaskedLightGCN, kept_count, magnitude_mask, masked_model_report
+from methods.shared.masking import (
+    KeepMasked,
+    MaskedLightGCN,
+    kept_count,
+    magnitude_mask,
+    masked_model_report,
+    masked_table_device_check,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext
@@ -97,6 +105,11 @@ class MagnitudePruning(Method):
         "fine-tuning schedule is searched",
         "magprune sweeps every protect value 0..floor(d x emb) (the reference may binary-search)",
     )
+
+    @classmethod
+    def device_checks(cls) -> tuple[DeviceCheck, ...]:
+        """The masked embedding table (:func:`methods.shared.masking.masked_table_device_check`)."""
+        return (masked_table_device_check(),)
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         base = context.base()

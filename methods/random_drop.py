@@ -17,6 +17,7 @@ import torch
 
 from bench.api import (
     CompressedModel,
+    DeviceCheck,
     Knob,
     LightGCN,
     Method,
@@ -34,6 +35,7 @@ from methods.shared.masking import (
     exact_random_mask,
     kept_count,
     masked_model_report,
+    masked_table_device_check,
     per_row_random_mask,
 )
 
@@ -109,6 +111,11 @@ class RandomDrop(Method):
         "one-shot masks at the final ratio; LightGNN's Table 3 ablations prune iteratively inside its "
         "distillation pipeline: same mask distribution, different training path",
     )
+
+    @classmethod
+    def device_checks(cls) -> tuple[DeviceCheck, ...]:
+        """The masked embedding table (:func:`methods.shared.masking.masked_table_device_check`)."""
+        return (masked_table_device_check(),)
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         data, cfg, opts = context.data, context.budget, self.options

@@ -42,7 +42,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench import api
-from bench.api import ArtifactPart, CompressedModel, Knob, Method, MethodError, Options, Target, TrainingCost
+from bench.api import (
+    ArtifactPart,
+    CompressedModel,
+    DeviceCheck,
+    Knob,
+    Method,
+    MethodError,
+    Options,
+    Target,
+    TrainingCost,
+)
 from methods.lerg.graph import (
     IMPORTANCE_MODES,
     REROUTE_MODES,
@@ -66,7 +76,7 @@ from methods.shared.composition_training import (
     composition_config,
     fit_composition_stage,
 )
-from methods.shared.quantization import BITS, quantize_codes
+from methods.shared.quantization import BITS, lsq_device_check, quantize_codes
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.api import MethodContext
@@ -321,6 +331,11 @@ class LERG(Method):
         return model.eval(), info
 
     # --- the method ------------------------------------------------------------------------------
+
+    @classmethod
+    def device_checks(cls) -> tuple[DeviceCheck, ...]:
+        """LSQ on the codebook (:func:`methods.shared.quantization.lsq_device_check`)."""
+        return (lsq_device_check(),)
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         ctx = context

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from bench import api
-from bench.api import CompressedModel, Knob, Method, MethodError, Options, Target, TrainingCost
+from bench.api import CompressedModel, DeviceCheck, Knob, Method, MethodError, Options, Target, TrainingCost
 from methods.lightgnn.losses import DistillationObjective, LossWeights, TeacherSignals, delta_for_run
 from methods.lightgnn.pruning import (
     SCHEDULES,
@@ -78,6 +78,7 @@ from methods.lightgnn.weighted_graph import (
     build_graph,
     closure_graph,
     csr_graph_bits,
+    weighted_graph_device_checks,
 )
 from methods.shared.masking import MASK_STREAMS, sparse_aware_propagation_macs, sparse_table_parts
 
@@ -434,6 +435,12 @@ class LightGNN(Method):
         return model.eval(), history
 
     # --- the method ------------------------------------------------------------------------------
+
+    @classmethod
+    def device_checks(cls) -> tuple[DeviceCheck, ...]:
+        """The weighted products, their ``sampled_addmm`` backward and the weighted model
+        (:func:`methods.lightgnn.weighted_graph.weighted_graph_device_checks`)."""
+        return weighted_graph_device_checks()
 
     def compress(self, context: MethodContext, target: Target) -> CompressedModel:
         ctx = context

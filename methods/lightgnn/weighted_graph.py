@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from bench.api import GraphSize, layer_sum, normalized_adjacency, sparse_matmul, unique_pairs
+from bench.api import DeviceCheck, GraphSize, layer_sum, normalized_adjacency, sparse_matmul, unique_pairs
 
 GRAPH_KINDS = ("self_loops", "plain", "closure")
 READOUTS = ("sum", "mean")
@@ -352,3 +352,77 @@ def csr_graph_bits(n_alive: int, n_nodes: int, value_bits: int = 32) -> int:
     """Bits of a directed entry list in CSR: a column id and a value per entry, ``N + 1`` offsets."""
     return n_alive * (32 + value_bits) + 32 * (n_nodes + 1)
 
+
+
+# --- device checks --------------------------------------------------------------------------------
+
+
+def _check_pairs(seed: int, n_users: int, n_items: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, n_users, n), rng.integers(0, n_items, n)], axis=1)
+
+
+def _weighted_product_kernels(kind: str):
+    """``run(device, seed)`` of the weighted product on a ``kind`` graph (40 users, 60 items, d = 16):
+    ``Y = (Â ⊙ w) X`` and the gradients of ``<Y, G>`` to ``w`` (the SDDMM
+    ``torch.sparse.sampled_addmm`` on the pattern) and to ``X`` (the transposed CSR product)."""
+
+    def run(device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed)
+        graph = build_graph(kind, 40, 60, _check_pairs(seed, 40, 60, 250))
+        w = torch.rand(graph.nnz, generator=gen) + 0.5
+        x = torch.randn(graph.n_nodes, 16, generator=gen)
+        g = torch.randn(graph.n_nodes, 16, generator=gen)
+        graph = graph.to(device)
+        w = w.to(device).requires_grad_(True)
+        x = x.to(device).requires_grad_(True)
+        y = weighted_matmul(graph, graph.values * w, x)
+        (y * g.to(device)).sum().backward()
+        return {"product": y.detach(), "grad_weights": w.grad, "grad_x": x.grad}
+
+    return run
+
+
+def _weighted_lightgcn_kernels(device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """:class:`WeightedLightGCN` (self-loop graph, 30 users, 50 items, d = 8, 2 layers, sum readout)
+    with random entry weights, an entry mask and a table mask: the final representations and the
+    gradients of ``<(users, items), G>`` to both tables and the entry weights."""
+    gen = torch.Generator().manual_seed(seed)
+    graph = self_loop_graph(30, 50, _check_pairs(seed, 30, 50, 200))
+    n, d = graph.n_nodes, 8
+    table = torch.randn(n, d, generator=gen)
+    emb_mask = (torch.rand(n, d, generator=gen) < 0.6).float()
+    weights = torch.rand(graph.nnz, generator=gen) + 0.5
+    edge_mask = (torch.rand(graph.nnz, generator=gen) < 0.8).float()
+    g = torch.randn(n, d, generator=gen)
+    model = WeightedLightGCN(30, 50, d, 2, graph.to(device))
+    model.set_state_(table.to(device), emb_mask.to(device), weights.to(device), edge_mask.to(device))
+    users, items = model.propagate()
+    reps = torch.cat([users, items])
+    (reps * g.to(device)).sum().backward()
+    return {"representations": reps.detach(), "grad_users": model.user_emb.grad,
+            "grad_items": model.item_emb.grad, "grad_edge_weight": model.edge_weight.grad}
+
+
+# Tolerance of every check below: each output is a CSR product or an SDDMM, a float32 sum of n terms
+# (n <= ~100: a row of the 100-node closure graph; d = 16 for the SDDMM) that the GPU may add in
+# another order (``sampled_addmm`` as a batched dot product). Reordering a sum of random-sign terms
+# moves it by about sqrt(n) * eps * sum|terms| = 10 * 6e-8 * 10 = 6e-6 at worst here, and the model
+# stacks two layers: rtol 1e-4 with atol 1e-5 (for sums that cancel to near 0) leaves a margin of
+# about 10 without hiding a wrong entry, which is off by O(0.1).
+_RTOL, _ATOL = 1e-4, 1e-5
+
+
+def weighted_graph_device_checks() -> tuple[DeviceCheck, ...]:
+    """The weighted product (:func:`weighted_matmul` forward, its transposed-CSR ``∂X`` and its
+    ``sampled_addmm`` ``∂values``) on the self-loop and the closure graph, and the whole
+    :class:`WeightedLightGCN` forward and backward, as :class:`~bench.api.DeviceCheck` s."""
+    return (
+        DeviceCheck("lightgnn.weighted_matmul[self_loops]", _weighted_product_kernels("self_loops"),
+                    _RTOL, _ATOL, "(Â ⊙ w) X on the self-loop graph; gradients to w (SDDMM) and X"),
+        DeviceCheck("lightgnn.weighted_matmul[closure]", _weighted_product_kernels("closure"),
+                    _RTOL, _ATOL, "(Ĉ ⊙ w) X on the 2-hop closure graph; gradients to w (SDDMM) and X"),
+        DeviceCheck("lightgnn.weighted_lightgcn", _weighted_lightgcn_kernels, _RTOL, _ATOL,
+                    "WeightedLightGCN with entry and table masks: representations, gradients to "
+                    "tables and entry weights"),
+    )

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.api import ArtifactPart, LightGCN, MethodError, NormalizedGraph, TrainHook
+from bench.api import (
+    ArtifactPart,
+    DeviceCheck,
+    LightGCN,
+    MethodError,
+    NormalizedGraph,
+    TrainHook,
+    normalized_adjacency,
+)
 
 
 def kept_count(ratio: float, n: int) -> int:
@@ -85,7 +93,8 @@ class MaskedLightGCN(LightGCN):
         if tuple(mask.shape) != (n_users + n_items, dim):
             raise MethodError(f"mask shape {tuple(mask.shape)} != table shape {(n_users + n_items, dim)}")
         self.mask_in_forward = mask_in_forward
-        mask = mask.to(torch.bool)
+        # the tables are created on the CPU (the caller moves the module): the mask goes with them
+        mask = mask.to(device=self.user_emb.device, dtype=torch.bool)
         self.register_buffer("user_mask", mask[:n_users].clone())
         self.register_buffer("item_mask", mask[n_users:].clone())
         self.apply_mask_()
@@ -252,3 +261,62 @@ def sparse_aware_propagation_macs(graph: NormalizedGraph | None, support: torch.
             s = nxt
     return total
 
+
+
+def _masked_table_kernels(device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """A masked LightGCN (30 users, 50 items, d = 8, 2 layers, 40% of entries kept), made by
+    :meth:`MaskedLightGCN.from_lightgcn` from a dense model on ``device``, with the mask in the
+    forward and outside it: ``M ⊙ E⁰``, the propagated representations, the gradients of
+    ``<(users, items), G>`` to both tables, the tables after a step and :meth:`~MaskedLightGCN.apply_mask_`,
+    the stored artifact (:func:`sparse_table_parts`) and the sparse-aware multiply-adds."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_users, n_items, dim = 30, 50, 8
+    pairs = np.stack([rng.integers(0, n_users, 300), rng.integers(0, n_items, 300)], axis=1)
+    n_entries = (n_users + n_items) * dim
+    mask = torch.from_numpy(exact_random_mask(n_entries, kept_count(0.4, n_entries), rng))
+    mask = mask.reshape(n_users + n_items, dim)
+    table = torch.randn(n_users + n_items, dim, generator=gen)
+    weight = torch.randn(n_users + n_items, dim, generator=gen)
+    update = torch.randn(n_users + n_items, dim, generator=gen)
+    graph = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], device=device)
+    dense = LightGCN(n_users, n_items, dim, 2, graph)
+    with torch.no_grad():
+        dense.user_emb.copy_(table[:n_users])
+        dense.item_emb.copy_(table[n_users:])
+    dense = dense.to(device)
+    out: dict[str, torch.Tensor] = {}
+    for in_forward in (True, False):
+        tag = "in_forward" if in_forward else "kept_masked"
+        # the way every method builds it: a masked copy of a dense model already on the device
+        model = MaskedLightGCN.from_lightgcn(dense, mask, mask_in_forward=in_forward)
+        users, items = model.propagate()
+        (torch.cat([users, items]) * weight.to(device)).sum().backward()
+        out[f"{tag}_layer0"] = model.layer0().detach()
+        out[f"{tag}_representations"] = torch.cat([users, items]).detach()
+        out[f"{tag}_grad_users"] = model.user_emb.grad
+        out[f"{tag}_grad_items"] = model.item_emb.grad
+        with torch.no_grad():
+            model.user_emb.add_(update[:n_users].to(device))
+            model.item_emb.add_(update[n_users:].to(device))
+        model.apply_mask_()
+        out[f"{tag}_after_step"] = model.layer0().detach()
+    parts, _ = masked_model_parts(model)
+    out.update({f"artifact_{p.name}": p.tensor for p in parts})
+    out["sparse_aware_macs"] = torch.tensor(sparse_aware_propagation_macs(graph, model.mask, 2))
+    return out
+
+
+def masked_table_device_check() -> DeviceCheck:
+    """The masked embedding table (:class:`MaskedLightGCN`, :meth:`~MaskedLightGCN.apply_mask_`,
+    :func:`sparse_table_parts`) as a :class:`~bench.api.DeviceCheck`.
+
+    Tolerance: masking is exact (a masked entry is 0 on both devices; the kept values, masks and
+    indices must be equal), but the two propagation layers and their backward are CSR products whose
+    float32 row sums (n <= ~20 terms of O(1)) the GPU may add in another order: about
+    sqrt(n) * eps * sum|terms| = 5 * 6e-8 * 5 = 2e-6 per layer. rtol 1e-4 with atol 1e-5 (for sums
+    that cancel to near 0) leaves a margin of about 10 and still catches a wrong entry (off by O(0.1)).
+    """
+    return DeviceCheck("shared.masked_table", _masked_table_kernels, rtol=1e-4, atol=1e-5,
+                       description="masked LightGCN tables (mask in the forward and kept at 0 after "
+                                   "a step): layer 0, propagation, gradients, artifact, sparse-aware MACs")

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from bench.api import DeviceCheck
+
 BITS = (4, 8, 16)
 MIN_STEP = 1e-8
 
@@ -78,3 +80,38 @@ def quantize_codes(table: torch.Tensor, step: torch.Tensor, bits: int) -> torch.
 def dequantize(codes: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """``q · Δ`` as float32."""
     return codes.to(torch.float32) * step
+
+
+def _lsq_kernels(device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """LSQ at 4 and 8 bits on a 24 x 16 table (some entries beyond the clip range): ``Ê``, the
+    codes ``q``, ``q · Δ``, and the gradients of ``<Ê, G>`` to ``E`` and ``Δ`` for a fixed ``G``."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(24, 16, generator=gen)
+    table[::5] *= 40  # some rows far beyond Q_max · Δ of a shrunken step: the clipped branch
+    weight = torch.randn(24, 16, generator=gen)
+    out: dict[str, torch.Tensor] = {}
+    for bits in (4, 8):
+        step0 = init_steps(table, bits) * 0.5
+        e = table.clone().to(device).requires_grad_(True)
+        step = step0.clone().to(device).requires_grad_(True)
+        y = fake_quantize(e, step, bits)
+        (y * weight.to(device)).sum().backward()
+        codes = quantize_codes(e.detach(), step.detach(), bits)
+        out.update({f"b{bits}_fake_quantized": y.detach(), f"b{bits}_grad_table": e.grad,
+                    f"b{bits}_grad_step": step.grad, f"b{bits}_codes": codes,
+                    f"b{bits}_dequantized": dequantize(codes, step.detach())})
+    return out
+
+
+def lsq_device_check() -> DeviceCheck:
+    """The LSQ kernels (:func:`fake_quantize` forward and backward, :func:`quantize_codes`,
+    :func:`dequantize`) as a :class:`~bench.api.DeviceCheck`.
+
+    Tolerance: ``E/Δ`` is one correctly rounded division on either device, so ``Ê``, ``q`` and
+    ``q · Δ`` agree to the last bit (codes exactly); ``∂/∂E`` is ``G`` masked and ``∂/∂Δ`` a row sum
+    of 16 products whose order may differ on the GPU: a few float32 ulps of the row sum, within
+    rtol 1e-5 / atol 1e-5 (the sums are O(10), the atol covers rows that cancel to near 0).
+    """
+    return DeviceCheck("shared.lsq_fake_quantize", _lsq_kernels, rtol=1e-5, atol=1e-5,
+                       description="LSQ fake quantisation (4 and 8 bits), its codes and its "
+                                   "straight-through gradients to the table and the step")
