@@ -195,3 +195,20 @@ def test_img_tag_escapes_alt() -> None:
     assert f'src="data:image/png;base64,{fig.png_base64}"' in tag
     assert 'width="640" height="400"' in tag
     assert "<b>" not in tag
+
+
+def test_cost_plots_have_worded_titles_and_memory_in_mib():
+    from bench.report.plots import _in_mib
+
+    cells = synthetic_cells()
+    dataset = DATASETS[0]
+    for cost in ("peak_mem_scoring_bytes", "latency_scoring_b64_p50_ms"):
+        for fig in (cost_vs_ratio(cells, dataset, cost), accuracy_vs_cost(cells, dataset, "recall@20", cost)):
+            assert cost not in fig.title, fig.title  # words, not the stored name
+    assert accuracy_vs_cost(cells, dataset, "recall@20", "peak_mem_scoring_bytes").title == (
+        f"{dataset}: recall@20 vs peak memory, scoring")
+    assert COSTS["peak_mem_scoring_bytes"].endswith("(MiB)")
+    mib = _in_mib(cells, "peak_mem_scoring_bytes")
+    rows = cells["name"] == "peak_mem_scoring_bytes"
+    assert np.allclose(mib.loc[rows, "value"] * 2**20, cells.loc[rows, "value"])
+    assert mib.loc[~rows, "value"].equals(cells.loc[~rows, "value"])  # other names untouched

@@ -60,7 +60,7 @@ ACCURACY: tuple[str, ...] = ("recall@20", "ndcg@20")
 COSTS: dict[str, str] = {
     "flops": "inference multiply-adds",
     "bits": "stored bits",
-    "peak_mem_scoring_bytes": "peak memory, scoring (bytes)",
+    "peak_mem_scoring_bytes": "peak memory, scoring (MiB)",
     "latency_scoring_b64_p50_ms": "scoring latency, 64 users, p50 (ms)",
 }
 REFERENCE_LABEL = f"{REFERENCE} (uncompressed)"
@@ -269,6 +269,22 @@ def _axis_label(name: str, costs: Mapping[str, str]) -> str:
     return costs.get(name) or COSTS.get(name) or name
 
 
+def _short(name: str) -> str:
+    """A cost's words for a title: its label without the unit (the raw name if it has no label)."""
+    label = COSTS.get(name)
+    return label.rsplit(" (", 1)[0] if label else name
+
+
+def _in_mib(cells: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """``cells`` with a ``*_bytes`` cost's values in MiB, the unit of the report's tables."""
+    if not cost.endswith("_bytes"):
+        return cells
+    out = cells.copy()
+    rows = out["name"] == cost
+    out.loc[rows, "value"] = out.loc[rows, "value"] / 2**20
+    return out
+
+
 def _empty_figure(key: str, title: str, message: str) -> Figure:
     with _style():
         fig, ax = _new_axes()
@@ -366,7 +382,8 @@ def cost_vs_ratio(cells: pd.DataFrame, dataset: str, cost: str, *, label: str | 
     ``label`` describes the cost with its unit (default: from :data:`COSTS`, else the name)."""
     label = label or _axis_label(cost, COSTS)
     return _ratio_figure(
-        cells, dataset, cost, key=f"{dataset}-{cost}-vs-emb", title=f"{dataset}: {cost} vs embedding ratio",
+        _in_mib(cells, cost), dataset, cost, key=f"{dataset}-{cost}-vs-emb",
+        title=f"{dataset}: {_short(cost)} vs embedding ratio",
         ylabel=label, what=f"{cost} ({label})", log_y=None, is_cost=True)
 
 
@@ -377,9 +394,9 @@ def accuracy_vs_cost(cells: pd.DataFrame, dataset: str, metric: str, cost: str, 
 
     ``label`` describes the cost with its unit (default: from :data:`COSTS`, else the name)."""
     key = f"{dataset}-{metric}-vs-{cost}"
-    title = f"{dataset}: {metric} vs {cost}"
+    title = f"{dataset}: {metric} vs {_short(cost)}"
     label = label or _axis_label(cost, COSTS)
-    df, series, _ = _dataset_frame(cells, dataset)
+    df, series, _ = _dataset_frame(_in_mib(cells, cost), dataset)
     sub = df.loc[df["name"].isin([metric, cost]) & np.isfinite(df["value"])]
     wide = sub.groupby([*_SERIES_KEYS, "name"], dropna=False)["value"].mean().unstack("name")
     if metric not in wide or cost not in wide:
