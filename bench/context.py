@@ -17,7 +17,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from bench.backbone.lightgcn import LightGCN
 from bench.contract import TrainingCost
 from bench.data.dataset import InteractionData
 from bench.device import seed_everything
+from bench.files import write_atomically
 from bench.measure.flops import count_train_macs_per_epoch
 from bench.measure.memory import PhaseMemory
 from bench.registry import random_streams
@@ -131,13 +131,10 @@ def _save_atomically(blob: dict[str, Any], path: Path, log: Callable[[str], None
     A failed write (a full disk, a read-only cache) removes the temporary file and is logged: the
     caller keeps the state it just built in memory, so the cells of this run still use it.
     """
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: torch.save(blob, tmp))
         return True
     except (OSError, RuntimeError) as exc:
-        tmp.unlink(missing_ok=True)
         if log:
             log(f"could not write the cache file {path} ({_write_failure(exc, path.parent)}); "
                 "it is used from memory in this run and rebuilt by the next one")

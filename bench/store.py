@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.files import write_atomically
 from bench.result import CellResult, column_declarations, columns, now
 
 SCHEMA_VERSION = 1
@@ -242,13 +243,8 @@ def keep_unstored(result: CellResult, out_dir: Path) -> Path:
     folder = Path(out_dir) / UNSTORED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result.key}.json"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(_json(dataclasses.asdict(result)), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = _json(dataclasses.asdict(result))
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

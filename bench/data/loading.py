@@ -24,6 +24,7 @@ from bench.data.catalog import DatasetSpec, Source, data_root, get_spec
 from bench.data.dataset import EmptySplitError, InteractionData
 from bench.data.readers import RawInteractions, read_file
 from bench.data.sources import resolve_files, sha256_file
+from bench.files import write_atomically
 
 CACHE_VERSION = 1
 
@@ -217,14 +218,9 @@ def _cache_key(spec: DatasetSpec, digests: dict[str, str], source: Source) -> st
 def _save_cache(path: Path, data: InteractionData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"info": data.info, "fingerprint": data.fingerprint(), "name": data.name}
-    tmp = path.with_suffix(".tmp.npz")
-    try:
-        np.savez(tmp, shape=np.array([data.n_users, data.n_items]), train=data.train,
-                 valid=data.valid, test=data.test, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave a partial file behind
-        raise
+    write_atomically(path, lambda tmp: np.savez(tmp, shape=np.array([data.n_users, data.n_items]),
+                                                train=data.train, valid=data.valid, test=data.test,
+                                                meta=np.array(json.dumps(meta))))
 
 
 def _load_cache(path: Path) -> InteractionData:

@@ -9,15 +9,15 @@ for its own cells when it ends. Modules: :mod:`~bench.report.tables` (the two CS
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench.data.dataset import COLD_PAIR_WARN_SHARE
+from bench.files import write_atomically
 from bench.registry import available_methods
 from bench.report.stats import add_to_summary, comparisons
 from bench.report.tables import cells_frame, load_cells, summary_frame
@@ -146,14 +146,14 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
         runs = [r for r in runs if r["name"] in names]
     frame = cells_frame(cells)
     paths = {"cells": out / "cells.csv", "summary": out / "summary.csv", "html": out / "index.html"}
-    _atomic(paths["cells"], lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomically(paths["cells"], lambda tmp: frame.to_csv(tmp, index=False))
     names = sorted(frame["name"].dropna().unique()) if not frame.empty else []
     metrics = headline_metrics(names)
     all_metrics = [n for n in names if n.split("@")[0] in ("recall", "ndcg", "precision", "hit", "mrr")]
     summary = summary_frame(frame) if not frame.empty else pd.DataFrame()
     if not frame.empty:
         summary = add_to_summary(summary, comparisons(frame, all_metrics))
-    _atomic(paths["summary"], lambda tmp: summary.to_csv(tmp, index=False))
+    write_atomically(paths["summary"], lambda tmp: summary.to_csv(tmp, index=False))
 
     datasets = []
     for dataset in sorted(frame["dataset"].unique()) if not frame.empty else []:
@@ -174,31 +174,19 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     notes = _notes(cells)
     page = render(title, sources, datasets, _problems(cells), _method_info(c["method"] for c in cells),
                   _environments(cells), [{**r, "config": r["config"]} for r in runs], counts, notes)
-    _atomic(paths["html"], lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    write_atomically(paths["html"], lambda tmp: tmp.write_text(page, encoding="utf-8"))
     paths["markdown"] = out / "summary.md"
     markdown = summary_markdown(title, datasets, notes)
-    _atomic(paths["markdown"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    write_atomically(paths["markdown"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     if latex and not summary.empty:
         from bench.report.latex import summary_latex
 
         for dataset in sorted(summary["dataset"].unique()):
             p = out / f"summary-{dataset}.tex"
             tex = summary_latex(summary[summary["dataset"] == dataset], metrics, dataset)
-            _atomic(p, lambda tmp, tex=tex: tmp.write_text(tex, encoding="utf-8"))
+            write_atomically(p, lambda tmp, tex=tex: tmp.write_text(tex, encoding="utf-8"))
             paths[f"latex-{dataset}"] = p
     return paths
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: a reader
-    sees the old file or the new one, never a truncated one (a full disk leaves the old file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _existing(path: str | Path) -> Path:
