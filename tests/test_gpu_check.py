@@ -191,3 +191,21 @@ def test_compare_matrices():
     assert ("| lightgcn | 1 | 2 | test_ndcg@10 | 0.3000 | 0.3000 | test_recall@10 | 0.3000 | **FAIL** |"
             in text)
     assert text.count("| lightgcn |") == 1 and text.count("| dsl |") == 0  # dsl: failed, no row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer")
+def test_backends_script_refuses_cuda_without_a_gpu(capsys):
+    from bench.perf.backends import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cuda", "--datasets", "citeulike"])
+    assert exc.value.code == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+
+
+def test_timed_counts_every_run_and_takes_the_median():
+    from bench.perf.common import timed
+
+    calls = []
+    median, times = timed(lambda: calls.append(1), repeats=5, warmup=2, device="cpu")
+    assert len(calls) == 7 and len(times) == 5 and min(times) <= median <= max(times)

@@ -1,6 +1,7 @@
 """Which sparse propagation backend is fastest on our graphs.
 
     python -m bench.perf.backends --datasets yelp-lightgnn citeulike --threads 2 --out reports/performance
+    python -m bench.perf.backends --device cuda --out reports/performance/cuda
 
 For every dataset and every backend of :data:`bench.backbone.graph.BACKENDS` that is installed (torch
 CSR, torch COO, and ``torch_sparse`` from the optional ``sparse`` extra), it times, on the full
@@ -13,7 +14,8 @@ training graph with d = 64 (``--dim``):
 
 Each figure is the median of ``--repeats`` runs after a warm-up. Every backend's product is checked
 against the CSR one before it is timed. The default backend (``TrainConfig.backend``) should be the
-fastest; the markdown says which one won on each dataset.
+fastest; the markdown says which one won on each dataset. ``--device cuda`` times the same work on
+the GPU (each run synchronised), so the default can be chosen for each device by measurement.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def _measure_backend(data: Any, backend: str, x: torch.Tensor, args: argparse.Na
 
     config = TrainConfig(dim=args.dim, n_layers=2, batch_size=4096, lr=1e-3, backend=backend, seed=0)
     torch.manual_seed(0)
-    model = build_lightgcn(data, config, torch.device("cpu"))
+    device = torch.device(args.device)
+    model = build_lightgcn(data, config, device)
     graph = model.graph
-    fwd, _ = timed(lambda: graph.matmul(x), repeats=args.repeats)
+    x = x.to(device)
+    fwd, _ = timed(lambda: graph.matmul(x), repeats=args.repeats, device=device)
     xg = x.clone().requires_grad_(True)
-    both, _ = timed(lambda: graph.matmul(xg).backward(x), repeats=args.repeats)
+    both, _ = timed(lambda: graph.matmul(xg).backward(x), repeats=args.repeats, device=device)
     sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-    users, pos, neg = (t[: config.batch_size] for t in sampler.epoch(torch.Generator().manual_seed(0)))
+    users, pos, neg = (t[: config.batch_size].to(device)
+                       for t in sampler.epoch(torch.Generator().manual_seed(0)))
     opt = make_adam(list(model.parameters()), config.lr)
 
     def step() -> None:
@@ -56,8 +61,8 @@ def _measure_backend(data: Any, backend: str, x: torch.Tensor, args: argparse.Na
         (bpr + penalty).backward()
         opt.step()
 
-    step_s, _ = timed(step, repeats=args.repeats)
-    return graph.matmul(x), {"n_nodes": graph.n_nodes, "nnz": graph.nnz, "spmm_seconds": fwd,
+    step_s, _ = timed(step, repeats=args.repeats, device=device)
+    return graph.matmul(x).cpu(), {"n_nodes": graph.n_nodes, "nnz": graph.nnz, "spmm_seconds": fwd,
                              "spmm_fwd_bwd_seconds": both, "train_step_seconds": step_s}
 
 
@@ -74,7 +79,8 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             reference = y
         else:  # every backend computes the same product
             torch.testing.assert_close(y, reference, rtol=1e-4, atol=1e-6)
-        rows.append({"dataset": name, "backend": backend, "dim": args.dim, **figures, **environment_fields()})
+        rows.append({"dataset": name, "backend": backend, "dim": args.dim, **figures,
+                     **environment_fields(args.device)})
         ms = {k: v * 1e3 for k, v in figures.items() if k.endswith("seconds")}
         print(f"[{name}] {backend}: spmm {ms['spmm_seconds']:.2f} ms, "
               f"fwd+bwd {ms['spmm_fwd_bwd_seconds']:.2f} ms, step {ms['train_step_seconds']:.1f} ms",
@@ -82,10 +88,18 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _device_name(device: str) -> str:
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = script_parser(__doc__.split("\n")[0], ["yelp-lightgnn", "citeulike"], repeats=10)
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="device to time on (cpu or cuda; default cpu)")
     args = p.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device is available here")
     set_threads(args.threads)
     rows: list[dict[str, Any]] = []
     for name in args.datasets:
@@ -107,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(set(("csr", "coo", "torch_sparse")) - set(available_backends()))
     md = (
         "# Sparse propagation backends\n\n"
+        f"Device {_device_name(args.device)}; "
         f"d={args.dim}, {torch.get_num_threads()} torch threads, median of {args.repeats}; "
         f"git {rows[0].get('git_sha') if rows else None}.\n"
         f"Command: `python -m bench.perf.backends {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"

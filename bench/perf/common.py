@@ -46,14 +46,26 @@ def script_parser(description: str, datasets: Sequence[str], repeats: int,
     return p
 
 
-def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, and all times."""
+def timed(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
+          device: torch.device | str | None = None) -> tuple[float, list[float]]:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, and all times.
+
+    On a CUDA ``device`` each run is bracketed by ``torch.cuda.synchronize`` so that the time covers
+    the kernels the call queued, not only their launch."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
 
@@ -65,11 +77,11 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def environment_fields() -> dict[str, Any]:
+def environment_fields(device: torch.device | str | None = None) -> dict[str, Any]:
     """Flat environment columns for a CSV row (see :func:`bench.environment.environment`)."""
     from bench.environment import environment
 
-    env = environment()
+    env = environment(device)
     out = {k: v for k, v in env.items() if isinstance(v, str | int | float | bool) or v is None}
     out.update({f"version_{k}": v for k, v in env["versions"].items()})
     out["torch_threads"] = torch.get_num_threads()

@@ -478,6 +478,9 @@ def _versions() -> dict[str, str]:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "not installed"
+    from bench.environment import git_sha
+
+    out["git commit"] = str(git_sha())
     return out
 
 
