@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.backbone import graph as graph_module
 from bench.backbone.graph import normalized_adjacency
 from bench.backbone.lightgcn import LightGCN, l2_penalty
 from tests.helpers import random_interactions
@@ -115,11 +116,14 @@ def test_bad_backbone_arguments(small_graph):
         normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend="dense")
 
 
+@pytest.mark.parametrize("slice_rows", [True, False])
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 @pytest.mark.parametrize("reg_form", ["squared", "norm"])
-def test_fused_readout_step_equals_dense_autograd(small_graph, n_layers, reg_form):
-    """bpr_loss's fused path (one gather, Horner propagation both ways) against dense float64
-    autograd through the per-layer definition, with repeated users and items in the batch."""
+def test_fused_readout_step_equals_dense_autograd(small_graph, n_layers, reg_form, slice_rows, monkeypatch):
+    """bpr_loss's fused path (one gather, Horner propagation both ways, the last forward layer for
+    the batch's rows only, sliced or not) against dense float64 autograd through the per-layer
+    definition, with repeated users and items in the batch."""
+    monkeypatch.setattr(graph_module, "ROW_SLICE_MAX_FRACTION", 1.0 if slice_rows else 0.0)
     n_users, n_items, pairs = small_graph
     g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1])
     torch.manual_seed(2)
@@ -169,3 +173,29 @@ def test_csr_product_ignores_what_its_output_held(small_graph):
     dense = torch.from_numpy(dense_adjacency(n_users, n_items, pairs)).float()
     torch.testing.assert_close(out, dense @ x, rtol=1e-5, atol=1e-6)
     assert torch.equal(out[n_users - 1], torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", ["csr", "coo"])
+@pytest.mark.parametrize("slice_rows", [True, False])
+def test_row_product_equals_the_full_products_rows_bit_for_bit(small_graph, backend, slice_rows, monkeypatch):
+    """(Â x)[rows] from the sliced rows (or the full product, above the slicing threshold) is the
+    full product's rows exactly, for any set of rows: empty rows (the isolated user), one row,
+    every row."""
+    monkeypatch.setattr(graph_module, "ROW_SLICE_MAX_FRACTION", 1.0 if slice_rows else 0.0)
+    n_users, n_items, pairs = small_graph
+    g = normalized_adjacency(n_users, n_items, pairs[:, 0], pairs[:, 1], backend=backend)
+    x = torch.randn(g.n_nodes, 5, generator=torch.Generator().manual_seed(4))
+    full = g.product(x)
+    for rows in ([n_users - 1], [0], [1, n_users - 1, n_users + 2, g.n_nodes - 1], list(range(g.n_nodes))):
+        rows_t = torch.tensor(rows)
+        assert torch.equal(g.row_product(rows_t, x), full.index_select(0, rows_t))
+    assert torch.equal(g.row_product(torch.tensor([n_users - 1]), x), torch.zeros(1, 5))
+
+
+def test_distinct_rows_maps_every_entry_to_its_slot():
+    from bench.backbone.lightgcn import _distinct_rows
+
+    idx = torch.tensor([5, 2, 5, 9, 0, 2])
+    distinct, position = _distinct_rows(idx, 12)
+    assert distinct.tolist() == [0, 2, 5, 9]
+    assert torch.equal(distinct.index_select(0, position), idx)

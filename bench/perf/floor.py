@@ -17,8 +17,11 @@ two moments once. For every dataset the script times, with 1 and with 2 threads:
   that is the reads plus a sequential write of every gathered row;
 * **Adam stream**: one fused Adam step (:func:`bench.training.make_adam`) over the model's
   ``(U+I) x d`` parameters with a dense gradient;
-* **our product** ``Â X`` (:meth:`bench.backbone.graph.NormalizedGraph.product`) and **our BPR step**
-  (exactly the step of :func:`bench.training.fit_bpr`).
+* **our product** ``Â X`` (:meth:`bench.backbone.graph.NormalizedGraph.product`), and with 2 threads
+  also the **row-partitioned product**: the CSR matrix split into two row blocks of equal entries,
+  each multiplied on its own Python thread (one torch thread each) into its own rows of the output,
+  the candidate kernel for using both cores where torch's kernel does not;
+* **our BPR step** (exactly the step of :func:`bench.training.fit_bpr`).
 
 The step's floor is ``2L x random-row read + Adam stream`` at the same thread count, and the
 table reports our step as a multiple of it. Each figure is the median of ``--repeats`` runs after
@@ -29,6 +32,7 @@ script records the load average before and after.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -81,6 +85,33 @@ def random_row_read(x: torch.Tensor, cols: torch.Tensor, threads: int,
     return read_two
 
 
+def row_partitioned_product(graph: Any, x: torch.Tensor, out: torch.Tensor,
+                            pool: ThreadPoolExecutor) -> Any:
+    """A callable computing ``Â x`` into ``out`` as two row blocks of (nearly) equal entries, the
+    second on ``pool``'s thread: each block is its own CSR matrix over the same kernel, so every
+    row equals :meth:`~bench.backbone.graph.NormalizedGraph.product`'s bit for bit."""
+    mat = graph._mat
+    crow = mat.crow_indices().long()
+    nnz = int(crow[-1])
+    cut = int(torch.searchsorted(crow, torch.tensor(nnz // 2)))
+    blocks = []
+    for lo, hi in ((0, cut), (cut, graph.n_nodes)):
+        s, e = int(crow[lo]), int(crow[hi])
+        block = torch.sparse_csr_tensor((crow[lo: hi + 1] - s).to(mat.col_indices().dtype),
+                                        mat.col_indices()[s:e], mat.values()[s:e], (hi - lo, graph.n_nodes))
+        blocks.append((block, out[lo:hi]))
+
+    def run(block: torch.Tensor, part: torch.Tensor) -> None:
+        torch.addmm(part, block, x, beta=0, out=part)
+
+    def both() -> None:
+        other = pool.submit(run, *blocks[1])
+        run(*blocks[0])
+        other.result()
+
+    return both
+
+
 def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per thread count: the floors, our product and step, and the ratios."""
     from bench.data.loading import load_dataset
@@ -120,6 +151,15 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             adam_s = _times(adam.step, args.repeats)
             product = _times(lambda: graph.product(x, out=out), args.repeats)
             step_s = _times(step, args.repeats)
+            partitioned = (float("nan"), float("nan"))
+            if threads == 2:
+                torch.set_num_threads(1)
+                run_parts = row_partitioned_product(graph, x, out, pool)
+                run_parts()
+                if not torch.equal(out, graph.product(x)):
+                    raise AssertionError(f"{name}: the row-partitioned product differs from the product")
+                partitioned = _times(run_parts, args.repeats)
+                torch.set_num_threads(threads)
             floor = 2 * LAYERS * read[0] + adam_s[0]
             rows.append({
                 "dataset": name, "threads": threads, "n_nodes": n, "nnz": nnz, "dim": DIM,
@@ -128,6 +168,7 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "gather_s": mat[0], "gather_iqr_s": mat[1],
                 "adam_s": adam_s[0], "adam_iqr_s": adam_s[1],
                 "product_s": product[0], "product_iqr_s": product[1],
+                "partitioned_product_s": partitioned[0], "partitioned_product_iqr_s": partitioned[1],
                 "step_s": step_s[0], "step_iqr_s": step_s[1],
                 "floor_step_s": floor, "step_over_floor": step_s[0] / floor,
                 "product_over_read": product[0] / read[0],
@@ -143,7 +184,9 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[s
               load: tuple[float, float]) -> str:
     ms = lambda v: f"{v * 1e3:.2f}"  # noqa: E731
     table = [[r["dataset"], f"{r['nnz']:,}", r["threads"], ms(r["random_read_s"]), ms(r["gather_s"]),
-              ms(r["adam_s"]), ms(r["product_s"]), f"{r['product_over_read']:.2f}x", ms(r["floor_step_s"]),
+              ms(r["adam_s"]), ms(r["product_s"]),
+              "" if math.isnan(r["partitioned_product_s"]) else ms(r["partitioned_product_s"]),
+              f"{r['product_over_read']:.2f}x", ms(r["floor_step_s"]),
               ms(r["step_s"]), f"**{r['step_over_floor']:.2f}x**"] for r in rows]
     sha = rows[0].get("git_sha") if rows else None
     return (
@@ -155,9 +198,11 @@ def _markdown(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[s
         "Floor of a step = 2L x random-row read + Adam stream, at the same thread count. "
         "Random-row read: the graph's nnz column indices gather rows of the (U+I) x d table into a "
         "cache-resident buffer (the product's irreducible reads); materialised gather: the same rows "
-        "written to an nnz x d buffer; Adam stream: one fused Adam step over (U+I) x d parameters.\n\n"
+        "written to an nnz x d buffer; Adam stream: one fused Adam step over (U+I) x d parameters; "
+        "row-partitioned product: two row blocks of equal entries on two Python threads.\n\n"
         + md_table(["dataset", "nnz", "threads", "random-row read (ms)", "materialised gather (ms)",
-                    "Adam stream (ms)", "our product (ms)", "product / read", "step floor (ms)",
+                    "Adam stream (ms)", "our product (ms)", "row-partitioned product (ms)",
+                    "product / read", "step floor (ms)",
                     "our step (ms)", "step / floor"], table)
     )
 

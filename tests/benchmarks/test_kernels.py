@@ -1,7 +1,8 @@
 """pytest-benchmark benchmarks of the hot kernels on the real ``yelp-lightgnn`` dataset (issue 8).
 
-* propagation: ``NormalizedGraph.matmul`` (``Â @ X``, d = 64), forward and forward + backward, for
-  every backend of :data:`bench.backbone.graph.BACKENDS` that is installed;
+* propagation: ``NormalizedGraph.matmul`` (``Â @ X``, d = 64), forward and forward + backward, and
+  ``NormalizedGraph.row_product`` (the rows of one training batch), for every backend of
+  :data:`bench.backbone.graph.BACKENDS` that is installed;
 * one BPR training step of LightGCN as :func:`bench.training.fit_bpr` takes it (``bpr_loss``,
   backward, Adam step) at batch 4096, d = 64, 2 layers;
 * full-ranking evaluation (:func:`bench.evaluation.evaluate_embeddings`, test split, training and
@@ -146,6 +147,25 @@ def test_propagation_forward(benchmark, data, graphs, features, backend: str) ->
     expected = _scipy_matrix(graph) @ x.double().numpy()
     assert y.shape == x.shape and y.dtype == torch.float32
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.benchmark(group="propagation-batch-rows")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_propagation_batch_rows(benchmark, data, graphs, features, backend: str) -> None:
+    """``NormalizedGraph.row_product``: the last forward layer of a BPR step, for the distinct rows of
+    one batch of 4096 (users, positives, negatives) only."""
+    from bench.backbone.lightgcn import _distinct_rows
+
+    graph = _graph(graphs, data, backend)
+    x, _ = features
+    sampler = InteractionSampler(data.train, data.n_users, data.n_items)
+    users, pos, neg = (t[:BATCH] for t in sampler.epoch(torch.Generator().manual_seed(0)))
+    rows, _ = _distinct_rows(torch.cat([users, pos + data.n_users, neg + data.n_users]), graph.n_nodes)
+    y = _pedantic(benchmark, "propagation", graph.row_product, args=(rows, x))
+    selected = _scipy_matrix(graph)[rows.numpy()]
+    benchmark.extra_info.update(rows=rows.numel(), selected_nnz=selected.nnz, nnz=graph.nnz, dim=DIM)
+    np.testing.assert_allclose(y.numpy(), selected @ x.double().numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(y, graph.product(x).index_select(0, rows))  # the full product's rows, exactly
 
 
 @pytest.mark.benchmark(group="propagation-forward-backward")
