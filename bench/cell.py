@@ -25,6 +25,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -164,8 +166,32 @@ def report_notes(compressed: CompressedModel) -> list[str] | None:
     return notes or None
 
 
+def resume_dir(spec: CellSpec) -> Path | None:
+    """Where the cell's training runs keep their epoch checkpoints (:mod:`bench.resume`) while it
+    runs: ``<checkpoint_dir>/resume/<cell key>``; None without a checkpoint directory."""
+    return Path(spec.checkpoint_dir) / "resume" / spec.key if spec.checkpoint_dir else None
+
+
+def resume_every_seconds() -> float:
+    """The least wall time between two epoch checkpoints of a training run: ``RECSHRINK_CHECKPOINT_EVERY``
+    seconds (0: every epoch), by default :data:`bench.resume.DEFAULT_EVERY_SECONDS`."""
+    from bench.resume import DEFAULT_EVERY_SECONDS
+
+    raw = os.environ.get("RECSHRINK_CHECKPOINT_EVERY", "").strip()
+    if not raw:
+        return DEFAULT_EVERY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"RECSHRINK_CHECKPOINT_EVERY must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
 def run_cell(spec: CellSpec) -> CellResult:
-    """Run one cell and return its result (see the module docstring)."""
+    """Run one cell and return its result (see the module docstring). A cell that ends, ok or failed,
+    removes its epoch checkpoints; one that is killed leaves them, and its rerun resumes from them."""
     result = new_result(spec)
     t0 = time.perf_counter()
     device = None
@@ -182,6 +208,9 @@ def run_cell(spec: CellSpec) -> CellResult:
     finally:
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
+    where = resume_dir(spec)
+    if where is not None:
+        shutil.rmtree(where, ignore_errors=True)
     result.timings["total"] = time.perf_counter() - t0
     if not result.info.get("log"):
         result.info.pop("log", None)
@@ -273,10 +302,12 @@ def _set_up(spec: CellSpec, data: InteractionData, timings: dict[str, Any],
     target = Target(spec.emb_target, spec.edge_target, spec.layers_target)
     cls.check_target(target, config.n_layers)
     seed_everything(spec.seed)
-    checkpoints = BaseCheckpoints(Path(spec.checkpoint_dir) if spec.checkpoint_dir else None)
+    every = resume_every_seconds()
+    checkpoints = BaseCheckpoints(Path(spec.checkpoint_dir) if spec.checkpoint_dir else None, every)
     ctx = MethodContext(data=data, device=device, seed=spec.seed, budget=config,
                         checkpoints=checkpoints, progress=spec.progress,
-                        log=log, streams=cls.random_streams)
+                        log=log, streams=cls.random_streams, resume_dir=resume_dir(spec),
+                        resume_every_seconds=every)
     if cls.uses_base:
         t = time.perf_counter()
         ctx.prepare_base()

@@ -37,6 +37,7 @@ from bench.files import write_atomically
 from bench.measure.flops import count_train_macs_per_epoch
 from bench.measure.memory import PhaseMemory
 from bench.registry import random_streams
+from bench.resume import DEFAULT_EVERY_SECONDS, EpochCheckpoint
 from bench.sampling import EpochSampler
 from bench.training import (
     TrainConfig,
@@ -158,8 +159,9 @@ def _write_failure(exc: BaseException, directory: Path) -> str:
 class BaseCheckpoints:
     """Trains, caches and hands out base LightGCN checkpoints (see the module docstring)."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, directory: Path | None, resume_every_seconds: float = DEFAULT_EVERY_SECONDS) -> None:
         self.directory = directory
+        self.resume_every_seconds = resume_every_seconds
         self._memory: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
     @staticmethod
@@ -204,13 +206,17 @@ class BaseCheckpoints:
         path = self._path(data, key)
         if path is None:
             return self._train(data, config, device, progress)
+        # epoch checkpoints of an interrupted base training, removed once the base is cached
+        resume = EpochCheckpoint(path.parent / "resume", path.stem, self.resume_every_seconds, log)
 
         def train():
             if log:
                 log(f"training the base LightGCN for {data.name} (seed {config.seed})")
-            return self._train(data, config, device, progress)
+            return self._train(data, config, device, progress, resume)
 
         state, meta, _ = locked_cache(path, train, log)
+        if resume.identity is not None:
+            resume.remove()
         return state, meta
 
     @staticmethod
@@ -247,14 +253,15 @@ class BaseCheckpoints:
         return state, meta, hit
 
     @staticmethod
-    def _train(data: InteractionData, config: TrainConfig, device: torch.device, progress: bool):
+    def _train(data: InteractionData, config: TrainConfig, device: torch.device, progress: bool,
+               resume: EpochCheckpoint | None = None):
         seed_everything(config.seed)
         model = build_lightgcn(data, config, device)
         memory = PhaseMemory(device)
         t0 = time.perf_counter()
         with memory.phase("training"):
-            result = fit_bpr(model, data, config, progress=progress)
-        seconds = time.perf_counter() - t0
+            result = fit_bpr(model, data, config, progress=progress, resume=resume)
+        seconds = time.perf_counter() - t0 + result.resumed_seconds
         macs = count_train_macs_per_epoch(model, len(data.train), config.batch_size,
                                           data.n_users, data.n_items)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -286,6 +293,9 @@ class MethodContext:
     #: the random streams :meth:`rng` draws (name -> id): the cell's method's ``random_streams``;
     #: None: every stream a registered method declares
     streams: Mapping[str, int] | None = None
+    #: where this cell's training runs keep epoch checkpoints (:mod:`bench.resume`); None: nowhere
+    resume_dir: Path | None = None
+    resume_every_seconds: float = DEFAULT_EVERY_SECONDS
     _base_key: str | None = None
 
     def prepare_base(self) -> None:
@@ -377,15 +387,20 @@ class MethodContext:
         :attr:`stages` (a cached stage's name replaces it).
         """
         config = config or self.budget
+        resume = None if self.resume_dir is None else EpochCheckpoint(
+            self.resume_dir, stage, self.resume_every_seconds, self.log)
         t0 = time.perf_counter()
-        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler)
-        seconds = time.perf_counter() - t0
+        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler,
+                         resume=resume)
+        seconds = time.perf_counter() - t0 + result.resumed_seconds
         n_triples = len(self.data.train) if sampler is None else sampler.triples_per_epoch
         batch = config.batch_size if sampler is None else sampler.batch_triples(config.batch_size)
         macs = count_train_macs_per_epoch(model, n_triples, batch, self.data.n_users, self.data.n_items)
         extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
         self.stages.append({"stage": stage, "epochs": result.epochs,
-                            "best_epoch": result.best_epoch, "budget_epochs": config.epochs, "cached": False})
+                            "best_epoch": result.best_epoch, "budget_epochs": config.epochs, "cached": False,
+                            **({"resumed_from_epoch": result.resumed_from_epoch}
+                               if result.resumed_from_epoch else {})})
         return TrainingCost(seconds, result.epochs, macs + extra), result
 
 

@@ -41,6 +41,15 @@ from bench.evaluation import (
     excluded_splits,
 )
 from bench.metrics import METRIC_NAMES
+from bench.resume import (
+    EpochCheckpoint,
+    generator_states,
+    generators_digest,
+    random_states,
+    run_identity,
+    set_generator_states,
+    set_random_states,
+)
 from bench.sampling import EpochSampler, InteractionSampler
 
 
@@ -99,6 +108,16 @@ class TrainHook:
 
     def train_end(self, epoch: int) -> None:
         """Runs after the last epoch, before the best state is restored (e.g. keep the last state)."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What the hook carries from one epoch to the next (masks, counters, its own random
+        generators' states), for an epoch checkpoint (:mod:`bench.resume`); ``{}`` for a hook that
+        carries nothing. ``None`` (the default) says the hook cannot be checkpointed: a run with it
+        is then not saved for resumption."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (called before the first resumed epoch)."""
 
 
 @dataclass
@@ -209,6 +228,11 @@ class TrainResult(TrainedModel):
     epoch_seconds: list[float]
     history: list[dict[str, float]] = field(default_factory=list)
 
+    #: the epoch an interrupted run was resumed after (0: it ran from the start), and the wall
+    #: seconds it had spent before that (part of its training cost)
+    resumed_from_epoch: int = 0
+    resumed_seconds: float = 0.0
+
     @property
     def train_seconds_per_epoch(self) -> float:
         return statistics.median(self.epoch_seconds) if self.epoch_seconds else float("nan")
@@ -282,13 +306,16 @@ def fit_bpr(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     hooks: Sequence[TrainHook] = (),
     sampler: EpochSampler | None = None,
+    resume: EpochCheckpoint | None = None,
 ) -> TrainResult:
     """Train ``model`` with BPR and validation early stopping; see the module docstring.
 
     ``hooks`` add method-specific steps (:class:`TrainHook`); the optimiser is Adam over the
     model's parameters that require a gradient. ``sampler`` gives each epoch's triples (default:
     :class:`bench.sampling.InteractionSampler`, every interaction once with one negative); a step
-    takes ``sampler.batch_triples(batch_size)`` of them.
+    takes ``sampler.batch_triples(batch_size)`` of them. ``resume``: save epoch checkpoints there
+    and continue from one this same run saved before it was interrupted (:mod:`bench.resume`);
+    ignored when a hook cannot be checkpointed.
     """
     _check_trainable(data, config)
     gen = torch.Generator().manual_seed(config.seed)
@@ -298,9 +325,12 @@ def fit_bpr(
                       make_adam([p for p in model.parameters() if p.requires_grad], config.lr))
     best = _BestState()
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
-               disable=not progress, leave=False)
-    epoch = 0
+    run = _Resumable.start(resume, model, data, config, hooks, sampler)
+    start = run.restore(model, loop, best, history, gen, hooks) if run else 0
+    epoch = start
+    finished = start > 0 and (best.since >= config.patience or start >= config.epochs)
+    bar = tqdm(range(start + 1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
+               disable=not progress or finished, leave=False, initial=start, total=config.epochs)
     for epoch in bar:
         row = loop.run(epoch, gen)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -309,9 +339,12 @@ def fit_bpr(
             bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
                             best=best.epoch)
         history.append(row)
+        stop = best.since >= config.patience
+        if run:
+            run.save_if_due(epoch, stop or epoch == config.epochs, model, loop, best, history, gen, hooks)
         if on_epoch is not None:
             on_epoch(row)
-        if best.since >= config.patience:
+        if stop:
             break
     bar.close()
     for hook in hooks:
@@ -321,7 +354,71 @@ def fit_bpr(
     test = evaluate_split(model, data, "test", config).metrics if len(data.test) else {}
     return TrainResult(model=model, config=config, epochs=epoch, best_epoch=best.epoch,
                        best_valid=best.value, valid=best.valid, test=test,
-                       epoch_seconds=loop.epoch_seconds, history=history)
+                       epoch_seconds=loop.epoch_seconds, history=history, resumed_from_epoch=start,
+                       resumed_seconds=run.seconds_before if run else 0.0)
+
+
+@dataclass
+class _Resumable:
+    """:func:`fit_bpr`'s side of an :class:`~bench.resume.EpochCheckpoint`: what one epoch's
+    checkpoint holds, and restoring it."""
+
+    checkpoint: EpochCheckpoint
+    started: float
+    seconds_before: float = 0.0
+
+    @classmethod
+    def start(cls, checkpoint: EpochCheckpoint | None, model: BPRModel, data: InteractionData,
+              config: TrainConfig, hooks: Sequence[TrainHook], sampler: EpochSampler) -> _Resumable | None:
+        """None without a checkpoint or when a hook cannot be checkpointed (said in the log)."""
+        if checkpoint is None:
+            return None
+        blocking = [type(h).__name__ for h in hooks if h.state_dict() is None]
+        if blocking:
+            checkpoint.say(f"training is not checkpointed for resumption: hook(s) {', '.join(blocking)} "
+                           "cannot save their state")
+            return None
+        checkpoint.bind(run_identity(
+            data.fingerprint(), config_dict(config), model.state_dict(), list(hooks),
+            {"sampler": f"{type(sampler).__module__}.{type(sampler).__qualname__}",
+             "triples": sampler.triples_per_epoch,
+             "model_generators": generators_digest(model)}))
+        return cls(checkpoint, time.perf_counter())
+
+    def restore(self, model: BPRModel, loop: _EpochLoop, best: _BestState, history: list[dict[str, float]],
+                gen: torch.Generator, hooks: Sequence[TrainHook]) -> int:
+        """Load this run's checkpoint, if any, into the run's pieces; returns its epoch (0: none)."""
+        snap = self.checkpoint.load()
+        if snap is None:
+            return 0
+        model.load_state_dict(snap["model"])
+        loop.optimizer.load_state_dict(snap["optimizer"])
+        loop.step, loop.epoch_seconds = snap["step"], list(snap["epoch_seconds"])
+        history.extend(snap["history"])
+        for k, v in snap["best"].items():
+            setattr(best, k, v)
+        gen.set_state(snap["generator"])
+        for hook, state in zip(hooks, snap["hooks"], strict=True):
+            hook.load_state_dict(state)
+        set_random_states(snap["random"])
+        set_generator_states(model, snap["model_generators"])
+        self.seconds_before = snap["seconds"]
+        return int(snap["epoch"])
+
+    def save_if_due(self, epoch: int, final: bool, model: BPRModel, loop: _EpochLoop, best: _BestState,
+                    history: list[dict[str, float]], gen: torch.Generator,
+                    hooks: Sequence[TrainHook]) -> None:
+        if not self.checkpoint.due(final):
+            return
+        self.checkpoint.save({
+            "epoch": epoch, "seconds": self.seconds_before + time.perf_counter() - self.started,
+            "model": model.state_dict(), "optimizer": loop.optimizer.state_dict(), "step": loop.step,
+            "epoch_seconds": loop.epoch_seconds, "history": history,
+            "best": {"value": best.value, "epoch": best.epoch, "state": best.state, "valid": best.valid,
+                     "since": best.since},
+            "generator": gen.get_state(), "hooks": [h.state_dict() for h in hooks],
+            "random": random_states(), "model_generators": generator_states(model),
+        })
 
 
 def _check_trainable(data: InteractionData, config: TrainConfig) -> None:
