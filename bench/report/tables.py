@@ -138,9 +138,11 @@ def summary_frame(cells: pd.DataFrame) -> pd.DataFrame:
         out = out[[*ids, "method", "n_seeds", "n_failed", "n_flagged", *ordered]]
     for c in ("edge_target", "layers_target"):
         out[c] = out[c].replace(-1.0, np.nan)
-    return out.sort_values(["dataset", "method", "variant", "emb_target"],
-                           ascending=[True, True, True, False],
-                           kind="stable").reset_index(drop=True)
+    # by target (loosest first), then method: the methods compared at one target sit together
+    by_target = out.assign(_edge=out["edge_target"].fillna(1.0), _layers=out["layers_target"].fillna(np.inf))
+    return (by_target.sort_values(["dataset", "emb_target", "_edge", "_layers", "method", "variant"],
+                                  ascending=[True, False, False, False, True, True], kind="stable")
+            .drop(columns=["_edge", "_layers"]).reset_index(drop=True))
 
 
 def _relative_to_reference(ok: pd.DataFrame) -> pd.DataFrame | None:
