@@ -26,7 +26,7 @@ from bench.report.plots import (
 )
 from tests.helpers import PLOT_DATASETS as DATASETS
 from tests.helpers import PLOT_METHODS as METHODS
-from tests.helpers import synthetic_cells
+from tests.helpers import PLOT_NAMES, synthetic_cells
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -56,8 +56,11 @@ def figures(cells: pd.DataFrame) -> dict[str, list[Figure]]:
                 DATASETS[1]: figures_for_dataset(cells, DATASETS[1], metrics=["ndcg@20"], costs=["bits"])}
 
 
+STORED_COSTS = tuple(c for c in COSTS if c in PLOT_NAMES)  # the synthetic store's (no mem_scoring_bytes)
+
+
 def expected_keys(dataset: str, metrics: tuple[str, ...] | list[str] = ACCURACY,
-                  costs: tuple[str, ...] | list[str] = tuple(COSTS)) -> list[str]:
+                  costs: tuple[str, ...] | list[str] = STORED_COSTS) -> list[str]:
     return ([f"{dataset}-{m}-vs-emb" for m in metrics] + [f"{dataset}-{c}-vs-emb" for c in costs]
             + [f"{dataset}-{m}-vs-{c}" for m in metrics for c in costs])
 
@@ -212,3 +215,31 @@ def test_cost_plots_have_worded_titles_and_memory_in_mib():
     rows = cells["name"] == "peak_mem_scoring_bytes"
     assert np.allclose(mib.loc[rows, "value"] * 2**20, cells.loc[rows, "value"])
     assert mib.loc[~rows, "value"].equals(cells.loc[~rows, "value"])  # other names untouched
+
+
+def test_label_offsets_keep_labels_apart():
+    from bench.report.plots import label_offsets
+
+    # five labels at one point (methods at one FLOP count), one far away
+    anchors = [(100.0, 50.0)] * 5 + [(400.0, 10.0)]
+    texts = ["0.5", "0.2", "0.08", "0.5", "0.2", "0.08"]
+    offsets = label_offsets(anchors, texts, fontsize=7)
+    boxes = [(x + dx, y + dy, x + dx + 0.6 * 7 * len(t) + 1, y + dy + 8.4)
+             for (x, y), (dx, dy), t in zip(anchors, offsets, texts, strict=True)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    assert offsets[0] == (4.0, 3.0) and offsets[-1] == (4.0, 3.0)  # unmoved where nothing is in the way
+    assert len({dy for _, dy in offsets[:5]}) == 5
+
+
+def test_scoring_memory_is_the_phase_need_where_the_store_has_it(cells: pd.DataFrame) -> None:
+    """With both memory figures stored, the report plots what scoring needs above its start, not the
+    process's peak (which depends on what ran before the cell)."""
+    dataset = DATASETS[0]
+    need = cells.loc[cells["name"] == "peak_mem_scoring_bytes"].assign(name="mem_scoring_bytes")
+    need["value"] = need["value"] / 4
+    keys = [f.key for f in figures_for_dataset(pd.concat([cells, need]), dataset)]
+    assert f"{dataset}-mem_scoring_bytes-vs-emb" in keys
+    assert f"{dataset}-recall@20-vs-mem_scoring_bytes" in keys
+    assert not any("peak_mem" in k for k in keys)

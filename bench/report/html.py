@@ -27,12 +27,23 @@ COST_COLUMNS = [
     ("params", "params", "min", "{:,.0f}"),
     ("bits", "bits", "min", "{:.3g}"),
     ("flops", "inference MACs", "min", "{:.3g}"),
+    # what scoring needs above its start; the process's peak only for stores from before that figure
+    ("mem_scoring_bytes", "scoring mem (MiB)", "min", "mib"),
     ("peak_mem_scoring_bytes", "peak mem scoring (MiB)", "min", "mib"),
     ("latency_scoring_b64_p50_ms", "latency b64 p50 (ms)", "min", "{:.3g}"),
     ("latency_propagation_p50_ms", "propagation p50 (ms)", "min", "{:.3g}"),
     ("train_seconds", "train s (own)", "min", "{:.1f}"),
     ("train_seconds_total", "train s (total)", "min", "{:.1f}"),
 ]
+
+
+def shown_cost_columns(summary: pd.DataFrame) -> list[tuple[str, str, str | None, str]]:
+    """The :data:`COST_COLUMNS` that ``summary`` has, the peak scoring memory only where the phase's
+    own need is missing (stores from before it was recorded)."""
+    present = [c for c in COST_COLUMNS if f"{c[0]}_mean" in summary.columns]
+    if any(c[0] == "mem_scoring_bytes" for c in present):
+        present = [c for c in present if c[0] != "peak_mem_scoring_bytes"]
+    return present
 
 
 def headline_metrics(names: list[str]) -> list[str]:
@@ -80,9 +91,8 @@ def _markers(row: pd.Series, metric: str) -> tuple[str, str]:
 
 def dataset_table(summary: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
     """Header and rows (cells with text, bold, marker, tooltip) of one dataset's summary table."""
-    header = ["method", "target", "seeds"] + metrics + [c[1] for c in COST_COLUMNS
-                                                        if f"{c[0]}_mean" in summary.columns]
-    costs = [c for c in COST_COLUMNS if f"{c[0]}_mean" in summary.columns]
+    costs = shown_cost_columns(summary)
+    header = ["method", "target", "seeds"] + metrics + [c[1] for c in costs]
     # best value per target group: the reference row competes in every group
     groups = summary.assign(_t=summary.apply(_target_label, axis=1))
     best: dict[tuple[str, str], float] = {}

@@ -60,6 +60,7 @@ ACCURACY: tuple[str, ...] = ("recall@20", "ndcg@20")
 COSTS: dict[str, str] = {
     "flops": "inference multiply-adds",
     "bits": "stored bits",
+    "mem_scoring_bytes": "scoring memory above its start (MiB)",
     "peak_mem_scoring_bytes": "peak memory, scoring (MiB)",
     "latency_scoring_b64_p50_ms": "scoring latency, 64 users, p50 (ms)",
 }
@@ -295,8 +296,39 @@ def _empty_figure(key: str, title: str, message: str) -> Figure:
     return Figure(key, title, f"No data: {message}.", png)
 
 
+# relative horizontal offset between neighbouring series on a ratio plot (log x axis): methods with
+# equal values at a target (memory, FLOPs) would otherwise hide each other's lines and markers
+DODGE = 0.035
+
+
+def _dodged(points: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """``points`` with ``x``: the target moved by ``DODGE`` steps per series, centred on the target."""
+    step = {s: (i - (len(order) - 1) / 2) * DODGE for i, s in enumerate(order)}
+    return points.assign(x=points["emb_target"] * (1 + points["series"].map(step).astype(float)))
+
+
+def label_offsets(anchors: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 7.0,
+                  gap: tuple[float, float] = (4.0, 3.0)) -> list[tuple[float, float]]:
+    """Offsets (points) for labels beside ``anchors`` (display positions in points) so that no two
+    label boxes overlap: each label tries beside its point, then one line lower, one higher, two
+    lower, ... (width estimated at 0.6 em per character, height 1.2 em)."""
+    height = 1.2 * fontsize
+    placed: list[tuple[float, float, float, float]] = []
+    offsets: list[tuple[float, float]] = []
+    for (ax_, ay), text in zip(anchors, texts, strict=True):
+        width = 0.6 * fontsize * len(text) + 1.0
+        for k in range(41):
+            dy = gap[1] + (-1) ** k * ((k + 1) // 2) * height
+            box = (ax_ + gap[0], ay + dy, ax_ + gap[0] + width, ay + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        offsets.append((gap[0], dy))
+    return offsets
+
+
 def _lineplot(points: pd.DataFrame, order: list[str], series: dict[str, Any], ax: Any) -> None:
-    sns.lineplot(data=points, x="emb_target", y="value", hue="series", style="series",
+    sns.lineplot(data=points, x="x", y="value", hue="series", style="series",
                  hue_order=order, style_order=order,
                  palette={s: series[s].colour for s in order},
                  markers={s: series[s].marker for s in order}, dashes=False,
@@ -317,6 +349,7 @@ def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, tit
     ref_mean = float(ref.mean()) if len(ref) else math.nan
     ref_std = float(ref.std(ddof=1)) if len(ref) > 1 else math.nan
     order = [s for s in series if s in set(points["series"])]
+    points = _dodged(points, order)
     targets = sorted(set(points["emb_target"]))
     if log_y is None:
         log_y = _spans_decades([*points["value"], ref_mean])
@@ -341,14 +374,14 @@ def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, tit
             handles.append(Line2D([], [], color=colour, linestyle="--", label=REFERENCE_LABEL))
         flagged = points.loc[points["flagged"]]
         if len(flagged):
-            ax.scatter(flagged["emb_target"], flagged["value"], marker="x", s=45, color="black",
+            ax.scatter(flagged["x"], flagged["value"], marker="x", s=45, color="black",
                        linewidths=1.2, zorder=5)
             handles.append(Line2D([], [], color="black", marker="x", linestyle="None",
                                   label="flagged cell"))
         ax.xaxis.set_major_locator(FixedLocator(targets))
         ax.xaxis.set_major_formatter(FixedFormatter([_fmt(t) for t in targets]))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(max(targets) * 1.25, min(targets) / 1.25)  # inverted: compression grows rightwards
+        ax.set_xlim(max(targets) * 1.3, min(targets) / 1.3)  # inverted: compression grows rightwards
         ax.set_xlabel("embedding parameter ratio (target, log scale; more compression \u2192)")
         if is_cost:
             _cost_axis(ax.yaxis, [*points["value"], ref_mean], log_y)
@@ -357,7 +390,8 @@ def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, tit
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         png = _render(fig)
     caption = (f"{what} on {dataset} against the embedding parameter ratio target, seed mean per method "
-               f"and target ({_seed_phrase(points.groupby(['series', 'emb_target']).size())}); "
+               f"and target ({_seed_phrase(points.groupby(['series', 'emb_target']).size())}), each "
+               f"method drawn slightly beside the target so that equal values stay visible; "
                f"error bars: \u00b11 std across seeds (none with a single seed)")
     if math.isfinite(ref_mean):
         caption += (f"; dashed line: {REFERENCE_LABEL} seed mean"
@@ -416,6 +450,7 @@ def accuracy_vs_cost(cells: pd.DataFrame, dataset: str, metric: str, cost: str, 
         if front:
             fp = pts.iloc[sorted(front)].sort_values(["x", "y"])
             ax.step(fp["x"], fp["y"], where="post", color="0.25", linewidth=1, zorder=1)
+        labels = []
         for i, p in pts.iterrows():
             s = series[p["series"]]
             on = i in front
@@ -427,8 +462,8 @@ def accuracy_vs_cost(cells: pd.DataFrame, dataset: str, metric: str, cost: str, 
                        marker="*" if s.method == REFERENCE else s.marker, color=s.colour, alpha=alpha,
                        edgecolors="black" if on else "none", linewidths=0.8, zorder=3)
             if s.method != REFERENCE and math.isfinite(p["emb_target"]):
-                ax.annotate(_fmt(p["emb_target"]), (p["x"], p["y"]), xytext=(4, 3),
-                            textcoords="offset points", fontsize=7, alpha=max(alpha, 0.5))
+                labels.append((p["x"], p["y"], _fmt(p["emb_target"]), max(alpha, 0.5), s.colour))
+        _annotate_apart(fig, ax, labels)
         handles = [Line2D([], [], linestyle="None", color=s.colour,
                           marker="*" if s.method == REFERENCE else s.marker,
                           markersize=9 if s.method == REFERENCE else 6,
@@ -449,6 +484,26 @@ def accuracy_vs_cost(cells: pd.DataFrame, dataset: str, metric: str, cost: str, 
     return Figure(key, title, caption, png)
 
 
+def _annotate_apart(fig: MplFigure, ax: Axes, labels: list[tuple[float, float, str, float, str]]) -> None:
+    """Write each ``(x, y, text, alpha, colour)`` label beside its point, moved up or down where labels
+    would overlap (points sharing a cost, e.g. every method at one FLOP count), with a thin leader
+    line to its point when moved; the label takes its method's colour."""
+    if not labels:
+        return
+    ax.margins(x=0.15)  # room on the right for the labels of the costliest points
+    fig.canvas.draw()  # settles the axis limits, so data positions map to their final place
+    to_points = 72.0 / fig.dpi
+    anchors = [tuple(ax.transData.transform((x, y)) * to_points) for x, y, *_ in labels]
+    order = sorted(range(len(labels)), key=lambda i: (anchors[i][0], -anchors[i][1]))
+    offsets = label_offsets([anchors[i] for i in order], [labels[i][2] for i in order])
+    for i, (dx, dy) in zip(order, offsets, strict=True):
+        x, y, text, alpha, colour = labels[i]
+        moved = abs(dy - 3.0) > 1e-9
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, alpha=alpha,
+                    color=colour, va="bottom",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if moved else None)
+
+
 def _has_compressed(df: pd.DataFrame, name: str) -> bool:
     sel = (df["name"] == name) & (df["method"] != REFERENCE) & np.isfinite(df["value"])
     return bool((sel & np.isfinite(df["emb_target"])).any())
@@ -458,13 +513,18 @@ def figures_for_dataset(cells: pd.DataFrame, dataset: str, metrics: Sequence[str
                         costs: Mapping[str, str] | Sequence[str] = COSTS) -> list[Figure]:
     """Every figure for ``dataset``, in a stable order: each metric against the ratio, each cost
     against the ratio, then each (metric, cost) pair. A figure is skipped when no compressed
-    method has a finite value for it (for a pair: a cell with both), so the list may be empty."""
+    method has a finite value for it (for a pair: a cell with both), so the list may be empty.
+    Scoring memory is the phase's own need (``mem_scoring_bytes``) where the store has it; the
+    process's peak (``peak_mem_scoring_bytes``) only for stores from before that figure."""
     df = cells.loc[cells["dataset"] == dataset].copy()
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
     df["emb_target"] = pd.to_numeric(df["emb_target"], errors="coerce").astype(float)
     labels: Mapping[str, str] = costs if isinstance(costs, Mapping) else {}
     metrics = [m for m in metrics if _has_compressed(df, m)]
     cost_names = [c for c in costs if _has_compressed(df, c)]
+    if "mem_scoring_bytes" in cost_names and "peak_mem_scoring_bytes" in cost_names:
+        # what the phase needs, not the process's peak (which holds whatever ran before it)
+        cost_names.remove("peak_mem_scoring_bytes")
     figures = [accuracy_vs_ratio(cells, dataset, m) for m in metrics]
     figures += [cost_vs_ratio(cells, dataset, c, label=_axis_label(c, labels)) for c in cost_names]
     for m in metrics:
