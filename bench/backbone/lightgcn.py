@@ -195,9 +195,12 @@ class LightGCN(nn.Module):
             penalty = reg * l2_penalty(*rows0.split(b), form=reg_form)
         else:
             u_all, i_all = self.propagate()
-            u, p, n = u_all[users], i_all[pos], i_all[neg]
-            penalty = reg * l2_penalty(self.user_emb[users], self.item_emb[pos], self.item_emb[neg],
-                                       form=reg_form)
+            # index_select, not x[idx]: the same rows, and its backward (one index_add_ into zeros)
+            # adds the same terms in the same order as advanced indexing's index_put_, faster on CPU
+            u, p, n = u_all.index_select(0, users), i_all.index_select(0, pos), i_all.index_select(0, neg)
+            penalty = reg * l2_penalty(self.user_emb.index_select(0, users),
+                                       self.item_emb.index_select(0, pos),
+                                       self.item_emb.index_select(0, neg), form=reg_form)
         diff = (u * p).sum(dim=1) - (u * n).sum(dim=1)
         bpr = F.softplus(-diff).mean()
         return bpr, penalty

@@ -16,6 +16,7 @@ backward (forward, recomputation, two gradients), see :func:`contrast_macs`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,6 +29,25 @@ def _block_rows(n_b: int, chunk_bytes: int) -> int:
     return max(1, chunk_bytes // max(1, 4 * n_b))
 
 
+def _logits(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """``<a, b> / tau`` for a block of anchors, scaled in place (a fresh ``a @ bᵀ``; ``x / 1`` is
+    ``x`` exactly, so ``tau = 1`` skips the pass)."""
+    logits = a @ b.T
+    return logits if tau == 1.0 else logits.div_(tau)
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.logsumexp(logits, dim=1)`` computed in ``logits``'s own memory (destroys it).
+
+    The same operations in the same order as torch's (row max, the max of an infinite row taken
+    as 0, ``exp(x - max)`` summed, log, plus the max), so the same values, without the two
+    temporaries of the size of ``logits`` that torch allocates."""
+    maxes = torch.amax(logits, dim=1, keepdim=True)
+    flat = maxes.squeeze(1)
+    flat.masked_fill_(flat.abs() == math.inf, 0)
+    return logits.sub_(maxes).exp_().sum(dim=1).log_().add_(flat)
+
+
 class _ChunkedSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, tau: float, positives: PositiveFn | None,  # type: ignore[override]
@@ -36,15 +56,23 @@ class _ChunkedSoftmax(torch.autograd.Function):
         ctx.tau, ctx.positives, ctx.chunk_bytes = tau, positives, chunk_bytes
         out = a.new_empty(a.shape[0])
         step = _block_rows(b.shape[0], chunk_bytes)
+        # the 0/1 positives of every block, kept for the backward when they take at most a
+        # quarter of a logits chunk (one byte per entry) instead of being recomputed there
+        keep = positives is not None and a.shape[0] * b.shape[0] <= chunk_bytes
+        ctx.kept = [] if keep else None
         for s in range(0, a.shape[0], step):
             e = min(a.shape[0], s + step)
-            logits = (a[s:e] @ b.T) / tau
-            lse = torch.logsumexp(logits, dim=1)
+            logits = _logits(a[s:e], b, tau)
             if positives is None:
-                out[s:e] = lse
+                out[s:e] = _logsumexp_(logits)
             else:
-                p = positives(s, e).to(logits.dtype)
-                out[s:e] = p.sum(dim=1) * lse - (p * logits).sum(dim=1)
+                p_bool = positives(s, e)
+                if keep:
+                    ctx.kept.append(p_bool)
+                p = p_bool.to(logits.dtype)
+                n_pos = p.sum(dim=1)
+                picked = p.mul_(logits).sum(dim=1)
+                out[s:e] = n_pos * _logsumexp_(logits) - picked
         return out
 
     @staticmethod
@@ -54,18 +82,20 @@ class _ChunkedSoftmax(torch.autograd.Function):
         grad_a = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
         grad_b = torch.zeros_like(b) if ctx.needs_input_grad[1] else None
         step = _block_rows(b.shape[0], ctx.chunk_bytes)
-        for s in range(0, a.shape[0], step):
+        for block, s in enumerate(range(0, a.shape[0], step)):
             e = min(a.shape[0], s + step)
-            soft = torch.softmax((a[s:e] @ b.T) / tau, dim=1)
-            if positives is None:
-                g = soft * grad[s:e, None]
-            else:
-                p = positives(s, e).to(soft.dtype)
-                g = (p.sum(dim=1, keepdim=True) * soft - p) * grad[s:e, None]
+            g = torch.softmax(_logits(a[s:e], b, tau), dim=1)
+            if positives is not None:
+                p = (ctx.kept[block] if ctx.kept is not None else positives(s, e)).to(g.dtype)
+                g.mul_(p.sum(dim=1, keepdim=True)).sub_(p)
+            g.mul_(grad[s:e, None])
             if grad_a is not None:
-                grad_a[s:e] = (g @ b) / tau
+                ga = g @ b
+                grad_a[s:e] = ga if tau == 1.0 else ga.div_(tau)
             if grad_b is not None:
-                grad_b += (g.T @ a[s:e]) / tau
+                gb = g.T @ a[s:e]
+                grad_b += gb if tau == 1.0 else gb.div_(tau)
+        ctx.kept = None
         return grad_a, grad_b, None, None, None
 
 

@@ -129,7 +129,9 @@ class _WeightedSpMM(torch.autograd.Function):
         grad = grad.contiguous()
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
-            at = _csr(parts["crow_t"], parts["cols_t"], values[parts["perm_t"]], graph.n_nodes)
+            # index_select, not values[perm_t]: the same gather, several times faster on CPU
+            values_t = values.index_select(0, parts["perm_t"])
+            at = _csr(parts["crow_t"], parts["cols_t"], values_t, graph.n_nodes)
             grad_x = at @ grad
         if ctx.needs_input_grad[0]:
             # ∂values_e = <grad[row_e], x[col_e]>: (grad @ x^T) sampled on the pattern (SDDMM),

@@ -141,7 +141,9 @@ class MaskedLightGCN(LightGCN):
 
     def layer0(self) -> torch.Tensor:
         if self.mask_in_forward:
-            return torch.cat([self.user_emb * self.user_mask, self.item_emb * self.item_mask], dim=0)
+            # the cached float masks: the same products as with the boolean buffers, several times faster
+            return torch.cat([self.user_emb * self._float_mask("user_mask"),
+                              self.item_emb * self._float_mask("item_mask")], dim=0)
         return super().layer0()
 
     def nnz(self) -> int:
