@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run cells on a Dask LocalCluster of N worker processes")
     ex.add_argument("--scheduler", default=None, help="run cells on the Dask scheduler at ADDRESS")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per cell (default: all cores; cores/N with workers)")
+                   help="torch threads per cell (default: the cores not busy with other processes at the "
+                        "start, split among workers; on a shared machine use 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
 
@@ -290,6 +291,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_out_dir(Path(args.out) if args.out is not None else Path("reports") / config.name, "--out")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is None and args.scheduler is None:  # a remote cluster's workers choose their own
+        from bench.executors import default_threads
+
+        args.threads, why = default_threads(max(1, args.workers or args.dask_workers or config.workers))
+        print(f"recshrink: {why}", file=sys.stderr)
     if args.workers is not None:
         executor = ProcessExecutor(args.workers, args.threads)
     elif args.dask_workers is not None or args.scheduler is not None:

@@ -86,6 +86,32 @@ def _run_marked(spec: CellSpec, marker_dir: str) -> CellResult:
         marker.unlink(missing_ok=True)
 
 
+def free_cores() -> tuple[int, int, float]:
+    """``(free, cores, load)``: the cores this process may use, the 1-minute load average, and the
+    cores left over (at least 1). Other processes' threads count against the free cores: torch's
+    OpenMP threads that share a core with another busy process spin at every barrier and can slow a
+    training step tenfold or more, far beyond the share of the machine they lose."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, cores - round(load)), cores, load
+
+
+def default_threads(workers: int) -> tuple[int, str]:
+    """Torch threads per cell when the command line names none: the free cores (:func:`free_cores`)
+    split among ``workers``, at least 1; and a sentence saying why."""
+    free, cores, load = free_cores()
+    threads = max(1, free // workers)
+    why = (f"{threads} torch thread(s) per cell: {cores} cores, 1-minute load {load:.1f}, so about {free} "
+           f"free" + (f" for {workers} workers" if workers > 1 else "") + " (--threads N to choose)")
+    return threads, why
+
+
 class ProcessExecutor:
     """Local worker processes (``spawn``), each with ``threads`` torch threads."""
 
@@ -97,7 +123,7 @@ class ProcessExecutor:
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
         self.workers = self.concurrent_cells = workers
-        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or default_threads(workers)[0]
         self._pool: ProcessPoolExecutor | None = None
 
     def run(self, specs: Sequence[CellSpec]) -> Iterator[CellResult]:

@@ -85,3 +85,17 @@ def test_an_interrupted_run_ends_its_workers_at_once(tmp_path):
     assert time.monotonic() - interrupted_at[0] < 30, "the run waited for its running cells"
     workers = [int(p.read_text()) for p in tmp_path.glob("pid-*")]
     assert not any(alive(p) for p in workers)
+
+
+def test_default_threads_leave_the_busy_cores_to_other_processes(monkeypatch):
+    from bench import executors
+
+    monkeypatch.setattr(executors.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(executors.os, "getloadavg", lambda: (2.2, 1.0, 1.0))
+    assert executors.free_cores() == (2, 4, 2.2)
+    threads, why = executors.default_threads(1)
+    assert threads == 2 and why.startswith("2 torch thread(s) per cell: 4 cores, 1-minute load 2.2")
+    assert executors.default_threads(2)[0] == 1 and executors.default_threads(3)[0] == 1
+    monkeypatch.setattr(executors.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert executors.free_cores()[0] == 1 and executors.default_threads(1)[0] == 1  # never below 1
+    assert executors.ProcessExecutor(2).threads == 1
