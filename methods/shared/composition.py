@@ -239,23 +239,46 @@ def _check_t(t: int, c: int) -> None:
 # --- the assignment and its products -------------------------------------------------------------------
 
 
+def _csr_product(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mat @ x`` for a sparse CSR ``mat`` into a fresh tensor.
+
+    ``addmm`` with ``beta = 0`` writes every output row (empty rows get 0) without reading the
+    uninitialised output; ``torch.sparse.mm`` runs the same kernel but zero-fills a result, computes
+    into a temporary and copies it over. Same values, bit for bit.
+    """
+    out = x.new_empty(mat.shape[0], x.shape[1])
+    return torch.addmm(out, mat, x, beta=0, out=out)
+
+
 class _ConstSpMM(torch.autograd.Function):
     """``y = M x`` for a constant sparse ``M`` (CSR) with its transpose precomputed for ``∂x``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, mat: torch.Tensor, mat_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.mat_t = mat_t
-        return torch.sparse.mm(mat, x)
+        return _csr_product(mat, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return torch.sparse.mm(ctx.mat_t, grad.contiguous()), None, None
+        return _csr_product(ctx.mat_t, grad.contiguous()), None, None
+
+
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+                ) -> torch.Tensor:
+    """A sparse CSR tensor, with int32 indices when they fit (the CPU kernel converts int64 indices
+    to int32 on every product otherwise: two index-sized copies per call)."""
+    if max(*shape, vals.numel()) < 2**31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
+        return torch.sparse_csr_tensor(crow, col, vals, shape)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
+        mat = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
+    return _csr_tensor(mat.crow_indices(), mat.col_indices(), mat.values(), shape)
 
 
 @dataclass
