@@ -418,6 +418,119 @@ def expanded_graph(base: NormalizedGraph, assignment: Assignment, raw: bool = Fa
                            base.backend)
 
 
+# --- the readout at a batch's rows -------------------------------------------------------------------
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The concatenation of ``arange(starts[k], starts[k] + counts[k])`` over ``k``."""
+    ends = counts.cumsum(0)
+    return torch.arange(int(ends[-1]) if ends.numel() else 0, device=starts.device) + torch.repeat_interleave(
+        starts - (ends - counts), counts)
+
+
+class GraphRows:
+    """Row and column blocks of a propagation graph ``Â`` whose stored pattern is symmetric.
+
+    ``Â``'s entries are stored sorted by (row, col) (:class:`NormalizedGraph`); ``crow`` gives each
+    row's range and ``transposed`` lists the entry positions sorted by (col, row), so with a
+    symmetric pattern column ``j``'s entries sit at ``transposed[crow[j]:crow[j + 1]]``. Built
+    once per graph (an argsort of its entries); :meth:`blocks` is then linear in the batch's entries.
+    """
+
+    def __init__(self, graph: NormalizedGraph) -> None:
+        n = graph.n_nodes
+        self.graph = graph
+        counts = torch.bincount(graph.rows, minlength=n)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.transposed = torch.argsort(graph.cols * n + graph.rows)
+
+    @classmethod
+    def of(cls, graph: NormalizedGraph) -> GraphRows | None:
+        """The index of ``graph``, or None when its entries are not sorted, distinct and symmetric in
+        pattern (then only the per-layer products apply)."""
+        n = graph.n_nodes
+        keys = graph.rows * n + graph.cols
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            return None
+        index = cls(graph)
+        t = index.transposed
+        if not (torch.equal(graph.rows[t], graph.cols) and torch.equal(graph.cols[t], graph.rows)):
+            return None
+        return index
+
+    def blocks(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Â[rows, :], Â[:, rows])`` as CSR tensors for sorted distinct ``rows``.
+
+        Both keep ``Â``'s stored values in ``Â``'s per-row entry order: row ``k`` of the first holds
+        row ``rows[k]``'s entries, row ``r`` of the second the entries ``(r, j)``, ``j`` in ``rows``,
+        by increasing ``j``. A CSR product sums a row's entries in that order, so
+        ``Â[rows, :] @ x`` equals ``(Â @ x)[rows]`` and ``Â[:, rows] @ g`` equals ``Â @ G`` for
+        ``G`` zero outside ``rows`` and ``g`` on them (the skipped terms are exact zeros).
+        """
+        g, n, m = self.graph, self.graph.n_nodes, rows.numel()
+        starts = self.crow[rows]
+        counts = self.crow[rows + 1] - starts
+        pos = _ranges(starts, counts)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        by_rows = _csr_tensor(crow, g.cols[pos], g.values[pos], (m, n))
+        # the entries (r, j) of the columns j in rows, in (r, j) order: positions sort that way
+        pos_t = self.transposed[pos].sort().values
+        crow_t = torch.cat([counts.new_zeros(1), torch.bincount(g.rows[pos_t], minlength=n).cumsum(0)])
+        by_cols = _csr_tensor(crow_t, torch.searchsorted(rows, g.cols[pos_t]), g.values[pos_t], (n, m))
+        return by_rows, by_cols
+
+
+class _ReadoutAt(torch.autograd.Function):
+    """Rows ``rows`` of LightGCN's mean readout ``H = (Σ_{l=0..L} Â^l X) / (L + 1)`` (LightGCN
+    Eq. 7-8) and of ``X`` itself, with the values and gradients of the per-layer formulation
+    (``x_{l+1} = Â x_l``, ``acc = x_0 + x_1 + ... + x_L``, ``acc / (L + 1)``) bit for bit.
+
+    A training step reads ``H`` at the batch's rows only, so the last layer is needed there only:
+    layers ``1 .. L-1`` are full products, layer ``L`` is ``Â[rows, :] @ x_{L-1}``, and its
+    backward ``Â[:, rows] @ g``; autograd's per-layer graph runs both as full products and writes
+    ``(N, d)`` tensors for the sums, the division and the gathers' backward. Each gradient is
+    summed in the order autograd summed it there: ``Â g_{l+1} + g_acc`` per layer, then the
+    penalty's gradient on ``X``'s rows (``penalty_first``: ``(g_pen + g_acc) + Â g_1``, where
+    ``X`` is the composed table itself; otherwise ``(Â g_1 + g_acc) + g_pen``, where ``X``
+    concatenates it with the codebook).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: GraphRows, n_layers: int, rows: torch.Tensor,  # type: ignore[override]
+                penalty_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        graph = index.graph
+        by_rows, by_cols = index.blocks(rows) if n_layers else (None, None)
+        ctx.graph, ctx.by_cols, ctx.n_layers, ctx.penalty_first = graph, by_cols, n_layers, penalty_first
+        ctx.n_nodes = x.shape[0]
+        ctx.save_for_backward(rows)
+        x_rows = x.index_select(0, rows)
+        acc, cur = x_rows, x
+        for _ in range(n_layers - 1):
+            cur = graph.product(cur)
+            acc = acc + cur.index_select(0, rows)
+        if n_layers:
+            acc = acc + _csr_product(by_rows, cur)
+        return acc / (n_layers + 1), x_rows
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor, grad_x_rows: torch.Tensor):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        g_acc = grad_h / (ctx.n_layers + 1)
+        if ctx.n_layers:
+            g = _csr_product(ctx.by_cols, g_acc)
+            for _ in range(ctx.n_layers - 1):
+                g = ctx.graph.product(g.index_add_(0, rows, g_acc))
+        else:
+            g = g_acc.new_zeros(ctx.n_nodes, g_acc.shape[1])
+        if grad_x_rows is None:
+            g.index_add_(0, rows, g_acc)
+        elif ctx.penalty_first:
+            g.index_add_(0, rows, grad_x_rows + g_acc)
+        else:
+            g.index_add_(0, rows, g_acc).index_add_(0, rows, grad_x_rows)
+        return g, None, None, None, None
+
+
 # --- the model --------------------------------------------------------------------------------------
 
 
@@ -469,6 +582,7 @@ class CompositionalLightGCN(nn.Module):
         self._assignment = Assignment(self.assign_index, self.assign_value, self.n_meta)
         self.propagation_graph = (expanded_graph(self.graph, self._assignment, self.raw_base)
                                   if self.expanded else self.graph)
+        self._graph_rows: GraphRows | bool | None = False  # built on the first training step
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
         out = super().load_state_dict(state, strict=strict, assign=assign)
@@ -506,10 +620,37 @@ class CompositionalLightGCN(nn.Module):
         _, h, _ = self.forward_all()
         return h[: self.n_users], h[self.n_users :]
 
+    def graph_rows(self) -> GraphRows | None:
+        """The row index of the propagation graph (:class:`GraphRows`; None if it does not apply)."""
+        if self._graph_rows is False:
+            self._graph_rows = GraphRows.of(self.propagation_graph)
+        return self._graph_rows  # type: ignore[return-value]
+
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
                  reg_form: str = "squared") -> tuple[torch.Tensor, torch.Tensor]:
         """BPR (mean softplus of the score difference) and ``λ (‖x_u‖² + ‖x_i+‖² + ‖x_i-‖²)/B`` on the
-        batch's layer-0 composed rows (LEGCF paper Eq. 4 in the code's form, so ``reg_form`` is not used)."""
+        batch's layer-0 composed rows (LEGCF paper Eq. 4 in the code's form, so ``reg_form`` is not used).
+
+        The readout is taken at the batch's distinct rows only (:class:`_ReadoutAt`, the same values
+        and gradients as :meth:`bpr_loss_layers`); under tracing (FLOP counting) or on a graph
+        :class:`GraphRows` cannot index, :meth:`bpr_loss_layers` runs.
+        """
+        index = None if torch.jit.is_tracing() else self.graph_rows()
+        if index is None:
+            return self.bpr_loss_layers(users, pos, neg, reg)
+        idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+        x_ent = self.layer0_entities()
+        x = torch.cat([x_ent, self.codebook()], dim=0) if self.expanded else x_ent
+        h_rows, x0_rows = _ReadoutAt.apply(x, index, self.n_layers, rows, not self.expanded)
+        u, p, q = h_rows.index_select(0, inverse).split(users.numel())
+        bpr = F.softplus((u * q).sum(1) - (u * p).sum(1)).mean()
+        penalty = reg * x0_rows.pow(2).sum(1).index_select(0, inverse).sum() / users.numel()
+        return bpr, penalty
+
+    def bpr_loss_layers(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`bpr_loss` through :meth:`forward_all`'s per-layer products (autograd's graph)."""
         x0, h, _ = self.forward_all()
         # one index_select per table (a gather of whole rows; advanced indexing is several times
         # slower on CPU, and its backward would zero-fill one full table per index)
