@@ -398,8 +398,9 @@ def test_graph_rows_refuses_an_asymmetric_pattern():
 
 
 @pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
-@pytest.mark.parametrize(("expanded", "bits"), [(True, None), (False, 8), (True, 8), (False, None)])
-def test_batch_readout_matches_the_per_layer_graph_bit_for_bit(expanded, bits, n_layers):
+@pytest.mark.parametrize(("expanded", "bits", "tanh"), [(True, None, True), (False, 8, True), (True, 8, True),
+                                                    (False, None, True), (True, None, False)])
+def test_batch_readout_matches_the_per_layer_graph_bit_for_bit(expanded, bits, tanh, n_layers):
     """The training step's readout at the batch's rows gives autograd's per-layer loss and
     gradients exactly (same values, same summation order), as training relies on."""
     data = clustered_data()
@@ -408,7 +409,8 @@ def test_batch_readout_matches_the_per_layer_graph_bit_for_bit(expanded, bits, n
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        models.append(CompositionalLightGCN(toy_graph(data), s, 8, n_layers, expanded=expanded, bits=bits))
+        models.append(CompositionalLightGCN(toy_graph(data), s, 8, n_layers, expanded=expanded, bits=bits,
+                                             tanh=tanh))
     gen = torch.Generator().manual_seed(1)
     users = torch.randint(0, data.n_users, (40,), generator=gen)
     pos, neg = (torch.randint(0, data.n_items, (40,), generator=gen) for _ in range(2))

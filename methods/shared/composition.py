@@ -323,13 +323,17 @@ class Assignment:
     def matmul(self, table: torch.Tensor) -> torch.Tensor:
         """``S @ table`` (N x d), gradient to ``table`` only; traced as ``recshrink::spmm``
         (``t·N·d`` multiply-adds)."""
-        rows, cols, vals = self.coo()
         if torch.jit.is_tracing():
-            return sparse_matmul(rows, cols, vals, table, self.n)
+            return sparse_matmul(*self.coo(), table, self.n)
+        return _ConstSpMM.apply(table, *self.matrices())
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, Sᵀ)`` as CSR tensors, built once."""
         if "s" not in self._mats:
+            rows, cols, vals = self.coo()
             self._mats["s"] = _csr(rows, cols, vals, (self.n, self.n_meta))
             self._mats["st"] = _csr(cols, rows, vals, (self.n_meta, self.n))
-        return _ConstSpMM.apply(table, self._mats["s"], self._mats["st"])
+        return self._mats["s"], self._mats["st"]
 
     def columns_used(self) -> int:
         return int(torch.unique(self.index).numel())
@@ -480,6 +484,39 @@ class GraphRows:
         return by_rows, by_cols
 
 
+class _ExpandedLayer0(torch.autograd.Function):
+    """LEGCF's layer 0 over entities and meta nodes, ``[tanh(S E_meta); E_meta]`` (paper Eq. 1 and 5),
+    written into one ``(N + c, d)`` tensor: ``torch.cat`` of the two parts would write and read the
+    ``N x d`` rows once more on every step. The values and gradients are those of
+    ``cat([tanh(S E), E'])`` (the ``tanh`` backward is aten's ``tanh_backward``, as autograd's);
+    ``table`` (E) and ``meta`` (E') are separate inputs, as :meth:`CompositionalLightGCN.codebook`
+    is called once per use."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, meta: torch.Tensor, mat: torch.Tensor,  # type: ignore[override]
+                mat_t: torch.Tensor, tanh: bool) -> torch.Tensor:
+        n = mat.shape[0]
+        out = table.new_empty(n + meta.shape[0], table.shape[1])
+        ent = out[:n]
+        torch.addmm(ent, mat, table, beta=0, out=ent)
+        if tanh:
+            torch.tanh(ent, out=ent)
+        out[n:].copy_(meta)
+        ctx.mat_t, ctx.n, ctx.tanh = mat_t, n, tanh
+        if tanh:
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        n = ctx.n
+        g = grad[:n]
+        if ctx.tanh:
+            (out,) = ctx.saved_tensors
+            g = torch.ops.aten.tanh_backward(g, out[:n])
+        return _csr_product(ctx.mat_t, g.contiguous()), grad[n:], None, None, None
+
+
 class _ReadoutAt(torch.autograd.Function):
     """Rows ``rows`` of LightGCN's mean readout ``H = (Σ_{l=0..L} Â^l X) / (L + 1)`` (LightGCN
     Eq. 7-8) and of ``X`` itself, with the values and gradients of the per-layer formulation
@@ -621,9 +658,14 @@ class CompositionalLightGCN(nn.Module):
         return h[: self.n_users], h[self.n_users :]
 
     def graph_rows(self) -> GraphRows | None:
-        """The row index of the propagation graph (:class:`GraphRows`; None if it does not apply)."""
+        """The row index of the propagation graph (:class:`GraphRows`; None if it does not apply).
+
+        CPU only: the row-order argument of :meth:`GraphRows.blocks` is checked for the CPU kernel;
+        on a GPU, cuSPARSE may pick a different algorithm for a block than for the whole graph.
+        """
         if self._graph_rows is False:
-            self._graph_rows = GraphRows.of(self.propagation_graph)
+            graph = self.propagation_graph
+            self._graph_rows = GraphRows.of(graph) if graph.values.device.type == "cpu" else None
         return self._graph_rows  # type: ignore[return-value]
 
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
@@ -640,8 +682,11 @@ class CompositionalLightGCN(nn.Module):
             return self.bpr_loss_layers(users, pos, neg, reg)
         idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
         rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
-        x_ent = self.layer0_entities()
-        x = torch.cat([x_ent, self.codebook()], dim=0) if self.expanded else x_ent
+        if self.expanded:
+            s, s_t = self._assignment.matrices()
+            x = _ExpandedLayer0.apply(self.codebook(), self.codebook(), s, s_t, self.tanh)
+        else:
+            x = self.layer0_entities()
         h_rows, x0_rows = _ReadoutAt.apply(x, index, self.n_layers, rows, not self.expanded)
         u, p, q = h_rows.index_select(0, inverse).split(users.numel())
         bpr = F.softplus((u * q).sum(1) - (u * p).sum(1)).mean()
