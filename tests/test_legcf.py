@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.backbone.graph import normalized_adjacency
+from bench.backbone.graph import NormalizedGraph, normalized_adjacency
 from bench.contract import MethodError, Target
 from bench.sampling import MultiNegativeSampler
 from bench.training import TrainHook, fit_bpr
@@ -18,6 +18,7 @@ from methods.legcf import LEGCF, solve_codebook
 from methods.shared.composition import (
     Assignment,
     CompositionalLightGCN,
+    GraphRows,
     PartitionError,
     assignment_update,
     expanded_graph,
@@ -374,6 +375,54 @@ def test_expanded_graph_rejects_a_wrong_assignment():
     graph, s, _ = _small_case()
     with pytest.raises(ValueError, match="rows"):
         expanded_graph(graph, s.subset(torch.arange(5)))
+
+
+def test_graph_rows_blocks_are_the_rows_and_columns_of_the_graph():
+    graph, s, _ = _small_case()
+    g = expanded_graph(graph, s)
+    index = GraphRows.of(g)
+    assert index is not None
+    rows = torch.tensor([0, 3, 4, 10])
+    by_rows, by_cols = index.blocks(rows)
+    dense = dense_graph(g)
+    np.testing.assert_array_equal(by_rows.to_dense().double().numpy(), dense[rows.numpy()])
+    np.testing.assert_array_equal(by_cols.to_dense().double().numpy(), dense[:, rows.numpy()])
+
+
+def test_graph_rows_refuses_an_asymmetric_pattern():
+    graph, _, _ = _small_case()
+    keep = graph.rows < graph.cols  # the upper triangle only
+    half = NormalizedGraph(graph.n_users, graph.n_items, graph.rows[keep], graph.cols[keep],
+                           graph.values[keep])
+    assert GraphRows.of(half) is None
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+@pytest.mark.parametrize(("expanded", "bits", "tanh"), [(True, None, True), (False, 8, True), (True, 8, True),
+                                                    (False, None, True), (True, None, False)])
+def test_batch_readout_matches_the_per_layer_graph_bit_for_bit(expanded, bits, tanh, n_layers):
+    """The training step's readout at the batch's rows gives autograd's per-layer loss and
+    gradients exactly (same values, same summation order), as training relies on."""
+    data = clustered_data()
+    n = data.n_users + data.n_items
+    s = random_s0(n, 12, 3, np.random.default_rng(0))
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(CompositionalLightGCN(toy_graph(data), s, 8, n_layers, expanded=expanded, bits=bits,
+                                             tanh=tanh))
+    gen = torch.Generator().manual_seed(1)
+    users = torch.randint(0, data.n_users, (40,), generator=gen)
+    pos, neg = (torch.randint(0, data.n_items, (40,), generator=gen) for _ in range(2))
+    assert models[0].graph_rows() is not None
+    fast = models[0].bpr_loss(users, pos, neg, 0.3)
+    slow = models[1].bpr_loss_layers(users, pos, neg, 0.3)
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.equal(a, b)
+    (fast[0] + fast[1]).backward()
+    (slow[0] + slow[1]).backward()
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
 
 
 def _reference_layers(model: CompositionalLightGCN, s: Assignment, graph_dense: np.ndarray) -> np.ndarray:

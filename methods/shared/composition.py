@@ -239,23 +239,46 @@ def _check_t(t: int, c: int) -> None:
 # --- the assignment and its products -------------------------------------------------------------------
 
 
+def _csr_product(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mat @ x`` for a sparse CSR ``mat`` into a fresh tensor.
+
+    ``addmm`` with ``beta = 0`` writes every output row (empty rows get 0) without reading the
+    uninitialised output; ``torch.sparse.mm`` runs the same kernel but zero-fills a result, computes
+    into a temporary and copies it over. Same values, bit for bit.
+    """
+    out = x.new_empty(mat.shape[0], x.shape[1])
+    return torch.addmm(out, mat, x, beta=0, out=out)
+
+
 class _ConstSpMM(torch.autograd.Function):
     """``y = M x`` for a constant sparse ``M`` (CSR) with its transpose precomputed for ``∂x``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, mat: torch.Tensor, mat_t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.mat_t = mat_t
-        return torch.sparse.mm(mat, x)
+        return _csr_product(mat, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return torch.sparse.mm(ctx.mat_t, grad.contiguous()), None, None
+        return _csr_product(ctx.mat_t, grad.contiguous()), None, None
+
+
+def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+                ) -> torch.Tensor:
+    """A sparse CSR tensor, with int32 indices when they fit (the CPU kernel converts int64 indices
+    to int32 on every product otherwise: two index-sized copies per call)."""
+    if max(*shape, vals.numel()) < 2**31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
+        return torch.sparse_csr_tensor(crow, col, vals, shape)
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
+        mat = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape).coalesce().to_sparse_csr()
+    return _csr_tensor(mat.crow_indices(), mat.col_indices(), mat.values(), shape)
 
 
 @dataclass
@@ -300,13 +323,17 @@ class Assignment:
     def matmul(self, table: torch.Tensor) -> torch.Tensor:
         """``S @ table`` (N x d), gradient to ``table`` only; traced as ``recshrink::spmm``
         (``t·N·d`` multiply-adds)."""
-        rows, cols, vals = self.coo()
         if torch.jit.is_tracing():
-            return sparse_matmul(rows, cols, vals, table, self.n)
+            return sparse_matmul(*self.coo(), table, self.n)
+        return _ConstSpMM.apply(table, *self.matrices())
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, Sᵀ)`` as CSR tensors, built once."""
         if "s" not in self._mats:
+            rows, cols, vals = self.coo()
             self._mats["s"] = _csr(rows, cols, vals, (self.n, self.n_meta))
             self._mats["st"] = _csr(cols, rows, vals, (self.n_meta, self.n))
-        return _ConstSpMM.apply(table, self._mats["s"], self._mats["st"])
+        return self._mats["s"], self._mats["st"]
 
     def columns_used(self) -> int:
         return int(torch.unique(self.index).numel())
@@ -395,6 +422,152 @@ def expanded_graph(base: NormalizedGraph, assignment: Assignment, raw: bool = Fa
                            base.backend)
 
 
+# --- the readout at a batch's rows -------------------------------------------------------------------
+
+
+def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The concatenation of ``arange(starts[k], starts[k] + counts[k])`` over ``k``."""
+    ends = counts.cumsum(0)
+    return torch.arange(int(ends[-1]) if ends.numel() else 0, device=starts.device) + torch.repeat_interleave(
+        starts - (ends - counts), counts)
+
+
+class GraphRows:
+    """Row and column blocks of a propagation graph ``Â`` whose stored pattern is symmetric.
+
+    ``Â``'s entries are stored sorted by (row, col) (:class:`NormalizedGraph`); ``crow`` gives each
+    row's range and ``transposed`` lists the entry positions sorted by (col, row), so with a
+    symmetric pattern column ``j``'s entries sit at ``transposed[crow[j]:crow[j + 1]]``. Built
+    once per graph (an argsort of its entries); :meth:`blocks` is then linear in the batch's entries.
+    """
+
+    def __init__(self, graph: NormalizedGraph) -> None:
+        n = graph.n_nodes
+        self.graph = graph
+        counts = torch.bincount(graph.rows, minlength=n)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.transposed = torch.argsort(graph.cols * n + graph.rows)
+
+    @classmethod
+    def of(cls, graph: NormalizedGraph) -> GraphRows | None:
+        """The index of ``graph``, or None when its entries are not sorted, distinct and symmetric in
+        pattern (then only the per-layer products apply)."""
+        n = graph.n_nodes
+        keys = graph.rows * n + graph.cols
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            return None
+        index = cls(graph)
+        t = index.transposed
+        if not (torch.equal(graph.rows[t], graph.cols) and torch.equal(graph.cols[t], graph.rows)):
+            return None
+        return index
+
+    def blocks(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Â[rows, :], Â[:, rows])`` as CSR tensors for sorted distinct ``rows``.
+
+        Both keep ``Â``'s stored values in ``Â``'s per-row entry order: row ``k`` of the first holds
+        row ``rows[k]``'s entries, row ``r`` of the second the entries ``(r, j)``, ``j`` in ``rows``,
+        by increasing ``j``. A CSR product sums a row's entries in that order, so
+        ``Â[rows, :] @ x`` equals ``(Â @ x)[rows]`` and ``Â[:, rows] @ g`` equals ``Â @ G`` for
+        ``G`` zero outside ``rows`` and ``g`` on them (the skipped terms are exact zeros).
+        """
+        g, n, m = self.graph, self.graph.n_nodes, rows.numel()
+        starts = self.crow[rows]
+        counts = self.crow[rows + 1] - starts
+        pos = _ranges(starts, counts)
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        by_rows = _csr_tensor(crow, g.cols[pos], g.values[pos], (m, n))
+        # the entries (r, j) of the columns j in rows, in (r, j) order: positions sort that way
+        pos_t = self.transposed[pos].sort().values
+        crow_t = torch.cat([counts.new_zeros(1), torch.bincount(g.rows[pos_t], minlength=n).cumsum(0)])
+        by_cols = _csr_tensor(crow_t, torch.searchsorted(rows, g.cols[pos_t]), g.values[pos_t], (n, m))
+        return by_rows, by_cols
+
+
+class _ExpandedLayer0(torch.autograd.Function):
+    """LEGCF's layer 0 over entities and meta nodes, ``[tanh(S E_meta); E_meta]`` (paper Eq. 1 and 5),
+    written into one ``(N + c, d)`` tensor: ``torch.cat`` of the two parts would write and read the
+    ``N x d`` rows once more on every step. The values and gradients are those of
+    ``cat([tanh(S E), E'])`` (the ``tanh`` backward is aten's ``tanh_backward``, as autograd's);
+    ``table`` (E) and ``meta`` (E') are separate inputs, as :meth:`CompositionalLightGCN.codebook`
+    is called once per use."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, meta: torch.Tensor, mat: torch.Tensor,  # type: ignore[override]
+                mat_t: torch.Tensor, tanh: bool) -> torch.Tensor:
+        n = mat.shape[0]
+        out = table.new_empty(n + meta.shape[0], table.shape[1])
+        ent = out[:n]
+        torch.addmm(ent, mat, table, beta=0, out=ent)
+        if tanh:
+            torch.tanh(ent, out=ent)
+        out[n:].copy_(meta)
+        ctx.mat_t, ctx.n, ctx.tanh = mat_t, n, tanh
+        if tanh:
+            ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        n = ctx.n
+        g = grad[:n]
+        if ctx.tanh:
+            (out,) = ctx.saved_tensors
+            g = torch.ops.aten.tanh_backward(g, out[:n])
+        return _csr_product(ctx.mat_t, g.contiguous()), grad[n:], None, None, None
+
+
+class _ReadoutAt(torch.autograd.Function):
+    """Rows ``rows`` of LightGCN's mean readout ``H = (Σ_{l=0..L} Â^l X) / (L + 1)`` (LightGCN
+    Eq. 7-8) and of ``X`` itself, with the values and gradients of the per-layer formulation
+    (``x_{l+1} = Â x_l``, ``acc = x_0 + x_1 + ... + x_L``, ``acc / (L + 1)``) bit for bit.
+
+    A training step reads ``H`` at the batch's rows only, so the last layer is needed there only:
+    layers ``1 .. L-1`` are full products, layer ``L`` is ``Â[rows, :] @ x_{L-1}``, and its
+    backward ``Â[:, rows] @ g``; autograd's per-layer graph runs both as full products and writes
+    ``(N, d)`` tensors for the sums, the division and the gathers' backward. Each gradient is
+    summed in the order autograd summed it there: ``Â g_{l+1} + g_acc`` per layer, then the
+    penalty's gradient on ``X``'s rows (``penalty_first``: ``(g_pen + g_acc) + Â g_1``, where
+    ``X`` is the composed table itself; otherwise ``(Â g_1 + g_acc) + g_pen``, where ``X``
+    concatenates it with the codebook).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: GraphRows, n_layers: int, rows: torch.Tensor,  # type: ignore[override]
+                penalty_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        graph = index.graph
+        by_rows, by_cols = index.blocks(rows) if n_layers else (None, None)
+        ctx.graph, ctx.by_cols, ctx.n_layers, ctx.penalty_first = graph, by_cols, n_layers, penalty_first
+        ctx.n_nodes = x.shape[0]
+        ctx.save_for_backward(rows)
+        x_rows = x.index_select(0, rows)
+        acc, cur = x_rows, x
+        for _ in range(n_layers - 1):
+            cur = graph.product(cur)
+            acc = acc + cur.index_select(0, rows)
+        if n_layers:
+            acc = acc + _csr_product(by_rows, cur)
+        return acc / (n_layers + 1), x_rows
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor, grad_x_rows: torch.Tensor):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        g_acc = grad_h / (ctx.n_layers + 1)
+        if ctx.n_layers:
+            g = _csr_product(ctx.by_cols, g_acc)
+            for _ in range(ctx.n_layers - 1):
+                g = ctx.graph.product(g.index_add_(0, rows, g_acc))
+        else:
+            g = g_acc.new_zeros(ctx.n_nodes, g_acc.shape[1])
+        if grad_x_rows is None:
+            g.index_add_(0, rows, g_acc)
+        elif ctx.penalty_first:
+            g.index_add_(0, rows, grad_x_rows + g_acc)
+        else:
+            g.index_add_(0, rows, g_acc).index_add_(0, rows, grad_x_rows)
+        return g, None, None, None, None
+
+
 # --- the model --------------------------------------------------------------------------------------
 
 
@@ -446,6 +619,7 @@ class CompositionalLightGCN(nn.Module):
         self._assignment = Assignment(self.assign_index, self.assign_value, self.n_meta)
         self.propagation_graph = (expanded_graph(self.graph, self._assignment, self.raw_base)
                                   if self.expanded else self.graph)
+        self._graph_rows: GraphRows | bool | None = False  # built on the first training step
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
         out = super().load_state_dict(state, strict=strict, assign=assign)
@@ -483,10 +657,45 @@ class CompositionalLightGCN(nn.Module):
         _, h, _ = self.forward_all()
         return h[: self.n_users], h[self.n_users :]
 
+    def graph_rows(self) -> GraphRows | None:
+        """The row index of the propagation graph (:class:`GraphRows`; None if it does not apply).
+
+        CPU only: the row-order argument of :meth:`GraphRows.blocks` is checked for the CPU kernel;
+        on a GPU, cuSPARSE may pick a different algorithm for a block than for the whole graph.
+        """
+        if self._graph_rows is False:
+            graph = self.propagation_graph
+            self._graph_rows = GraphRows.of(graph) if graph.values.device.type == "cpu" else None
+        return self._graph_rows  # type: ignore[return-value]
+
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float,
                  reg_form: str = "squared") -> tuple[torch.Tensor, torch.Tensor]:
         """BPR (mean softplus of the score difference) and ``λ (‖x_u‖² + ‖x_i+‖² + ‖x_i-‖²)/B`` on the
-        batch's layer-0 composed rows (LEGCF paper Eq. 4 in the code's form, so ``reg_form`` is not used)."""
+        batch's layer-0 composed rows (LEGCF paper Eq. 4 in the code's form, so ``reg_form`` is not used).
+
+        The readout is taken at the batch's distinct rows only (:class:`_ReadoutAt`, the same values
+        and gradients as :meth:`bpr_loss_layers`); under tracing (FLOP counting) or on a graph
+        :class:`GraphRows` cannot index, :meth:`bpr_loss_layers` runs.
+        """
+        index = None if torch.jit.is_tracing() else self.graph_rows()
+        if index is None:
+            return self.bpr_loss_layers(users, pos, neg, reg)
+        idx = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+        if self.expanded:
+            s, s_t = self._assignment.matrices()
+            x = _ExpandedLayer0.apply(self.codebook(), self.codebook(), s, s_t, self.tanh)
+        else:
+            x = self.layer0_entities()
+        h_rows, x0_rows = _ReadoutAt.apply(x, index, self.n_layers, rows, not self.expanded)
+        u, p, q = h_rows.index_select(0, inverse).split(users.numel())
+        bpr = F.softplus((u * q).sum(1) - (u * p).sum(1)).mean()
+        penalty = reg * x0_rows.pow(2).sum(1).index_select(0, inverse).sum() / users.numel()
+        return bpr, penalty
+
+    def bpr_loss_layers(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`bpr_loss` through :meth:`forward_all`'s per-layer products (autograd's graph)."""
         x0, h, _ = self.forward_all()
         # one index_select per table (a gather of whole rows; advanced indexing is several times
         # slower on CPU, and its backward would zero-fill one full table per index)
