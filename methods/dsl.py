@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -276,6 +276,20 @@ class DSLHook(TrainHook):
         self.history.append({"t": t, "rho": rho, "n_update": r, "pruned": int(ex.pruned.numel()),
                              "grown": int(ex.grown.numel())})
         return ex
+
+    def state_dict(self) -> dict[str, Any]:
+        """The exploration generator and counters (the mask is the model's buffers)."""
+        return {"rng": self.rng.bit_generator.state, "fired": self.fired.clone(),
+                "explorations": self.explorations, "pruned_total": self.pruned_total,
+                "grown_total": self.grown_total, "last_step": self.last_step,
+                "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.fired = state["fired"].to(self.fired.device)
+        self.explorations, self.pruned_total = state["explorations"], state["pruned_total"]
+        self.grown_total, self.last_step = state["grown_total"], state["last_step"]
+        self.history = [dict(h) for h in state["history"]]
 
     @property
     def fired_fraction(self) -> float:

@@ -476,6 +476,15 @@ class RedrawPairs(TrainHook):
         self.epochs.append(epoch)
         self.seconds.append(time.perf_counter() - t0)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The pair generator's state and the log (the pairs themselves are redrawn each epoch)."""
+        return {"rng": self.sampler.rng.bit_generator.state, "epochs": list(self.epochs),
+                "seconds": list(self.seconds)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.rng.bit_generator.state = state["rng"]
+        self.epochs, self.seconds = list(state["epochs"]), list(state["seconds"])
+
 
 # --- the method ----------------------------------------------------------------------------------
 

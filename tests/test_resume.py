@@ -183,7 +183,9 @@ def _epochs_counted(monkeypatch, kill_at: int | None = None) -> list[int]:
     return seen
 
 
-CELLS = {"lightgcn": {}, "lightgnn": {"emb_target": 0.8, "edge_target": 0.8}}
+CELLS = {"lightgcn": {}, "random-drop": {"emb_target": 0.5}, "magnitude": {"emb_target": 0.5},
+         "unkd": {"emb_target": 0.5}, "dsl": {"emb_target": 0.5}, "legcf": {"emb_target": 0.5},
+         "lerg": {"emb_target": 0.5}, "lightgnn": {"emb_target": 0.8, "edge_target": 0.8}}
 
 
 @pytest.mark.parametrize("method", sorted(CELLS))

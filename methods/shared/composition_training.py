@@ -91,6 +91,15 @@ class LegcfHook(TrainHook):
             self.model.set_assignment(self.pending)
             self.pending = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The update log; S is the model's buffers, and at an epoch's end no update is pending."""
+        if self.pending is not None:
+            raise RuntimeError("LegcfHook: an assignment update is pending at the end of an epoch")
+        return {"updates": [dict(u) for u in self.updates]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = [dict(u) for u in state["updates"]]
+
     def train_end(self, epoch: int) -> None:
         self.last_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.optimizer is not None:

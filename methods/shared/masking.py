@@ -159,6 +159,9 @@ class KeepMasked(TrainHook):
     def step_end(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         self.model.apply_mask_()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # the masks are the model's buffers
+
 
 def sparse_storage_bits(n_rows: int, dim: int, k: int, value_bits: int = 32) -> dict[str, int]:
     """Bits of a ``n_rows x dim`` table with ``k`` kept entries in each storage format.
