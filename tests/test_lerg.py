@@ -292,6 +292,25 @@ def test_measured_size_follows_the_spec_convention(finetuned):
     assert sizes["edge_achieved"] < 1
 
 
+def test_a_target_looser_than_lerg_can_fill_says_so():
+    """At emb 0.9 the codebook is capped at one row per entity: the artifact holds less than the
+    target's bits (b/32 + 1/d + t/d of the table at most), its parameter count exceeds the dense
+    table's, and the cell's notes say both; at 0.2 neither happens."""
+    ctx = method_context(0, dim=D_TOY)
+    loose = LERG(pretrain_epochs=1).compress(ctx, Target(0.9))
+    c, b = loose.settings["c"], loose.settings["bits"]
+    assert c == N_TOY
+    bits = lerg_bits(c, D_TOY, b, 2, N_TOY, N_TOY, 500)
+    assert bits / (32 * N_TOY * D_TOY) == pytest.approx(b / 32 + 1 / D_TOY + 2 / D_TOY)
+    assert bits < 0.9 * 32 * N_TOY * D_TOY
+    sizes = achieved_compression(loose, 60, 40, len(ctx.data.train), D_TOY)
+    assert sizes["params"] > N_TOY * D_TOY
+    (note,) = [n for n in loose.notes if "looser than LERG can fill" in n]
+    assert f"c = N = {N_TOY}" in note and f"stores {bits / (32 * N_TOY * D_TOY):.3f} of the full" in note
+    tight = LERG(pretrain_epochs=1).compress(method_context(0, dim=D_TOY), Target(0.2))
+    assert tight.settings["c"] < N_TOY and not any("looser" in n for n in tight.notes)
+
+
 def test_emb_only_target_is_the_quantised_model_without_pruning():
     ctx = method_context(0, dim=D_TOY)
     model = LERG(pretrain_epochs=2).compress(ctx, Target(0.5))

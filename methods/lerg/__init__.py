@@ -163,6 +163,16 @@ class PlaceholderModel(nn.Module):
 
 
 
+def codebook_cap_note(n: int, d: int, b: int, bits: int) -> str:
+    """What a cell says when its target is looser than LERG can use: the codebook is capped at one row
+    per entity (``c = N``), so the artifact stays below the target's bits, and with ``b``-bit codes
+    its parameter count (codes counted like floats) can exceed the dense table's ``N d``."""
+    return (f"lerg: the emb target is looser than LERG can fill: the codebook is capped at one row per "
+            f"entity (c = N = {n:,}), so the artifact stores {bits / (32 * n * d):.3f} of the full fp32 "
+            f"table's bits; its {b}-bit codebook entries count as parameters, so its parameter count can "
+            f"exceed the dense table's {n * d:,}")
+
+
 INFERRED_NOTE = ("lerg: no official code; importance, re-routing, placeholders and the storage "
                  "convention are inferred (docs/methods/lerg.md)")
 
@@ -417,6 +427,9 @@ class LERG(Method):
             "options_resolved": dict(o), "pretrain": pre_info, "selection": selection, "finetune": tune,
             "compress_seconds_this_call": seconds,
         }
+        notes = [INFERRED_NOTE]
+        if c >= n:
+            notes.append(codebook_cap_note(n, d, b, spec_bits))
         return CompressedModel(module=model.eval(), artifact=parts, graph=graph, n_layers=layers,
                                training=ctx.cost, settings=settings, measurements=measurements,
-                               notes=[INFERRED_NOTE])
+                               notes=notes)
