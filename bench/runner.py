@@ -8,7 +8,8 @@
    too unless ``retry_failed``.
 3. **Run** the remaining cells on an executor (:mod:`bench.executors`) and store each result the
    moment it arrives, in one transaction (:mod:`bench.store`). A progress bar shows the cell count
-   and ETA, and a log line reports every finished cell.
+   and an ETA from the run's average time per cell so far, and a log line reports every finished
+   cell.
 4. **Report**: ``cells.csv`` (and the HTML report) from the store, also after an interruption.
 
 Ctrl-C or SIGTERM stops the run at once (cells still running are abandoned; local workers end);
@@ -194,8 +195,10 @@ def run_matrix(
         run_id = store.start_run(config.name, config.text, command or shlex.join(sys.argv),
                                  environment(cells[0].device if cells else "cpu"))
         outcome = "finished"
+        # ETA from the run's average time per cell (smoothing 0), not from the last few cells: cells
+        # differ in cost by 100x or more, and a moving average swung the ETA from minutes to hours
         bar = tqdm(total=len(todo), desc=f"{config.name}", unit="cell", disable=not progress,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, smoothing=0)
         try:
             for result in executor.run(todo):
                 _store_result(result, store, summary)
