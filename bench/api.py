@@ -19,6 +19,7 @@ from bench.backbone import (
     sparse_matmul,
     unique_pairs,
 )
+from bench.claims import Arm, Claim
 from bench.context import BaseModel, MethodContext, stage_meta
 from bench.contract import (
     ARTIFACT_KINDS,
@@ -57,8 +58,10 @@ __all__ = [
     "AXIS_DESCRIPTIONS",
     "BACKENDS",
     "REFERENCE",
+    "Arm",
     "ArtifactPart",
     "BaseModel",
+    "Claim",
     "CompressedModel",
     "DeviceCheck",
     "EpochSampler",

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from bench.claims import Claim
+
 if TYPE_CHECKING:  # pragma: no cover
     from bench.backbone.graph import NormalizedGraph
 
@@ -392,6 +394,8 @@ class Method:
     target_mapping: ClassVar[str] = ""
     uses_base: ClassVar[bool] = False
     simplifications: ClassVar[tuple[str, ...]] = ()
+    #: the paper's claims, checked by the report against the store (:mod:`bench.claims`)
+    claims: ClassVar[tuple[Claim, ...]] = ()
     #: the numpy random streams the method draws with ``context.rng(name)``: name -> stream id. The
     #: id is part of the seed (``[seed, id, *spawn]``), so changing it changes results; a name is the
     #: same stream in every method that declares it (the registry checks).
