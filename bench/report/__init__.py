@@ -1,9 +1,11 @@
-"""Reports built from result stores alone: ``cells.csv``, ``summary.csv``, ``index.html`` (and LaTeX).
+"""Reports built from result stores alone: ``cells.csv``, ``summary.csv``, ``claims.csv``, ``index.html``
+(and LaTeX).
 
 ``recshrink report RESULTS... -o DIR`` builds a report from one or several stores (merged; see
 :func:`bench.report.tables.load_cells`), without rerunning anything; ``recshrink run`` builds one
 for its own cells when it ends. Modules: :mod:`~bench.report.tables` (the two CSVs),
-:mod:`~bench.report.stats` (paired tests, Holm), :mod:`~bench.report.plots` (seaborn figures),
+:mod:`~bench.report.stats` (paired tests, Holm), :mod:`~bench.report.claims` (the papers' claims
+checked), :mod:`~bench.report.plots` (seaborn figures),
 :mod:`~bench.report.html` (the page), :mod:`~bench.report.latex`.
 """
 
@@ -16,9 +18,11 @@ from typing import Any
 
 import pandas as pd
 
+from bench.claims import Claim
 from bench.data.dataset import COLD_PAIR_WARN_SHARE
 from bench.files import write_atomically
 from bench.registry import available_methods
+from bench.report.claims import claims_table, evaluate_claims
 from bench.report.stats import add_to_summary, comparisons
 from bench.report.tables import cells_frame, load_cells, summary_frame
 from bench.store import ResultStore
@@ -124,9 +128,10 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
                  keys: Iterable[str] | None = None, latex: bool = False, title: str | None = None,
-                 figures: bool = True) -> dict[str, Path]:
-    """Write ``cells.csv``, ``summary.csv``, ``index.html``, ``summary.md`` (and
-    ``summary-<dataset>.tex``) to ``out``."""
+                 figures: bool = True, claims: Sequence[Claim] | None = None) -> dict[str, Path]:
+    """Write ``cells.csv``, ``summary.csv``, ``claims.csv``, ``index.html``, ``summary.md`` (and
+    ``summary-<dataset>.tex``) to ``out``. ``claims``: the claims to check (default: every registered
+    method's, :func:`bench.report.claims.registered_claims`)."""
     from bench.report.html import dataset_table, headline_metrics, render
     from bench.report.markdown import summary_markdown
 
@@ -154,6 +159,10 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     if not frame.empty:
         summary = add_to_summary(summary, comparisons(frame, all_metrics))
     write_atomically(paths["summary"], lambda tmp: summary.to_csv(tmp, index=False))
+    claim_rows = evaluate_claims(frame, claims)
+    paths["claims"] = out / "claims.csv"
+    write_atomically(paths["claims"], lambda tmp: claim_rows.to_csv(tmp, index=False))
+    claim_table = claims_table(claim_rows)
 
     datasets = []
     for dataset in sorted(frame["dataset"].unique()) if not frame.empty else []:
@@ -173,10 +182,11 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     title = title or f"recshrink report: {', '.join(run_names) or 'no cells'}"
     notes = _notes(cells)
     page = render(title, sources, datasets, _problems(cells), _method_info(c["method"] for c in cells),
-                  _environments(cells), [{**r, "config": r["config"]} for r in runs], counts, notes)
+                  _environments(cells), [{**r, "config": r["config"]} for r in runs], counts, notes,
+                  claim_table)
     write_atomically(paths["html"], lambda tmp: tmp.write_text(page, encoding="utf-8"))
     paths["markdown"] = out / "summary.md"
-    markdown = summary_markdown(title, datasets, notes)
+    markdown = summary_markdown(title, datasets, notes, claim_table)
     write_atomically(paths["markdown"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     if latex and not summary.empty:
         from bench.report.latex import summary_latex

@@ -3,8 +3,9 @@
 One file, no network: CSS inline, figures as base64 PNG data URIs, no scripts. Per dataset a
 summary table (seed mean ± std; the best value per target in bold; markers for significant
 differences from the uncompressed model and from random drop; flagged cells marked), then the
-figures; then failed and flagged cells with their errors, the methods (with any simplification
-they name), the environment, and each run's exact configuration and command.
+figures; then the papers' claims checked against the cells (computed verdicts); then failed and
+flagged cells with their errors, the methods (with any simplification they name), the environment,
+and each run's exact configuration and command.
 """
 
 from __future__ import annotations
@@ -139,12 +140,16 @@ def dataset_table(summary: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
 
 def render(title: str, sources: list[str], datasets: list[dict[str, Any]], problems: list[dict[str, Any]],
            methods: list[dict[str, Any]], environments: list[dict[str, Any]], runs: list[dict[str, Any]],
-           counts: dict[str, int], notes: list[dict[str, Any]] | None = None) -> str:
+           counts: dict[str, int], notes: list[dict[str, Any]] | None = None,
+           claims: dict[str, Any] | None = None) -> str:
+    """The page; ``claims``: :func:`bench.report.claims.claims_table` (None or no rows: the section says
+    that no claim is declared)."""
     env = Environment(autoescape=True, trim_blocks=False, lstrip_blocks=False)
     tmpl = env.from_string(resources.files("bench.report").joinpath("template.html").read_text("utf-8"))
     return tmpl.render(
         title=title, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources=sources, datasets=datasets, problems=problems, methods=methods,
-        environments=environments, runs=runs, notes=notes or [], alpha=ALPHA, wilcoxon_min=WILCOXON_MIN_SEEDS,
+        environments=environments, runs=runs, notes=notes or [], alpha=ALPHA,
+        claims=claims or {"header": [], "rows": []}, wilcoxon_min=WILCOXON_MIN_SEEDS,
         n_cells=counts["cells"], n_ok=counts["ok"], n_failed=counts["failed"], n_flagged=counts["flagged"],
     )

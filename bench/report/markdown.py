@@ -1,7 +1,8 @@
 """``summary.md``: the HTML report's per-dataset tables and notes as Markdown, for a README or an
 issue. Same rows, numbers and markers as ``index.html`` (it renders :func:`dataset_table`'s
 output): seed mean ± std, the best value per target in bold, ▲/▼ significantly above/below the
-uncompressed model, ⁺/⁻ above/below random drop (Holm-corrected), ⚑ a seed missed its target.
+uncompressed model, ⁺/⁻ above/below random drop (Holm-corrected), ⚑ a seed missed its target; then
+the papers' claims checked (:mod:`bench.report.claims`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,35 @@ def table_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(title: str, datasets: list[dict[str, Any]], notes: list[dict[str, Any]]) -> str:
-    """The whole ``summary.md``: a section per dataset, then the notes cells asked to show."""
+CLAIMS_LEGEND = ("Paper: the paper's figures (subject vs comparator). Ours: seed mean ± sample std over the "
+                 "n paired seeds. p: paired t-test of subject − threshold(comparator), Holm-corrected "
+                 "across all claim rows. holds / does not hold: mean difference above / below 0 at "
+                 "p < {alpha}; inconclusive: fewer than 2 seeds or p ≥ {alpha}; not run: an arm has no "
+                 "cells. Transferred: a dataset the paper did not make the claim on.")
+
+
+def claims_markdown(table: dict[str, Any] | None) -> list[str]:
+    """The ``## Claims`` section: :func:`bench.report.claims.claims_table` as a Markdown table, or a
+    line saying that no claim is declared."""
+    from bench.report.stats import ALPHA
+
+    parts = ["## Claims", ""]
+    if not table or not table["rows"]:
+        return [*parts, "No registered method declares claims.", ""]
+    header = table["header"]
+    parts += ["| " + " | ".join(_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    parts += ["| " + " | ".join(_escape(str(c)) for c in row["cells"]) + " |" for row in table["rows"]]
+    return [*parts, "", CLAIMS_LEGEND.format(alpha=ALPHA), ""]
+
+
+def summary_markdown(title: str, datasets: list[dict[str, Any]], notes: list[dict[str, Any]],
+                     claims: dict[str, Any] | None = None) -> str:
+    """The whole ``summary.md``: a section per dataset, the claims checked (``claims``:
+    :func:`bench.report.claims.claims_table`), then the notes cells asked to show."""
     parts = [f"# {title}", "", LEGEND, ""]
     for d in datasets:
         parts += [f"## {d['name']}", "", table_markdown(d["table"]), ""]
+    parts += claims_markdown(claims)
     if notes:
         parts += ["## Notes", ""]
         parts += [f"- {n['dataset']}, {_escape(n['variant'])} ({n['cells']} "

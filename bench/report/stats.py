@@ -43,7 +43,11 @@ def holm(pvalues: list[float]) -> list[float]:
     return out
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """The paired tests of ``a`` against ``b`` (same seeds, same order): ``n`` pairs, ``diff`` the mean
+    of ``a - b``, ``t_p`` the two-sided paired t-test's p-value (at least 2 pairs with some variance
+    in the differences, else NaN), ``w_p`` the Wilcoxon signed-rank test's (at least
+    :data:`WILCOXON_MIN_SEEDS` pairs, not all equal, else NaN)."""
     d = a - b
     res = {"n": float(len(d)), "diff": float(d.mean()) if len(d) else math.nan,
            "t_p": math.nan, "w_p": math.nan}
@@ -87,7 +91,7 @@ def comparisons(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                 joined = joined.dropna()
                 if joined.empty:
                     continue
-                res = _paired(joined["value"].to_numpy(), joined["value_ref"].to_numpy())
+                res = paired(joined["value"].to_numpy(), joined["value_ref"].to_numpy())
                 rows.append({**dict(zip(IDENTITY, ident, strict=True)), "metric": metric, "reference": ref,
                              "n_pairs": int(res["n"]), "mean_diff": res["diff"], "t_p": res["t_p"],
                              "w_p": res["w_p"]})
