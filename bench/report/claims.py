@@ -232,11 +232,14 @@ def _ours(r: pd.Series) -> str:
 
 
 def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
-    """Header and rows (text per column) of the report's Claims table, from :func:`evaluate_claims`."""
+    """Header and rows (text per column) of the report's Claims table, from :func:`evaluate_claims`;
+    the paper's figures are shown on the claim's own datasets only."""
     header = ["claim", "method", "source", "statement", "dataset", "paper", "ours", "p (Holm)", "verdict"]
     out = []
     for _, r in rows.iterrows():
-        paper = " vs ".join(_fmt(r[f"paper_{side}"]) or "–" for side in ("subject", "comparator"))
+        # the paper's figures are for its own datasets: a transfer shows none
+        paper = "" if r["transferred"] else " vs ".join(
+            _fmt(r[f"paper_{side}"]) or "–" for side in ("subject", "comparator"))
         out.append({"verdict": r["verdict"], "cells": [
             r["claim"], r["method"], r["source"],
             f"{r['statement']} ({r['subject']} vs {r['comparator']}; {r['criterion']})",
