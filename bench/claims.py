@@ -4,9 +4,10 @@ A method declares its paper's claims in its ``claims`` class attribute (:class:`
 as :class:`Claim` records: where the paper made the claim (its datasets and table), the two arms
 compared (:class:`Arm`: a method, options and target, each selecting cells of a store), the metric,
 the relation and the margin, and the paper's own figures where it gives them. Third-party plugins
-declare theirs the same way. The report evaluates every claim whose cells are in its stores and
-gives a computed verdict (see the report's "Claims" section); nothing here is typed in by hand
-except what the paper says.
+declare theirs the same way. The report evaluates every claim on the paper's datasets (``not run``
+where cells are missing) and, as a transfer, on every other dataset where both arms have cells, and
+gives a computed verdict (:mod:`bench.report.claims`, the report's "Claims" section); nothing here is
+typed in by hand except what the paper says.
 """
 
 from __future__ import annotations
