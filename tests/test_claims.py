@@ -303,3 +303,32 @@ def test_a_report_without_claims_says_so(store_path, tmp_path):
                              claims=[claim("good-within-2pct", Arm("good", emb=0.5))])
     (row,) = pd.read_csv(paths["claims"]).to_dict("records")
     assert row["verdict"] == "not run" and row["reason"].startswith("missing subject (good at emb=0.5)")
+
+
+def test_an_arm_naming_a_default_selects_cells_that_left_it_unset(tmp_path):
+    """A store keeps a cell's options as its config wrote them: LEGCF's full method without
+    ``ablation``. The arm ``ablation="none"`` (the default) selects it, not the ablation's cells; an
+    arm naming no option matches both variants and says it is ambiguous."""
+    ref = REF["alpha"]
+    cells = [cell("alpha", "lightgcn", s, ref[s]) for s in SEEDS]
+    cells += [cell("alpha", "legcf", s, 0.9 * ref[s] + WOBBLE[s], emb=0.05, options={"c": 500})
+              for s in SEEDS]
+    cells += [cell("alpha", "legcf", s, 0.6 * ref[s] + WOBBLE[s], emb=0.05,
+                   options={"c": 500, "ablation": "no-update"}) for s in SEEDS]
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        for r in cells:
+            store.put(r)
+    with ResultStore(path, create=False) as store:
+        frame = cells_frame(load_cells([store]))
+    full = Arm("legcf", {"ablation": "none"}, emb=0.05)
+    ablated = Arm("legcf", {"ablation": "no-update"}, emb=0.05)
+    rows = evaluate_claims(frame, [
+        claim("legcf-above-no-update", full, ablated, relation="above", margin=0.0),
+        claim("legcf-bare", Arm("legcf", emb=0.05), relation="above", margin=0.0)])
+    row = by_id(rows, "legcf-above-no-update")
+    assert row["subject_variant"] == "legcf[c=500]"
+    assert row["comparator_variant"] == "legcf[ablation=no-update,c=500]"
+    assert row["verdict"] == "holds"
+    bare = by_id(rows, "legcf-bare")
+    assert bare["verdict"] == "not run" and "matches several variants" in bare["reason"]

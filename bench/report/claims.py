@@ -86,9 +86,23 @@ def _matches_target(column: pd.Series, target: float | None, default: float | No
     return column.notna() & np.isclose(column.fillna(-1.0).astype(float), want)
 
 
+def _resolved(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the registered method's defaults filled in (a cell stores only the options
+    its config wrote: LEGCF's full method is stored without ``ablation``, whose default is "none"),
+    as JSON values; the options as given when the method is not registered or they do not resolve."""
+    from bench.registry import get_method
+
+    try:
+        full = dict(get_method(method).resolve_options(options))
+    except Exception:  # an unregistered plugin or an option it no longer knows: match what is stored
+        full = dict(options)
+    return json.loads(json.dumps(full, default=str))
+
+
 def _select(per_cell: pd.DataFrame, arm: Arm, dataset: str) -> tuple[pd.DataFrame, str | None]:
     """The cells (one row per cell, any status) of ``arm`` on ``dataset`` and the problem, if any,
-    that makes the arm ambiguous."""
+    that makes the arm ambiguous. Options are compared with the method's defaults filled in on both
+    sides, so an arm naming a default (``ablation="none"``) selects cells that left it unset."""
     want = json.loads(json.dumps(dict(arm.options), default=str))
     sel = per_cell[(per_cell["dataset"] == dataset) & (per_cell["method"] == arm.method)
                    & _matches_target(per_cell["emb_target"], arm.emb, 1.0)
@@ -96,12 +110,13 @@ def _select(per_cell: pd.DataFrame, arm: Arm, dataset: str) -> tuple[pd.DataFram
                    & per_cell["layers_target"].isna()]
     if sel.empty:
         return sel, None
-    opts = sel["options"].map(_options)
+    opts = sel["options"].map(lambda text: _resolved(arm.method, _options(text)))
     sel = sel[opts.map(lambda o: all(k in o and o[k] == v for k, v in want.items()))]
     variants = sorted(sel["variant"].unique())
     if len(variants) <= 1:
         return sel, None
-    exact = sel[sel["options"].map(lambda o: _options(o) == want)]
+    full_want = _resolved(arm.method, dict(arm.options))
+    exact = sel[sel["options"].map(lambda text: _resolved(arm.method, _options(text)) == full_want)]
     if exact["variant"].nunique() == 1:
         return exact, None
     return sel, f"matches several variants ({', '.join(variants)}): name options to pick one"
