@@ -280,13 +280,17 @@ def test_the_report_has_a_claims_section_and_claims_csv(store_path, tmp_path):
         ["good-above-random", "alpha", False, "not run"]]
     page = paths["html"].read_text()
     section = page[page.index('<section id="claims">'):page.index('<section id="problems">')]
-    assert section.count("<tr") == 4 and "good-within-2pct" in section and "beta (transferred)" in section
+    # the two checked rows in the table (and its header); the claim not run here listed apart
+    assert section.count("<tr") == 3 and "good-within-2pct" in section and "beta (transferred)" in section
     assert "0.0712 vs 0.0730" in section and "(n = 5)" in section
-    assert "not run: missing comparator (random-drop at emb=0.5) on alpha: no cells" in section
+    assert ("<summary>Not run here (1)</summary>" in section and "<code>good-above-random</code> on alpha: "
+            "missing comparator (random-drop at emb=0.5) on alpha: no cells" in section)
     md = paths["markdown"].read_text()
-    assert "## Claims" in md
+    assert "## Claims" in md and "Not run here (1):" in md
+    assert ("- `good-above-random` on alpha: missing comparator (random-drop at emb=0.5) on alpha: no cells"
+            in md)
     lines = [line for line in md.splitlines() if line.startswith("| good-")]
-    assert len(lines) == 3 and lines[1].split(" | ")[4] == "beta (transferred)"
+    assert len(lines) == 2 and lines[1].split(" | ")[4] == "beta (transferred)"
     assert lines[0].split(" | ")[5] == "0.0712 vs 0.0730" and lines[1].split(" | ")[5] == ""
     assert lines[0].endswith("| holds |")
 

@@ -247,11 +247,17 @@ def _ours(r: pd.Series) -> str:
 
 
 def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
-    """Header and rows (text per column) of the report's Claims table, from :func:`evaluate_claims`;
-    the paper's figures are shown on the claim's own datasets only."""
+    """Header and rows (text per column) of the report's Claims table, from :func:`evaluate_claims`:
+    the claim rows that were checked (``rows``; the paper's figures on the claim's own datasets only)
+    and, apart and short, those not run here (``not_run``: claim, dataset, what is missing), so a
+    report on other data is not a wall of empty rows. ``declared``: whether any claim was given."""
     header = ["claim", "method", "source", "statement", "dataset", "paper", "ours", "p (Holm)", "verdict"]
-    out = []
+    out: list[dict[str, Any]] = []
+    not_run = [{"claim": r["claim"], "dataset": r["dataset"], "reason": r["reason"]}
+               for _, r in rows.iterrows() if r["verdict"] == "not run"]
     for _, r in rows.iterrows():
+        if r["verdict"] == "not run":
+            continue
         # the paper's figures are for its own datasets: a transfer shows none
         paper = "" if r["transferred"] else " vs ".join(
             _fmt(r[f"paper_{side}"]) or "–" for side in ("subject", "comparator"))
@@ -263,7 +269,7 @@ def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
             "" if pd.isna(r["p_holm"]) else f"{r['p_holm']:.3g}",
             f"{r['verdict']}: {r['reason']}" if r["reason"] else r["verdict"],
         ]})
-    return {"header": header, "rows": out}
+    return {"header": header, "rows": out, "not_run": not_run, "declared": not rows.empty}
 
 
 __all__ = ["CLAIM_COLUMNS", "VERDICTS", "claims_table", "criterion", "evaluate_claims", "registered_claims",

@@ -150,6 +150,7 @@ def render(title: str, sources: list[str], datasets: list[dict[str, Any]], probl
         title=title, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         sources=sources, datasets=datasets, problems=problems, methods=methods,
         environments=environments, runs=runs, notes=notes or [], alpha=ALPHA,
-        claims=claims or {"header": [], "rows": []}, wilcoxon_min=WILCOXON_MIN_SEEDS,
+        claims=claims or {"header": [], "rows": [], "not_run": [], "declared": False},
+        wilcoxon_min=WILCOXON_MIN_SEEDS,
         n_cells=counts["cells"], n_ok=counts["ok"], n_failed=counts["failed"], n_flagged=counts["flagged"],
     )

@@ -46,12 +46,20 @@ def claims_markdown(table: dict[str, Any] | None) -> list[str]:
     from bench.report.stats import ALPHA
 
     parts = ["## Claims", ""]
-    if not table or not table["rows"]:
+    if not table or not table.get("declared", bool(table.get("rows"))):
         return [*parts, "No registered method declares claims.", ""]
     header = table["header"]
-    parts += ["| " + " | ".join(_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    parts += ["| " + " | ".join(_escape(str(c)) for c in row["cells"]) + " |" for row in table["rows"]]
-    return [*parts, "", CLAIMS_LEGEND.format(alpha=ALPHA), ""]
+    if table["rows"]:
+        parts += ["| " + " | ".join(_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(_escape(str(c)) for c in row["cells"]) + " |" for row in table["rows"]]
+        parts += ["", CLAIMS_LEGEND.format(alpha=ALPHA)]
+    else:
+        parts.append("No declared claim has cells for both of its arms in these results.")
+    not_run = table.get("not_run") or []
+    if not_run:
+        parts += ["", f"Not run here ({len(not_run)}):", ""]
+        parts += [f"- `{r['claim']}` on {r['dataset']}: {_escape(str(r['reason']))}" for r in not_run]
+    return [*parts, ""]
 
 
 def summary_markdown(title: str, datasets: list[dict[str, Any]], notes: list[dict[str, Any]],
