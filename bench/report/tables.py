@@ -142,7 +142,7 @@ def summary_frame(cells: pd.DataFrame) -> pd.DataFrame:
     by_target = out.assign(_edge=out["edge_target"].fillna(1.0), _layers=out["layers_target"].fillna(np.inf))
     return (by_target.sort_values(["dataset", "emb_target", "_edge", "_layers", "method", "variant"],
                                   ascending=[True, False, False, False, True, True], kind="stable")
-            .drop(columns=["_edge", "_layers"]).reset_index(drop=True))
+            .drop(columns=["_edge", "_layers"]).reset_index(drop=True).copy())  # one block, not many
 
 
 def _relative_to_reference(ok: pd.DataFrame) -> pd.DataFrame | None:
