@@ -336,3 +336,25 @@ def test_an_arm_naming_a_default_selects_cells_that_left_it_unset(tmp_path):
     assert row["verdict"] == "holds"
     bare = by_id(rows, "legcf-bare")
     assert bare["verdict"] == "not run" and "matches several variants" in bare["reason"]
+
+
+def test_a_verdict_a_lower_bound_could_overturn_is_inconclusive(frame):
+    """A training stage stopped at its epoch budget gives a lower bound: "does not hold" with the
+    subject cut short, and "holds" with the comparator cut short, are not verdicts; the other two
+    combinations stand."""
+    alpha = frame[frame["dataset"] == "alpha"]
+    bad = set(alpha.loc[alpha["method"] == "bad", "key"])
+    dense = set(alpha.loc[alpha["method"] == "lightgcn", "key"])
+    claims = [claim("good-within-2pct", Arm("good", emb=0.5)), claim("bad-within-2pct", Arm("bad", emb=0.5))]
+    plain = evaluate_claims(frame, claims)
+    assert by_id(plain, "bad-within-2pct")["verdict"] == "does not hold"
+    subject_cut = evaluate_claims(frame, claims, cut_short=bad)
+    row = by_id(subject_cut, "bad-within-2pct")
+    assert row["subject_cut_short"] and not row["comparator_cut_short"]
+    assert row["verdict"] == "inconclusive"
+    assert "subject's training stopped at its epoch budget" in row["reason"]
+    assert by_id(subject_cut, "good-within-2pct")["verdict"] == "holds"
+    comparator_cut = evaluate_claims(frame, claims, cut_short=dense)
+    assert by_id(comparator_cut, "good-within-2pct")["verdict"] == "inconclusive"
+    # below a bar that could only rise: stands
+    assert by_id(comparator_cut, "bad-within-2pct")["verdict"] == "does not hold"

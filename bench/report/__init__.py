@@ -22,7 +22,7 @@ from bench.claims import Claim
 from bench.data.dataset import COLD_PAIR_WARN_SHARE
 from bench.files import write_atomically
 from bench.registry import available_methods
-from bench.report.claims import claims_table, evaluate_claims
+from bench.report.claims import claims_table, cut_short_keys, evaluate_claims
 from bench.report.stats import add_to_summary, comparisons
 from bench.report.tables import cells_frame, load_cells, summary_frame
 from bench.store import ResultStore
@@ -159,7 +159,7 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     if not frame.empty:
         summary = add_to_summary(summary, comparisons(frame, all_metrics))
     write_atomically(paths["summary"], lambda tmp: summary.to_csv(tmp, index=False))
-    claim_rows = evaluate_claims(frame, claims)
+    claim_rows = evaluate_claims(frame, claims, cut_short=cut_short_keys(cells))
     paths["claims"] = out / "claims.csv"
     write_atomically(paths["claims"], lambda tmp: claim_rows.to_csv(tmp, index=False))
     claim_table = claims_table(claim_rows)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ CLAIM_COLUMNS = [
     "claim", "method", "source", "statement", "dataset", "transferred", "metric", "relation", "margin",
     "criterion", "subject", "comparator", "subject_variant", "comparator_variant", "paper_subject",
     "paper_comparator", "n_seeds", "seeds", "subject_mean", "subject_std", "comparator_mean",
-    "comparator_std", "mean_diff", "p", "p_holm", "verdict", "reason",
+    "comparator_std", "mean_diff", "p", "p_holm", "subject_cut_short", "comparator_cut_short", "verdict",
+    "reason",
 ]
 
 
@@ -141,13 +143,25 @@ def _arm_values(frame: pd.DataFrame, per_cell: pd.DataFrame, arm: Arm, dataset: 
     return dict(zip(rows["seed"].astype(int), rows["value"].astype(float), strict=True)), variant, None
 
 
+def _arm_keys(frame: pd.DataFrame, per_cell: pd.DataFrame, arm: Arm, dataset: str,
+              metric: str) -> dict[int, str]:
+    """Seed -> key of the cell whose value :func:`_arm_values` takes."""
+    cells, ambiguous = _select(per_cell, arm, dataset)
+    if ambiguous or cells.empty:
+        return {}
+    ok = cells[cells["status"] == "ok"]
+    rows = frame[frame["key"].isin(ok["key"]) & (frame["name"] == metric) & frame["value"].notna()]
+    return dict(zip(rows["seed"].astype(int), rows["key"], strict=True))
+
+
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     if len(values) == 0:
         return math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1)) if len(values) >= 2 else math.nan
 
 
-def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.DataFrame) -> dict[str, Any]:
+def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.DataFrame,
+                  cut_short: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     """One row of :func:`evaluate_claims` without the Holm-adjusted p-value and the verdict."""
     row: dict[str, Any] = {
         "claim": claim.id, "method": claim.method, "source": claim.source, "statement": claim.statement,
@@ -171,6 +185,9 @@ def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.
     row["subject_mean"], row["subject_std"] = _mean_std(s_vals)
     row["comparator_mean"], row["comparator_std"] = _mean_std(c_vals)
     row["n_seeds"], row["seeds"] = len(seeds), ";".join(str(s) for s in seeds)
+    for name, arm in (("subject", claim.subject), ("comparator", claim.comparator)):
+        keys = _arm_keys(frame, per_cell, arm, dataset, claim.metric)
+        row[f"{name}_cut_short"] = any(keys.get(s) in cut_short for s in (seeds or keys))
     row["mean_diff"], row["p"] = math.nan, math.nan
     if seeds:
         s_vals = np.array([subject[s] for s in seeds], dtype=float)
@@ -182,9 +199,15 @@ def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.
 
 
 def verdict(mean_diff: float, p_holm: float, n_seeds: int, missing: Sequence[str],
-            alpha: float = ALPHA) -> tuple[str, str]:
+            alpha: float = ALPHA, subject_cut: bool = False, comparator_cut: bool = False) -> tuple[str, str]:
     """The verdict and its reason from the mean paired difference ``mean_diff`` (subject minus
-    threshold), the Holm-adjusted p-value, the number of paired seeds and the arms' missing parts."""
+    threshold), the Holm-adjusted p-value, the number of paired seeds and the arms' missing parts.
+
+    ``subject_cut`` / ``comparator_cut``: a training stage of that arm's cells stopped at its epoch
+    budget while still improving, so its figures are lower bounds. A verdict such a bound could
+    overturn is not one: "does not hold" with the subject cut short (trained on, it might pass), or
+    "holds" with the comparator cut short (trained on, it might raise the bar), is inconclusive; the
+    other two stand (a lower bound above the bar, or below a bar that could only rise)."""
     if missing:
         return NOT_RUN, "missing " + "; ".join(missing)
     if n_seeds < 2:
@@ -194,14 +217,20 @@ def verdict(mean_diff: float, p_holm: float, n_seeds: int, missing: Sequence[str
     if p_holm >= alpha:
         return INCONCLUSIVE, f"not significant (Holm p = {p_holm:.3g} ≥ {alpha:g})"
     if mean_diff > 0:
+        if comparator_cut:
+            return INCONCLUSIVE, ("holds against a comparator whose training stopped at its epoch budget "
+                                  "while improving (a lower bound): not a verdict")
         return HOLDS, ""
     if mean_diff < 0:
+        if subject_cut:
+            return INCONCLUSIVE, ("does not hold, but the subject's training stopped at its epoch budget "
+                                  "while improving (a lower bound): not a verdict")
         return DOES_NOT_HOLD, ""
     return INCONCLUSIVE, "mean difference is zero"
 
 
 def evaluate_claims(frame: pd.DataFrame, claims: Sequence[Claim] | None = None,
-                    alpha: float = ALPHA) -> pd.DataFrame:
+                    alpha: float = ALPHA, cut_short: AbstractSet[str] = frozenset()) -> pd.DataFrame:
     """One row per (claim, dataset) with the columns :data:`CLAIM_COLUMNS`.
 
     ``frame``: the report's per-cell long table (:func:`bench.report.tables.cells_frame`);
@@ -210,7 +239,9 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[Claim] | None = None,
     (``transferred`` True). ``subject_mean``/``_std`` and ``comparator_mean``/``_std``: seed mean and
     sample std over the ``n_seeds`` paired ``seeds``; ``mean_diff``: the mean of subject minus the
     claim's threshold of the comparator; ``p``: the paired t-test; ``p_holm``: Holm-adjusted across
-    all rows; ``verdict`` and ``reason``: see :func:`verdict`.
+    all rows; ``verdict`` and ``reason``: see :func:`verdict`; ``cut_short``: the keys of cells with a
+    training stage that stopped at its epoch budget (:func:`cut_short_keys`), which make
+    ``subject_cut_short`` / ``comparator_cut_short`` true.
     """
     claims = registered_claims() if claims is None else list(claims)
     if frame.empty:
@@ -221,14 +252,23 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[Claim] | None = None,
         extra = [dataset for dataset in sorted(set(per_cell["dataset"]) - set(claim.datasets))
                  if all(_arm_values(frame, per_cell, arm, dataset, claim.metric)[0]
                         for arm in (claim.subject, claim.comparator))]
-        rows += [_evaluate_one(claim, dataset, frame, per_cell) for dataset in [*claim.datasets, *extra]]
+        rows += [_evaluate_one(claim, dataset, frame, per_cell, cut_short)
+                 for dataset in [*claim.datasets, *extra]]
     if not rows:
         return pd.DataFrame(columns=CLAIM_COLUMNS)
     adjusted = holm([r["p"] for r in rows])
     for r, p_holm in zip(rows, adjusted, strict=True):
         r["p_holm"] = p_holm
-        r["verdict"], r["reason"] = verdict(r["mean_diff"], p_holm, r["n_seeds"], r.pop("_missing"), alpha)
+        r["verdict"], r["reason"] = verdict(r["mean_diff"], p_holm, r["n_seeds"], r.pop("_missing"), alpha,
+                                            r["subject_cut_short"], r["comparator_cut_short"])
     return pd.DataFrame(rows)[CLAIM_COLUMNS]
+
+
+def cut_short_keys(cells: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Keys of the cells (as :func:`bench.report.tables.load_cells` gives them) with a training stage
+    that stopped at its epoch budget while still improving (``info["training_stages"]``)."""
+    return {c["key"] for c in cells
+            if any(s.get("at_budget") for s in (c.get("info") or {}).get("training_stages", []))}
 
 
 def _fmt(value: float) -> str:
@@ -272,5 +312,5 @@ def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
     return {"header": header, "rows": out, "not_run": not_run, "declared": not rows.empty}
 
 
-__all__ = ["CLAIM_COLUMNS", "VERDICTS", "claims_table", "criterion", "evaluate_claims", "registered_claims",
-           "verdict"]
+__all__ = ["CLAIM_COLUMNS", "VERDICTS", "claims_table", "criterion", "cut_short_keys", "evaluate_claims",
+           "registered_claims", "verdict"]

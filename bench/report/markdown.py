@@ -37,7 +37,10 @@ CLAIMS_LEGEND = ("Paper: the paper's figures (subject vs comparator). Ours: seed
                  "n paired seeds. p: paired t-test of subject − threshold(comparator), Holm-corrected "
                  "across all claim rows. holds / does not hold: mean difference above / below 0 at "
                  "p < {alpha}; inconclusive: fewer than 2 seeds or p ≥ {alpha}; not run: an arm has no "
-                 "cells. Transferred: a dataset the paper did not make the claim on.")
+                 "cells. Transferred: a dataset the paper did not make the claim on. An arm whose training "
+                 "stopped at its epoch budget while improving is a lower bound: a verdict it could overturn "
+                 "(does not hold with the subject cut short, holds with the comparator cut short) is "
+                 "inconclusive.")
 
 
 def claims_markdown(table: dict[str, Any] | None) -> list[str]:
