@@ -27,7 +27,15 @@ from typing import Any
 
 import torch
 
-from bench.perf.common import environment_fields, md_table, script_parser, set_threads, timed, write_outputs
+from bench.perf.common import (
+    bpr_step,
+    environment_fields,
+    md_table,
+    script_parser,
+    set_threads,
+    timed,
+    write_outputs,
+)
 
 
 def available_backends() -> list[str]:
@@ -38,8 +46,7 @@ def available_backends() -> list[str]:
 
 def _measure_backend(data: Any, backend: str, x: torch.Tensor, args: argparse.Namespace
                      ) -> tuple[torch.Tensor, dict[str, Any]]:
-    from bench.sampling import InteractionSampler
-    from bench.training import TrainConfig, build_lightgcn, make_adam
+    from bench.training import TrainConfig, build_lightgcn
 
     config = TrainConfig(dim=args.dim, n_layers=2, batch_size=4096, lr=1e-3, backend=backend, seed=0)
     torch.manual_seed(0)
@@ -50,17 +57,7 @@ def _measure_backend(data: Any, backend: str, x: torch.Tensor, args: argparse.Na
     fwd, _ = timed(lambda: graph.matmul(x), repeats=args.repeats, device=device)
     xg = x.clone().requires_grad_(True)
     both, _ = timed(lambda: graph.matmul(xg).backward(x), repeats=args.repeats, device=device)
-    sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-    users, pos, neg = (t[: config.batch_size].to(device)
-                       for t in sampler.epoch(torch.Generator().manual_seed(0)))
-    opt = make_adam(list(model.parameters()), config.lr)
-
-    def step() -> None:
-        bpr, penalty = model.bpr_loss(users, pos, neg, 1e-4, "squared")
-        opt.zero_grad(set_to_none=True)
-        (bpr + penalty).backward()
-        opt.step()
-
+    step = bpr_step(model, data, config.batch_size, config.lr, device)
     step_s, _ = timed(step, repeats=args.repeats, device=device)
     return graph.matmul(x).cpu(), {"n_nodes": graph.n_nodes, "nnz": graph.nnz, "spmm_seconds": fwd,
                              "spmm_fwd_bwd_seconds": both, "train_step_seconds": step_s}

@@ -109,3 +109,24 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def bpr_step(model: Any, data: Any, batch_size: int, lr: float,
+             device: torch.device | str = "cpu") -> Callable[[], None]:
+    """One LightGCN BPR training step as :func:`bench.training.fit_bpr` takes it (loss with the L2
+    term at 1e-4, backward, fused Adam) on the first ``batch_size`` triples of a seeded epoch, as a
+    callable for the timers."""
+    from bench.sampling import InteractionSampler
+    from bench.training import make_adam
+
+    sampler = InteractionSampler(data.train, data.n_users, data.n_items)
+    users, pos, neg = (t[:batch_size].to(device) for t in sampler.epoch(torch.Generator().manual_seed(0)))
+    opt = make_adam(list(model.parameters()), lr)
+
+    def step() -> None:
+        bpr, penalty = model.bpr_loss(users, pos, neg, 1e-4, "squared")
+        opt.zero_grad(set_to_none=True)
+        (bpr + penalty).backward()
+        opt.step()
+
+    return step

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from bench.perf.common import environment_fields, md_table, script_parser, write_outputs
+from bench.perf.common import bpr_step, environment_fields, md_table, script_parser, write_outputs
 
 CHUNK_ROWS = 4096  # 1 MiB of d = 64 floats: the read buffer stays in the core's L2 cache
 DIM, LAYERS, BATCH = 64, 2, 4096
@@ -115,7 +115,6 @@ def row_partitioned_product(graph: Any, x: torch.Tensor, out: torch.Tensor,
 def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per thread count: the floors, our product and step, and the ratios."""
     from bench.data.loading import load_dataset
-    from bench.sampling import InteractionSampler
     from bench.training import TrainConfig, build_lightgcn, make_adam
 
     data = load_dataset(name, args.data_dir)
@@ -131,15 +130,7 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     table = torch.nn.Parameter(torch.randn(n, DIM))
     table.grad = torch.randn(n, DIM)
     adam = make_adam([table], 1e-3)
-    sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-    users, pos, neg = (t[:BATCH] for t in sampler.epoch(torch.Generator().manual_seed(0)))
-    opt = make_adam(list(model.parameters()), config.lr)
-
-    def step() -> None:
-        bpr, penalty = model.bpr_loss(users, pos, neg, 1e-4, "squared")
-        opt.zero_grad(set_to_none=True)
-        (bpr + penalty).backward()
-        opt.step()
+    step = bpr_step(model, data, BATCH, config.lr)
 
     rows = []
     with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:

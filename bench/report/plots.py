@@ -286,6 +286,14 @@ def _in_mib(cells: pd.DataFrame, cost: str) -> pd.DataFrame:
     return out
 
 
+def _finish(fig: MplFigure, ax: Axes, title: str, ylabel: str, handles: list[Line2D]) -> str:
+    """Title, y label and the legend beside the axes; the rendered PNG (base64)."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _render(fig)
+
+
 def _empty_figure(key: str, title: str, message: str) -> Figure:
     with _style():
         fig, ax = _new_axes()
@@ -385,10 +393,7 @@ def _ratio_figure(cells: pd.DataFrame, dataset: str, name: str, *, key: str, tit
         ax.set_xlabel("embedding parameter ratio (target, log scale; more compression \u2192)")
         if is_cost:
             _cost_axis(ax.yaxis, [*points["value"], ref_mean], log_y)
-        ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
-        ax.set_title(title)
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        png = _render(fig)
+        png = _finish(fig, ax, title, ylabel + (" (log scale)" if log_y else ""), handles)
     caption = (f"{what} on {dataset} against the embedding parameter ratio target, seed mean per method "
                f"and target ({_seed_phrase(points.groupby(['series', 'emb_target']).size())}), each "
                f"method drawn slightly beside the target so that equal values stay visible; "
@@ -473,10 +478,7 @@ def accuracy_vs_cost(cells: pd.DataFrame, dataset: str, metric: str, cost: str, 
             handles.append(Line2D([], [], color="0.25", linewidth=1, label="Pareto front"))
         _cost_axis(ax.xaxis, pts["x"], log_x)
         ax.set_xlabel(label + (" (log scale)" if log_x else "") + ", lower is better")
-        ax.set_ylabel(f"{metric} (higher is better)")
-        ax.set_title(title)
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        png = _render(fig)
+        png = _finish(fig, ax, title, f"{metric} (higher is better)", handles)
     caption = (f"{metric} (a fraction in [0, 1]) against {cost} ({label}) on {dataset}: one point per "
                f"method and embedding ratio target (the number beside it) at the seed means "
                f"({_seed_phrase(pts['n'])}); bars: \u00b11 std across seeds; step line: Pareto front "
