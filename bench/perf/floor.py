@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from bench.perf.common import bpr_step, environment_fields, md_table, script_parser, write_outputs
+from bench.perf.common import bpr_step, environment_fields, md_table, script_parser, timed, write_outputs
 
 CHUNK_ROWS = 4096  # 1 MiB of d = 64 floats: the read buffer stays in the core's L2 cache
 DIM, LAYERS, BATCH = 64, 2, 4096
@@ -49,17 +49,9 @@ DIM, LAYERS, BATCH = 64, 2, 4096
 
 def _times(fn: Any, repeats: int) -> tuple[float, float]:
     """Median and interquartile range (seconds) of ``fn()`` over ``repeats`` runs after 2 warm-ups."""
-    import time
-
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    median, times = timed(fn, repeats=repeats, warmup=2)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+    return median, q[2] - q[0]
 
 
 def random_row_read(x: torch.Tensor, cols: torch.Tensor, threads: int,

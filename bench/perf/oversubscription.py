@@ -27,21 +27,14 @@ import json, statistics, sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
 from bench.data.loading import load_dataset
-from bench.sampling import InteractionSampler
-from bench.training import TrainConfig, build_lightgcn, make_adam
+from bench.perf.common import bpr_step
+from bench.training import TrainConfig, build_lightgcn
 name, data_dir, repeats = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
 data = load_dataset(name, data_dir)
 cfg = TrainConfig(dim=32, n_layers=2, batch_size=4096, lr=1e-3, seed=0)
 torch.manual_seed(0)
 model = build_lightgcn(data, cfg, torch.device("cpu"))
-sampler = InteractionSampler(data.train, data.n_users, data.n_items)
-users, pos, neg = (t[:4096] for t in sampler.epoch(torch.Generator().manual_seed(0)))
-opt = make_adam(list(model.parameters()), 1e-3)
-def step():
-    bpr, pen = model.bpr_loss(users, pos, neg, 1e-4, "squared")
-    opt.zero_grad(set_to_none=True)
-    (bpr + pen).backward()
-    opt.step()
+step = bpr_step(model, data, cfg.batch_size, cfg.lr)
 out = {}
 for threads in (1, 2):
     torch.set_num_threads(threads)

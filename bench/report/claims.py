@@ -125,9 +125,9 @@ def _select(per_cell: pd.DataFrame, arm: Arm, dataset: str) -> tuple[pd.DataFram
 
 
 def _arm_values(frame: pd.DataFrame, per_cell: pd.DataFrame, arm: Arm, dataset: str,
-                metric: str) -> tuple[dict[int, float], str | None, str | None]:
-    """Seed -> metric value of ``arm``'s successful cells on ``dataset``, its variant, and why it has
-    no usable values (None when it has some)."""
+                metric: str) -> tuple[dict[int, tuple[float, str]], str | None, str | None]:
+    """Seed -> (metric value, cell key) of ``arm``'s successful cells on ``dataset``, its variant, and
+    why it has no usable values (None when it has some)."""
     cells, ambiguous = _select(per_cell, arm, dataset)
     if ambiguous:
         return {}, None, ambiguous
@@ -140,18 +140,8 @@ def _arm_values(frame: pd.DataFrame, per_cell: pd.DataFrame, arm: Arm, dataset: 
     rows = frame[frame["key"].isin(ok["key"]) & (frame["name"] == metric) & frame["value"].notna()]
     if rows.empty:
         return {}, variant, f"no {metric} values"
-    return dict(zip(rows["seed"].astype(int), rows["value"].astype(float), strict=True)), variant, None
-
-
-def _arm_keys(frame: pd.DataFrame, per_cell: pd.DataFrame, arm: Arm, dataset: str,
-              metric: str) -> dict[int, str]:
-    """Seed -> key of the cell whose value :func:`_arm_values` takes."""
-    cells, ambiguous = _select(per_cell, arm, dataset)
-    if ambiguous or cells.empty:
-        return {}
-    ok = cells[cells["status"] == "ok"]
-    rows = frame[frame["key"].isin(ok["key"]) & (frame["name"] == metric) & frame["value"].notna()]
-    return dict(zip(rows["seed"].astype(int), rows["key"], strict=True))
+    values = zip(rows["value"].astype(float), rows["key"], strict=True)
+    return dict(zip(rows["seed"].astype(int), values, strict=True)), variant, None
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -171,10 +161,12 @@ def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.
         "paper_subject": claim.paper.get("subject", math.nan),
         "paper_comparator": claim.paper.get("comparator", math.nan),
     }
-    subject, row["subject_variant"], s_missing = _arm_values(frame, per_cell, claim.subject, dataset,
-                                                             claim.metric)
-    comparator, row["comparator_variant"], c_missing = _arm_values(frame, per_cell, claim.comparator,
-                                                                   dataset, claim.metric)
+    subject_cells, row["subject_variant"], s_missing = _arm_values(frame, per_cell, claim.subject, dataset,
+                                                                   claim.metric)
+    comparator_cells, row["comparator_variant"], c_missing = _arm_values(frame, per_cell, claim.comparator,
+                                                                         dataset, claim.metric)
+    subject = {seed: value for seed, (value, _) in subject_cells.items()}
+    comparator = {seed: value for seed, (value, _) in comparator_cells.items()}
     missing = [f"{name} ({arm.describe()}) on {dataset}: {why}"
                for name, arm, why in (("subject", claim.subject, s_missing),
                                       ("comparator", claim.comparator, c_missing)) if why]
@@ -185,9 +177,8 @@ def _evaluate_one(claim: Claim, dataset: str, frame: pd.DataFrame, per_cell: pd.
     row["subject_mean"], row["subject_std"] = _mean_std(s_vals)
     row["comparator_mean"], row["comparator_std"] = _mean_std(c_vals)
     row["n_seeds"], row["seeds"] = len(seeds), ";".join(str(s) for s in seeds)
-    for name, arm in (("subject", claim.subject), ("comparator", claim.comparator)):
-        keys = _arm_keys(frame, per_cell, arm, dataset, claim.metric)
-        row[f"{name}_cut_short"] = any(keys.get(s) in cut_short for s in (seeds or keys))
+    for name, cells in (("subject", subject_cells), ("comparator", comparator_cells)):
+        row[f"{name}_cut_short"] = any(cells[s][1] in cut_short for s in (seeds or cells))
     row["mean_diff"], row["p"] = math.nan, math.nan
     if seeds:
         s_vals = np.array([subject[s] for s in seeds], dtype=float)
