@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import statistics
 import sys
 import time
 
@@ -124,21 +125,28 @@ def _churn() -> None:
 @linux_only
 @pytest.mark.skipif(memory._malloc_trim() is None, reason="needs a C library with malloc_trim")
 def test_a_phase_needs_the_same_memory_whatever_ran_before_it():
+    """Three phases measured before heavy churn and three after: the median need is the same within
+    2 MiB (one resident-set reading moves by about 2 MiB on its own, so single readings are not
+    compared)."""
     torch.set_num_threads(1)
     _scoring_like()  # the first call also sets up library state that later calls keep
-    before = PhaseMemory("cpu")
-    with before.phase("scoring"):
-        _scoring_like()
+
+    def measured() -> PhaseMemory:
+        mem = PhaseMemory("cpu")
+        with mem.phase("scoring"):
+            _scoring_like()
+        return mem
+
+    before = [measured() for _ in range(3)]
     _churn()
-    after = PhaseMemory("cpu")
-    with after.phase("scoring"):
-        _scoring_like()
-    assert after.released_free_memory
+    after = [measured() for _ in range(3)]
+    assert all(m.released_free_memory for m in after)
     mib = 2**20
     # what the earlier work freed is not counted in the next phase's starting footprint ...
-    grown = after.baseline["scoring"] - before.baseline["scoring"]
-    assert grown < 16 * mib, (before.baseline, after.baseline)
+    grown = after[0].baseline["scoring"] - before[-1].baseline["scoring"]
+    assert grown < 16 * mib, (before[-1].baseline, after[0].baseline)
     # ... and the phase's own need is seen again instead of hiding inside memory already resident
-    inc_before, inc_after = before.increments()["scoring"], after.increments()["scoring"]
+    inc_before = statistics.median(m.increments()["scoring"] for m in before)
+    inc_after = statistics.median(m.increments()["scoring"] for m in after)
     assert inc_before > 20 * mib
     assert abs(inc_after - inc_before) < 2 * mib, (inc_before / mib, inc_after / mib)
