@@ -200,6 +200,8 @@ def result(method: str, target: float, seed: int) -> CellResult:
         metrics={} if failed else {n: value(method, target, seed, n) for n in ("recall@20", "ndcg@20")},
         measurements={} if failed else {n: value(method, target, seed, n) for n in MEASURES},
         timings={"total": 1.0}, seconds=1.0,
+        info={} if failed else {"training_stages": [{"stage": "base", "epochs": 5, "best_epoch": 3,
+                                                     "budget_epochs": 5, "at_budget": False}]},
         environment={"device": "cpu", "versions": {"torch": "2.13.0"}, "git_sha": "abc"},
         base_checkpoint=None if method == "toy-a" else "b" * 8,
         started_at="2026-11-21T10:00:00+00:00", finished_at=f"2026-11-21T10:00:{seed:02d}+00:00",

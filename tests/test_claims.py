@@ -27,9 +27,13 @@ WOBBLE = [0.0004, -0.0003, 0.0001, -0.0002, 0.0003]
 NOISE = [0.03, -0.025, 0.02, -0.03, 0.01]
 
 
+CONVERGED = {"training_stages": [{"stage": "base", "epochs": 5, "best_epoch": 3, "at_budget": False}]}
+
+
 def cell(dataset: str, method: str, seed: int, recall: float | None, emb: float = 1.0,
-         edge: float | None = None, options: dict | None = None) -> CellResult:
-    """A stored cell with test recall@20 ``recall`` (None: a failed cell)."""
+         edge: float | None = None, options: dict | None = None, info: dict | None = None) -> CellResult:
+    """A stored cell with test recall@20 ``recall`` (None: a failed cell), whose training stages
+    converged unless ``info`` says otherwise."""
     options = options or {}
     spec = {"dataset": dataset, "method": method, "emb_target": emb, "edge_target": edge,
             "layers_target": None, "seed": seed, "options": options, "budget": {"epochs": 5},
@@ -40,6 +44,7 @@ def cell(dataset: str, method: str, seed: int, recall: float | None, emb: float 
         CellResult.start(spec, key), status="failed" if failed else "ok",
         error="RuntimeError: boom" if failed else None,
         metrics={} if failed else {"recall@20": recall}, measurements={}, timings={"total": 1.0},
+        info=CONVERGED if info is None else info,
         seconds=1.0, environment={"device": "cpu", "versions": {}, "git_sha": "abc"},
         finished_at=f"2026-11-21T10:00:{seed:02d}+00:00")
 
@@ -358,3 +363,31 @@ def test_a_verdict_a_lower_bound_could_overturn_is_inconclusive(frame):
     assert by_id(comparator_cut, "good-within-2pct")["verdict"] == "inconclusive"
     # below a bar that could only rise: stands
     assert by_id(comparator_cut, "bad-within-2pct")["verdict"] == "does not hold"
+
+
+def test_cells_that_recorded_no_training_stages_count_as_possible_lower_bounds(tmp_path):
+    """A store from before cells recorded their training stages: convergence unknown. The report
+    treats such cells like ones cut short by the budget and says so in its notes."""
+    from bench.report.claims import cut_short_keys
+
+    cells = [cell("alpha", "lightgcn", s, REF["alpha"][s], info={}) for s in SEEDS]
+    cells += [cell("alpha", "bad", s, 0.8 * REF["alpha"][s] + WOBBLE[s], emb=0.5, info={}) for s in SEEDS]
+    cells += [cell("alpha", "good", s, 0.995 * REF["alpha"][s] + WOBBLE[s], emb=0.5) for s in SEEDS]
+    path = tmp_path / "old.sqlite"
+    with ResultStore(path) as store:
+        for r in cells:
+            store.put(r)
+    with ResultStore(path, create=False) as store:
+        loaded = load_cells([store])
+    assert cut_short_keys(loaded) == {c.key for c in cells if c.method != "good"}
+    claims = [claim("good-within-2pct", Arm("good", emb=0.5)), claim("bad-within-2pct", Arm("bad", emb=0.5))]
+    paths = build_report([path], tmp_path / "rep", figures=False, claims=claims)
+    got = pd.read_csv(paths["claims"]).set_index("claim")
+    # "holds" against an unrecorded comparator is not a verdict; "does not hold" with an unrecorded
+    # subject is not one either
+    assert got.loc["good-within-2pct", "verdict"] == "inconclusive"
+    assert "or is not recorded" in got.loc["good-within-2pct", "reason"]
+    assert got.loc["bad-within-2pct", "verdict"] == "inconclusive"
+    md = paths["markdown"].read_text()
+    notes = [line for line in md.splitlines() if "recorded no training stages" in line]
+    assert len(notes) == 2 and not any("good" in line for line in notes)

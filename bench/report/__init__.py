@@ -82,6 +82,11 @@ UNCONVERGED_REFERENCE_NOTE = (
     "that trains longer from the base checkpoint can pass it without being better")
 
 
+UNRECORDED_NOTE = (
+    "these cells recorded no training stages (their store predates the record): whether their "
+    "training converged is unknown, so a claim verdict that a lower bound could overturn is not given")
+
+
 COLD_PAIRS_NOTE = (
     "{share:.1%} of the {split} pairs ({cold} of {pairs}: {cold_user} with a user, {cold_item} with an "
     "item that never occurs in train) can be ranked only by chance: they cap every method's recall "
@@ -97,7 +102,8 @@ SHARED_MACHINE_NOTE = (
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
-    budget cut short (``info["training_stages"]``), with how many cells carry each; a cut stage of the
+    budget cut short (``info["training_stages"]``, or no record of them), with how many cells carry
+    each; a cut stage of the
     dense reference, cells run several at once on one machine, and an evaluation split with many
     cold pairs (``info["cold_pairs"]``) add a note for the whole dataset (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
@@ -110,9 +116,11 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         notes = (c.get("settings") or {}).get("report_note") or []
         for note in [notes] if isinstance(notes, str) else notes:
             counter[(c["dataset"], variant, note)] += 1
+        stages = (c.get("info") or {}).get("training_stages")
+        if stages is None:
+            counter[(c["dataset"], variant, UNRECORDED_NOTE)] += 1
         # a stage name counts once per cell: LightGNN's pruning runs are all stage "lightgnn-run"
-        cut = list(dict.fromkeys(s["stage"] for s in (c.get("info") or {}).get("training_stages", [])
-                                 if s.get("at_budget")))
+        cut = list(dict.fromkeys(s["stage"] for s in stages or [] if s.get("at_budget")))
         for stage in cut:
             counter[(c["dataset"], variant, BUDGET_NOTE.format(stage=stage))] += 1
         if cut and c["method"] == REFERENCE:

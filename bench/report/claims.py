@@ -195,7 +195,8 @@ def verdict(mean_diff: float, p_holm: float, n_seeds: int, missing: Sequence[str
     threshold), the Holm-adjusted p-value, the number of paired seeds and the arms' missing parts.
 
     ``subject_cut`` / ``comparator_cut``: a training stage of that arm's cells stopped at its epoch
-    budget while still improving, so its figures are lower bounds. A verdict such a bound could
+    budget while still improving, or the cells recorded no training stages at all (convergence
+    unknown), so its figures may be lower bounds. A verdict such a bound could
     overturn is not one: "does not hold" with the subject cut short (trained on, it might pass), or
     "holds" with the comparator cut short (trained on, it might raise the bar), is inconclusive; the
     other two stand (a lower bound above the bar, or below a bar that could only rise)."""
@@ -210,12 +211,14 @@ def verdict(mean_diff: float, p_holm: float, n_seeds: int, missing: Sequence[str
     if mean_diff > 0:
         if comparator_cut:
             return INCONCLUSIVE, ("holds against a comparator whose training stopped at its epoch budget "
-                                  "while improving (a lower bound): not a verdict")
+                                  "while improving or is not recorded (a possible lower bound): not a "
+                                  "verdict")
         return HOLDS, ""
     if mean_diff < 0:
         if subject_cut:
             return INCONCLUSIVE, ("does not hold, but the subject's training stopped at its epoch budget "
-                                  "while improving (a lower bound): not a verdict")
+                                  "while improving or is not recorded (a possible lower bound): not a "
+                                  "verdict")
         return DOES_NOT_HOLD, ""
     return INCONCLUSIVE, "mean difference is zero"
 
@@ -256,10 +259,16 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[Claim] | None = None,
 
 
 def cut_short_keys(cells: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Keys of the cells (as :func:`bench.report.tables.load_cells` gives them) with a training stage
-    that stopped at its epoch budget while still improving (``info["training_stages"]``)."""
-    return {c["key"] for c in cells
-            if any(s.get("at_budget") for s in (c.get("info") or {}).get("training_stages", []))}
+    """Keys of the cells (as :func:`bench.report.tables.load_cells` gives them) whose quality may be a
+    lower bound: a training stage stopped at its epoch budget while still improving
+    (``info["training_stages"]``), or the cell recorded no training stages at all (a store written
+    before cells recorded them), so whether its training converged is unknown."""
+    out = set()
+    for c in cells:
+        stages = (c.get("info") or {}).get("training_stages")
+        if stages is None or any(s.get("at_budget") for s in stages):
+            out.add(c["key"])
+    return out
 
 
 def _fmt(value: float) -> str:
