@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # imported when a cell runs (see _execute)
 
 # a target missed by more than this (absolute, in ratio units) flags the cell
 FLAG_TOLERANCE = 0.02
+WARMUP_ROWS = 64  # users ranked once, unmeasured, before the measured scoring phase
 DEFAULT_MEASURE: dict[str, Any] = {
     "flops": True,
     "latency": True,
@@ -233,7 +234,7 @@ def _execute(spec: CellSpec, result: CellResult) -> torch.device:
     """Steps 1-6 of the module docstring, filling ``result``; returns the device the cell ran on."""
     # imported here for import time only: the config parser and the report import this module for
     # CellSpec and report_identity and need none of the training and measuring stack
-    from bench.measure.memory import PhaseMemory
+    from bench.measure.memory import PhaseMemory, set_allocator
 
     timings = result.timings
     t = time.perf_counter()
@@ -242,6 +243,9 @@ def _execute(spec: CellSpec, result: CellResult) -> torch.device:
     timings["load"] = time.perf_counter() - t
     setup = _set_up(spec, data, timings, result.info.setdefault("log", []).append)
     memory = PhaseMemory(setup.device)
+    if setup.device.type == "cpu":
+        # every cell trains under the same fixed allocator thresholds, whatever ran before it
+        result.info["allocator"] = "glibc, fixed thresholds" if set_allocator("training") else "default"
     t = time.perf_counter()
     with memory.phase("training"):
         compressed = setup.method.compress(setup.ctx, setup.target)
@@ -320,11 +324,14 @@ def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
               memory: PhaseMemory) -> tuple[dict[str, float], dict[str, float]]:
     """Test and validation metrics of the compressed model: its representations (phase
     ``propagation``), then full ranking of the test split (phase ``scoring``) and of the validation
-    split (unmeasured)."""
+    split (unmeasured). Each measured phase runs once unmeasured first, on a few rows for the
+    ranking: what a first call costs once per process (lazy initialisation) is then not charged to
+    whichever cell happens to run first; both run with fresh buffers (:class:`PhaseMemory`)."""
     from bench.evaluation import evaluate_scores, excluded_splits
     from bench.training import TrainingDivergedError
 
-    with memory.phase("propagation"):
+    compressed.representations()  # the warm-up, discarded
+    with memory.phase("propagation", fresh_buffers=True):
         users, items = compressed.representations()
     if not (torch.isfinite(users).all() and torch.isfinite(items).all()):
         raise TrainingDivergedError(f"{spec.method} produced non-finite representations")
@@ -335,7 +342,11 @@ def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
     data, config = setup.data, setup.config
     matrices = {s: data.matrix(s) for s in ("train", "valid", "test")}
     exclude = {s: [matrices[e] for e in excluded_splits(s)] for s in ("test", "valid")}
-    with torch.no_grad(), memory.phase("scoring"):
+    warm = min(WARMUP_ROWS, matrices["test"].shape[0])
+    with torch.no_grad():
+        evaluate_scores(score_rows, matrices["test"][:warm], [m[:warm] for m in exclude["test"]],
+                        ks=config.ks, memory_bytes=config.eval_memory_bytes, device=setup.device)
+    with torch.no_grad(), memory.phase("scoring", fresh_buffers=True):
         test = evaluate_scores(score_rows, matrices["test"], exclude["test"], ks=config.ks,
                                memory_bytes=config.eval_memory_bytes, device=setup.device).metrics
     with torch.no_grad():
@@ -416,6 +427,7 @@ def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str,
             m[f"mem_{phase}_bytes"] = value - memory.baseline[phase]
     m["peak_mem_method"] = memory.method
     m["mem_released_free_memory"] = memory.released_free_memory
+    m["mem_fresh_buffers"] = bool(memory.fresh_buffers) and all(memory.fresh_buffers.values())
     return m
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from bench.cli import main
 from bench.config import load_config
-from bench.measure.memory import release_free_memory
+from bench.measure.memory import release_free_memory, set_allocator
 from bench.runner import run_matrix
 from bench.store import ResultStore
 from tests.helpers import tiny_config
@@ -58,6 +58,11 @@ def test_results_store_rows_and_cells_csv(tiny_root, toy_plugin, tmp_path):
             assert "mem_training_bytes" not in m and "mem_baseline_training_bytes" not in m
         on_cpu = c["environment"]["device"] == "cpu"
         assert c["info"]["mem_released_free_memory"] is (on_cpu and release_free_memory())
+        # propagation and scoring ran with fresh buffers, training under fixed allocator thresholds
+        assert c["info"]["mem_fresh_buffers"] is (on_cpu and set_allocator("training"))
+        fixed = on_cpu and set_allocator("training")
+        assert c["info"].get("allocator") == ("glibc, fixed thresholds" if fixed else
+                                              "default" if on_cpu else None)
         assert 0 <= c["metrics"]["recall@10"] <= 1 and "valid_ndcg@5" in c["metrics"]
     ref = next(c for c in cells.values() if c["method"] == "lightgcn" and c["seed"] == 0)
     # the training stages it used: the shared base, trained under the tiny budget's 3 epochs
