@@ -81,7 +81,7 @@ def test_the_report_notes_cells_whose_stage_ran_out_of_budget():
 def test_report_notes_may_be_a_string_or_a_list_and_are_counted_one_by_one():
     def cell(seed, note):
         return {"status": "ok", "dataset": "d", "method": "legcf", "seed": seed, "spec": {"options": {}},
-                "settings": {"report_note": note}, "info": {}}
+                "settings": {"report_note": note}, "info": {"training_stages": []}}
 
     notes = _notes([cell(0, ["a", "b"]), cell(1, "a"), cell(2, None), cell(3, ["b; with a semicolon"])])
     assert [(n["note"], n["cells"]) for n in notes] == [("a", 2), ("b", 1), ("b; with a semicolon", 1)]
@@ -122,12 +122,24 @@ def test_a_cell_reports_its_own_and_its_total_training_cost(tiny_root, tmp_path)
     assert mag["train_epochs_total"] == mag["train_epochs"] + ref["train_epochs"]
 
 
+def test_cells_without_a_record_of_their_training_are_noted():
+    from bench.report import UNRECORDED_NOTE
+
+    def cell(seed, info):
+        return {"status": "ok", "dataset": "d", "method": "unkd", "seed": seed, "spec": {"options": {}},
+                "settings": {}, "info": info}
+
+    notes = _notes([cell(0, {}), cell(1, {"other": 1}), cell(2, {"training_stages": []})])
+    assert notes == [{"dataset": "d", "variant": "unkd", "note": UNRECORDED_NOTE, "cells": 2}]
+
+
 def test_cells_that_shared_the_machine_are_noted_for_their_dataset():
     from bench.report import SHARED_MACHINE_NOTE
 
     def cell(dataset, concurrent):
         return {"status": "ok", "dataset": dataset, "method": "magnitude", "seed": 0, "spec": {"options": {}},
-                "settings": {}, "info": {}, "environment": {"concurrent_cells": concurrent}}
+                "settings": {}, "info": {"training_stages": []},
+                "environment": {"concurrent_cells": concurrent}}
 
     notes = _notes([cell("a", 2), cell("a", 2), cell("b", 1), cell("c", None)])
     assert notes == [{"dataset": "a", "variant": "all", "note": SHARED_MACHINE_NOTE.format(n=2), "cells": 2}]
