@@ -25,7 +25,7 @@ reuse it), so without care a phase would start from whatever the process last he
 would depend on which cells ran before it, and its peak could hide inside memory already counted.
 Each CPU phase therefore first hands the allocator's free memory back to the system
 (``malloc_trim(0)`` where the C library has it; ``released_free_memory`` says whether it did), so
-the baseline is what is really in use and the increment does not depend on the order of cells.
+the baseline is what is really in use and the increment depends far less on the order of cells.
 
 Two more sources of order dependence are glibc's *dynamic* thresholds: a block above the mmap
 threshold is mapped on its own and unmapped at free, and glibc raises that threshold (up to
