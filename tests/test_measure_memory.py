@@ -126,8 +126,8 @@ def _churn() -> None:
 @pytest.mark.skipif(memory._malloc_trim() is None, reason="needs a C library with malloc_trim")
 def test_a_phase_needs_the_same_memory_whatever_ran_before_it():
     """Three phases measured before heavy churn and three after, with fresh buffers: the median need
-    is the same within 1 MiB (most readings are equal to the 4 KiB page; now and then one is about
-    1.5 MiB higher, so single readings are not compared)."""
+    is the same within 2 MiB (readings move in steps of about 1.5 MiB, sometimes for several phases
+    in a row, so single readings are not compared and the bound stays above one step)."""
     torch.set_num_threads(1)
     _scoring_like()  # the first call also sets up library state that later calls keep
 
@@ -150,7 +150,7 @@ def test_a_phase_needs_the_same_memory_whatever_ran_before_it():
     # ... and the phase's own need is seen again instead of hiding inside memory already resident
     needs = [m.increments()["scoring"] / mib for m in before + after]
     assert min(needs) > 20
-    assert abs(statistics.median(needs[3:]) - statistics.median(needs[:3])) < 1.0, needs
+    assert abs(statistics.median(needs[3:]) - statistics.median(needs[:3])) < 2.0, needs
 
 
 def test_allocator_regimes():
