@@ -196,10 +196,7 @@ def run_cell(cell: GridCell, checkout: Path, label: str, work: Path, data_dir: s
 
 
 def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    with open(path, newline="") as f:
-        return {f"{r['config']}:{r['cell']}" for r in csv.DictReader(f) if r["status"] == "ok"}
+    return set(_read(path)) if path.exists() else set()
 
 
 def run_grid(args: argparse.Namespace) -> int:

@@ -103,9 +103,9 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
     budget cut short (``info["training_stages"]``, or no record of them), with how many cells carry
-    each; a cut stage of the
-    dense reference, cells run several at once on one machine, and an evaluation split with many
-    cold pairs (``info["cold_pairs"]``) add a note for the whole dataset (variant ``all``)."""
+    each; a cut stage of the dense reference, cells run several at once on one machine, and an
+    evaluation split with many cold pairs (``info["cold_pairs"]``) add a note for the whole dataset
+    (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
