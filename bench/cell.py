@@ -21,6 +21,7 @@ result's ``info["log"]`` and shown by the runner after the cell's line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -327,14 +328,18 @@ def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
     ``propagation``), then full ranking of the test split (phase ``scoring``) and of the validation
     split (unmeasured). Each measured phase runs once unmeasured first, on a few rows for the
     ranking: what a first call costs once per process (lazy initialisation) is then not charged to
-    whichever cell happens to run first; both run with fresh buffers (:class:`PhaseMemory`). The
-    scoring phase runs ``SCORING_REPEATS`` times and reports the repeat with the median need (the
-    metrics are the first repeat's; the ranking is deterministic)."""
+    whichever cell happens to run first. Both count their need as tensor allocations
+    (:class:`PhaseMemory`, ``tensors=True``). The scoring phase runs ``SCORING_REPEATS`` times and
+    reports the repeat with the median absolute peak (the metrics are the first repeat's; the
+    ranking is deterministic)."""
     from bench.evaluation import evaluate_scores, excluded_splits
+    from bench.measure.memory import TensorAllocations
     from bench.training import TrainingDivergedError
 
-    compressed.representations()  # the warm-up, discarded
-    with memory.phase("propagation", fresh_buffers=True):
+    # the warm-up, discarded; under the allocation counter, whose first start in a process is slow
+    with TensorAllocations() if TensorAllocations.available() else contextlib.nullcontext():
+        compressed.representations()
+    with memory.phase("propagation", tensors=True):
         users, items = compressed.representations()
     if not (torch.isfinite(users).all() and torch.isfinite(items).all()):
         raise TrainingDivergedError(f"{spec.method} produced non-finite representations")
@@ -349,17 +354,18 @@ def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
     with torch.no_grad():
         evaluate_scores(score_rows, matrices["test"][:warm], [m[:warm] for m in exclude["test"]],
                         ks=config.ks, memory_bytes=config.eval_memory_bytes, device=setup.device)
-    readings = []  # (need, peak, baseline) of each repeat
+    readings = []  # (peak, baseline, need) of each repeat
     for repeat in range(SCORING_REPEATS):
-        with torch.no_grad(), memory.phase("scoring", fresh_buffers=True):
+        with torch.no_grad(), memory.phase("scoring", tensors=True):
             metrics = evaluate_scores(score_rows, matrices["test"], exclude["test"], ks=config.ks,
                                       memory_bytes=config.eval_memory_bytes, device=setup.device).metrics
         if repeat == 0:
             test = metrics
-        peak, base = memory.peaks["scoring"], memory.baseline["scoring"]
-        readings.append((peak - base, peak, base))
+        readings.append((memory.peaks["scoring"], memory.baseline["scoring"], memory.increments()["scoring"]))
     # the median repeat's reading: one RSS reading now and then lands ~3 MiB high on its own
-    _, memory.peaks["scoring"], memory.baseline["scoring"] = sorted(readings)[len(readings) // 2]
+    memory.peaks["scoring"], memory.baseline["scoring"], need = sorted(readings)[len(readings) // 2]
+    if "scoring" in memory.needs:
+        memory.needs["scoring"] = need
     with torch.no_grad():
         valid = evaluate_scores(score_rows, matrices["valid"], exclude["valid"], ks=config.ks,
                                 memory_bytes=config.eval_memory_bytes, device=setup.device).metrics
@@ -424,21 +430,23 @@ def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: T
 def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:
     """Training cost (seconds, epochs, MACs per epoch) and memory per phase: the peak, and for the
     phases measured in this call also the footprint they started from (``mem_baseline_*``) and what
-    the phase itself needed (``mem_* = peak - baseline``, the figure that does not depend on the
-    cells run before it in the same process; see :mod:`bench.measure.memory`)."""
+    the phase itself needed (``mem_*``, by the method ``mem_*_method`` names: counted tensor
+    allocations for propagation and scoring on CPU, which do not depend on the cells run before
+    it in the same process, else peak - baseline; see :mod:`bench.measure.memory`)."""
     m: dict[str, Any] = {"train_seconds": cost.seconds, "train_epochs": cost.epochs,
                          "train_macs_per_epoch": cost.macs_per_epoch}
     peaks = dict(memory.peaks)
     if cost.peak_mem_bytes is not None:  # trained outside this call: its own record, no baseline here
         peaks["training"] = cost.peak_mem_bytes
+    needs = memory.increments()
     for phase, value in peaks.items():
         m[f"peak_mem_{phase}_bytes"] = value
         if phase in memory.baseline and not (phase == "training" and cost.peak_mem_bytes is not None):
             m[f"mem_baseline_{phase}_bytes"] = memory.baseline[phase]
-            m[f"mem_{phase}_bytes"] = value - memory.baseline[phase]
+            m[f"mem_{phase}_bytes"] = needs[phase]
+            m[f"mem_{phase}_method"] = memory.need_methods[phase]
     m["peak_mem_method"] = memory.method
     m["mem_released_free_memory"] = memory.released_free_memory
-    m["mem_fresh_buffers"] = bool(memory.fresh_buffers) and all(memory.fresh_buffers.values())
     return m
 
 

@@ -51,15 +51,17 @@ def test_results_store_rows_and_cells_csv(tiny_root, toy_plugin, tmp_path):
                      "latency_propagation_p50_ms", "latency_scoring_b1_p50_ms",
                      "latency_scoring_b4_p95_ms"):
             assert name in m, name
-        for phase in ("propagation", "scoring"):  # what the phase needed: its peak over its start
-            assert m[f"mem_{phase}_bytes"] == m[f"peak_mem_{phase}_bytes"] - m[f"mem_baseline_{phase}_bytes"]
-            assert m[f"mem_{phase}_bytes"] >= 0
+        on_cpu = c["environment"]["device"] == "cpu"
+        for phase in ("propagation", "scoring"):  # what the phase needed: its tensor allocations on CPU
+            assert c["info"][f"mem_{phase}_method"] == ("cpu_tensor_allocations" if on_cpu
+                                                        else "cuda_max_memory_allocated")
+            assert 0 <= m[f"mem_{phase}_bytes"] <= m[f"peak_mem_{phase}_bytes"]
+        assert m["mem_scoring_bytes"] >= 40 * 8 * 4  # a chunk of scores at least (the toy keeps its rows)
+        assert ("mem_training_bytes" in m) is ("mem_training_method" in c["info"])
         if c["method"] == "lightgcn":  # no training in the call: the base's own peak, no increment here
             assert "mem_training_bytes" not in m and "mem_baseline_training_bytes" not in m
-        on_cpu = c["environment"]["device"] == "cpu"
         assert c["info"]["mem_released_free_memory"] is (on_cpu and release_free_memory())
-        # propagation and scoring ran with fresh buffers, training under fixed allocator thresholds
-        assert c["info"]["mem_fresh_buffers"] is (on_cpu and set_allocator("training"))
+        # training ran under fixed allocator thresholds
         fixed = on_cpu and set_allocator("training")
         assert c["info"].get("allocator") == ("glibc, fixed thresholds" if fixed else
                                               "default" if on_cpu else None)

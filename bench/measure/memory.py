@@ -30,16 +30,25 @@ the baseline is what is really in use and the increment depends far less on the 
 Two more sources of order dependence are glibc's *dynamic* thresholds: a block above the mmap
 threshold is mapped on its own and unmapped at free, and glibc raises that threshold (up to
 32 MiB) each time such a block is freed, so whether a phase's buffers come from fresh mappings or
-from heap pages depends on what ran before. :func:`set_allocator` fixes them (``mallopt``):
+from heap pages depends on what ran before. :func:`set_allocator` fixes them (``mallopt``): the
+mmap threshold at 32 MiB and the trim threshold at 64 MiB, the values the dynamic thresholds reach
+after a few large frees, from the start; training's temporaries then reuse heap pages instead of
+faulting in fresh mappings every step (on yelp-lightgnn, d = 64, a BPR step takes 13 instead of
+about 800 page faults, and about 10% less CPU time).
 
-* ``"training"``: the mmap threshold at 32 MiB and the trim threshold at 64 MiB, the values the
-  dynamic thresholds reach after a few large frees, from the start; training's temporaries then
-  reuse heap pages instead of faulting in fresh mappings every step (on yelp-lightgnn, d = 64, a
-  BPR step takes 13 instead of about 800 page faults, and about 10% less CPU time).
-* ``"fresh"``: the mmap threshold at 128 KiB (glibc's initial value) for a short measured phase
-  (``phase(name, fresh_buffers=True)``): its large buffers come from fresh mappings and go back at
-  free, so it is charged for all of them whatever the heap holds; afterwards the allocator is back
-  in the training regime. Far too slow for training (a yelp-lightgnn step about 2x).
+Even so, a resident-set increment still depends on the heap's history by a few MiB: the phase's
+allocations land in free chunks whose pages ``malloc_trim`` released (each small one touching a
+whole page) or in pages still resident, and which happens depends on how fragmented earlier work
+left the heap (on ml-100k, scoring read ~8.7 MiB as the first cells of a process and ~12 MiB
+after a LightGNN cell). For short phases, ``phase(name, tensors=True)`` therefore counts instead
+what torch's CPU allocator hands out: the profiler (``profile_memory``) records every allocation
+and free of tensor memory, and the need (:meth:`PhaseMemory.increments`) is the largest running
+sum of those sizes over the phase, 0 if the phase only frees (:class:`TensorAllocations`). That is
+the quantity CUDA's ``max_memory_allocated`` minus the starting allocation measures, it is exact,
+and it does not depend on what ran before. It counts torch tensors and torch's own work buffers,
+not numpy or scipy arrays nor the interpreter's objects; the absolute peak of such a phase is
+still the resident set's. Too slow for training (the profiler records every operator), whose need
+stays the resident-set increment.
 """
 
 from __future__ import annotations
@@ -47,11 +56,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -115,13 +126,12 @@ def _mallopt() -> Callable[[int, int], int] | None:
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-ALLOCATOR_REGIMES = {"training": ((M_MMAP_THRESHOLD, 32 * 2**20), (M_TRIM_THRESHOLD, 64 * 2**20)),
-                     "fresh": ((M_MMAP_THRESHOLD, 128 * 2**10),)}
+ALLOCATOR_REGIMES = {"training": ((M_MMAP_THRESHOLD, 32 * 2**20), (M_TRIM_THRESHOLD, 64 * 2**20))}
 
 
 def set_allocator(regime: str) -> bool:
-    """Fix glibc's allocation thresholds for ``regime`` (``"training"`` or ``"fresh"``, see the
-    module docstring); False where the C library has no ``mallopt`` (nothing changes then)."""
+    """Fix glibc's allocation thresholds for ``regime`` (``"training"``, see the module docstring);
+    False where the C library has no ``mallopt`` (nothing changes then)."""
     if regime not in ALLOCATOR_REGIMES:
         raise ValueError(f"unknown allocator regime {regime!r}; expected one of {sorted(ALLOCATOR_REGIMES)}")
     fn = _mallopt()
@@ -176,11 +186,50 @@ class _Sampler:
         return self.peak
 
 
+class TensorAllocations:
+    """Context manager: the largest amount of CPU tensor memory allocated at any moment of the block
+    over what was allocated when it began (``peak``, bytes), from the allocation and free events
+    torch's profiler records (``profile_memory``; the running sum of the sizes in time order, at
+    least 0). ``available()`` is False while another profiler runs in the process."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._prof: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        return not torch.autograd.profiler._is_profiler_enabled
+
+    def __enter__(self) -> TensorAllocations:
+        from torch.profiler import ProfilerActivity, profile
+
+        # the profiler's C++ library logs every start and stop on stderr below level 6
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._prof.__exit__(*exc)
+        cpu = torch.autograd.DeviceType.CPU
+        sizes = sorted(((e.start_ns(), e.nbytes()) for e in self._prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]" and e.device_type() == cpu), key=lambda ev: ev[0])
+        running = peak = 0
+        for _, nbytes in sizes:
+            running += nbytes
+            peak = max(peak, running)
+        self.peak = peak
+        self._prof = None
+
+
 class PhaseMemory:
     """Peak memory of named phases on ``device``; see the module docstring for the methods.
 
     ``with mem.phase("training"): ...`` records ``peaks["training"]`` and ``baseline["training"]``
-    in bytes (a repeated name overwrites). Phases do not nest. ``force_sampler`` uses the
+    in bytes (a repeated name overwrites), and :meth:`increments` what each phase needed, by the
+    method ``need_methods`` names (``cpu_tensor_allocations`` for ``phase(name, tensors=True)`` on
+    CPU, else ``cpu_rss_increment``; on CUDA always the allocator's own counters). Phases do not
+    nest. ``force_sampler`` uses the
     sampling thread on CPU even where the exact ``VmHWM`` reset works (for tests and comparison).
     """
 
@@ -192,7 +241,8 @@ class PhaseMemory:
         self.baseline: dict[str, int] = {}
         self.rss_source: str | None = None
         self.released_free_memory = False
-        self.fresh_buffers: dict[str, bool] = {}
+        self.needs: dict[str, int] = {}  # counted needs (``phase(..., tensors=True)`` on CPU)
+        self.need_methods: dict[str, str] = {}
         self._active: str | None = None
         if self.device.type == "cuda":
             self.method = "cuda_max_memory_allocated"
@@ -204,34 +254,37 @@ class PhaseMemory:
             self.rss_source, self._read_rss = _rss_reader()
 
     def increments(self) -> dict[str, int]:
-        """``peak - baseline`` of every recorded phase, in bytes."""
-        return {name: self.peaks[name] - self.baseline[name] for name in self.peaks}
+        """What every recorded phase needed, in bytes: its counted tensor allocations where it had
+        them, else ``peak - baseline``."""
+        return {name: self.needs.get(name, self.peaks[name] - self.baseline[name]) for name in self.peaks}
 
     @contextmanager
-    def phase(self, name: str, fresh_buffers: bool = False) -> Iterator[None]:
-        """Measure the peak memory of the enclosed block as phase ``name``. ``fresh_buffers`` (CPU):
-        run it in the ``"fresh"`` allocator regime (:func:`set_allocator`), so that its need does
-        not depend on the heap's history; for short phases, not for training."""
+    def phase(self, name: str, tensors: bool = False) -> Iterator[None]:
+        """Measure the peak memory of the enclosed block as phase ``name``. ``tensors`` (CPU): its
+        need is the peak of tensor memory allocated over the phase (:class:`TensorAllocations`),
+        which does not depend on the heap's history, instead of the resident-set increment; for
+        short phases, not for training (``need_methods`` records which one each phase got)."""
         if self._active is not None:
             raise RuntimeError(f"phase {name!r} started inside phase {self._active!r}; phases do not nest")
         self._active = name
-        fresh = False
+        self.needs.pop(name, None)
         try:
             if self.method == "cuda_max_memory_allocated":
+                self.need_methods[name] = self.method
                 yield from self._cuda(name)
                 return
             self.released_free_memory = release_free_memory()
-            if fresh_buffers:
-                fresh = set_allocator("fresh")
-                self.fresh_buffers[name] = fresh
-            if self.method == "cpu_peak_rss_vmhwm":
-                yield from self._vmhwm(name)
-            else:
-                yield from self._sampled(name)
+            counter = TensorAllocations() if tensors and TensorAllocations.available() else None
+            self.need_methods[name] = "cpu_tensor_allocations" if counter else "cpu_rss_increment"
+            measure = self._vmhwm if self.method == "cpu_peak_rss_vmhwm" else self._sampled
+            if counter is None:
+                yield from measure(name)
+                return
+            with counter:
+                yield from measure(name)
+            self.needs[name] = counter.peak
         finally:
             self._active = None
-            if fresh:
-                set_allocator("training")
 
     def _cuda(self, name: str) -> Iterator[None]:
         torch.cuda.synchronize(self.device)

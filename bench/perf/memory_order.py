@@ -5,8 +5,8 @@
 Runs a matrix's cells (default: the built-in ``quick`` one, ml-100k from RecBole's package, hence
 the ``recbole`` environment) one after another in this one process, twice: in the planned order,
 then in the reverse order, each time with fresh base checkpoints so every cell trains. For each
-cell it compares what the propagation and scoring phases needed (``mem_*_bytes``: the phase's peak
-resident memory over its starting footprint, :mod:`bench.measure.memory`) between the two orders,
+cell it compares what the propagation and scoring phases needed (``mem_*_bytes``: on CPU the peak of
+tensor memory allocated over the phase, :mod:`bench.measure.memory`) between the two orders,
 and also the absolute peaks, which do depend on what the process already holds. Writes
 ``memory_order.csv`` and ``memory_order.md``; exits 1 when a cell's figure differs between the
 orders by more than ``--tolerance-mib``.
@@ -36,10 +36,17 @@ def run_in_order(specs: list[Any]) -> dict[str, dict[str, Any]]:
         result = run_cell(spec)
         if result.status != "ok":
             raise RuntimeError(f"{spec.label()} failed: {result.error}")
-        out[spec.label()] = result.measurements
+        out[spec.label()] = {**result.measurements,
+                             **{k: v for k, v in result.info.items() if k.startswith("mem_")}}
         print(f"{spec.label()}: " + ", ".join(
             f"{p} {result.measurements[f'mem_{p}_bytes'] / MiB:.1f} MiB" for p in PHASES), file=sys.stderr)
     return out
+
+
+def _methods(results: list[dict[str, dict[str, Any]]]) -> str:
+    """The measuring methods the phases' needs used, as recorded by the cells."""
+    found = sorted({str(m.get(f"mem_{p}_method")) for r in results for m in r.values() for p in PHASES})
+    return ", ".join(found)
 
 
 def compare(specs: list[Any], first: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]],
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config", nargs="?", default=None, help="matrix config (default: the built-in quick)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tolerance-mib", type=float, default=2.0,
+    p.add_argument("--tolerance-mib", type=float, default=0.0,
                    help="largest accepted difference of a phase's need between the orders (MiB)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Memory per cell against the order of cells\n\n"
         f"Matrix `{config.name}`, every cell run twice in one process (planned order, then reversed), "
         f"{env['torch_threads']} torch threads, git {env.get('git_sha')}. Figures: what the phase needed "
-        "(peak resident memory over its starting footprint), MiB; the last two columns are the absolute "
+        f"(`mem_<phase>_bytes`, by {_methods(results)}), MiB; the last two columns are the absolute "
         f"scoring peaks for contrast. Largest difference {worst:.2f} MiB "
         f"(tolerance {args.tolerance_mib} MiB).\n\n"
         + md_table(["cell", "propagation planned", "propagation reversed", "scoring planned",
