@@ -29,7 +29,7 @@ def test_each_one_cell_config_expands_to_exactly_its_grid_cell(tmp_path):
 
 def test_cells_sharing_cached_stages_form_one_unit_in_planned_order():
     cells = grid_cost.grid_cells(grid_cost.DEFAULT_CONFIGS, "yelp-lightgnn", 0)
-    units = grid_cost.units(cells)
+    units = grid_cost.units(cells, first=("legcf", "lerg"))
     assert sorted(c.ident for u in units for c in u) == sorted(c.ident for c in cells)
     shared = [u for u in units if len(u) > 1]
     # d = 32 (lightgnn, the dense base, magnitude, unkd) and d = 128 (the dense base, magnitude)
@@ -40,7 +40,8 @@ def test_cells_sharing_cached_stages_form_one_unit_in_planned_order():
         dense = [i for i, c in enumerate(unit) if c.method == "lightgcn"]
         magnitude = [i for i, c in enumerate(unit) if c.method == "magnitude"]
         assert dense and max(dense) < min(magnitude)
-    assert units[0][0].method == "legcf"  # the longest kind first
+    assert units[0][0].method == "legcf"  # the kinds asked for first
+    assert grid_cost.units(cells)[0] == shared[0]  # else the largest unit
 
 
 def row(cell: str, cpu: float, recall: str) -> dict:

@@ -39,14 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.measure.latency import machine_load
 from bench.perf.common import default_data_dir, md_table
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 DEFAULT_CONFIGS = ("yelp-lightgnn", "yelp-methods", "legcf-lerg")
-# methods whose cells reuse a cached dense base or cached stages of the same dataset and budget
-SHARED_STAGES = ("lightgcn", "magnitude", "unkd", "lightgnn")
-# longest kind first, so that two workers finish close together
-ORDER = ("legcf", "lerg", "lightgnn", "magnitude", "random-drop", "dsl", "unkd", "lightgcn")
 METRICS = ("recall@20", "ndcg@20")
 FIELDS = ("label", "config", "cell", "method", "emb_target", "edge_target", "status", "cpu_user_s",
           "cpu_sys_s", "cpu_s", "wall_s", "cell_seconds", "base_seconds", "recall@20", "ndcg@20",
@@ -124,25 +121,31 @@ def grid_cells(configs: Sequence[str], dataset: str, seed: int) -> list[GridCell
     return cells
 
 
-def units(cells: list[GridCell]) -> list[list[GridCell]]:
-    """Cells that share cached stages (same config and budget, a method of ``SHARED_STAGES``) in
-    one unit, in planned order; every other cell alone. Longest kind of method first."""
+def shares_stages(method: str) -> bool:
+    """Whether a method's cells reuse the cached dense base of their dataset and budget (the
+    method's ``uses_base``, from the registry)."""
+    from bench.registry import get_method
+
+    return bool(get_method(method).uses_base)
+
+
+def units(cells: list[GridCell], first: tuple[str, ...] = ()) -> list[list[GridCell]]:
+    """Cells that share cached stages (same config and budget, a method that uses the base) in one
+    unit, in planned order; every other cell alone. Units with a method of ``first`` come first, in
+    that order (the longest kinds, so that the workers finish close together); then the larger
+    units."""
     groups: dict[str, list[GridCell]] = {}
     for c in cells:
-        if c.method in SHARED_STAGES:
+        if shares_stages(c.method):
             key = f"shared:{json.dumps(c.budget, sort_keys=True)}"
         else:
             key = f"own:{c.ident}"
         groups.setdefault(key, []).append(c)
 
     def rank(unit: list[GridCell]) -> int:
-        return min(ORDER.index(c.method) if c.method in ORDER else len(ORDER) for c in unit)
+        return min(first.index(c.method) if c.method in first else len(first) for c in unit)
 
     return sorted(groups.values(), key=lambda u: (rank(u), -len(u)))
-
-
-def _load1() -> float:
-    return os.getloadavg()[0]
 
 
 def _stored(out: Path) -> dict[str, Any]:
@@ -174,7 +177,7 @@ def run_cell(cell: GridCell, checkout: Path, label: str, work: Path, data_dir: s
         env["RECSHRINK_DATA"] = str(Path(data_dir).resolve())
     cmd = [sys.executable, "-m", "bench.cli", "run", str(cell_dir / "config.toml"), "--out",
            str(cell_dir / "out"), "--threads", "1", "--no-progress"]
-    load0, started, t0 = _load1(), time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
+    load0, started, t0 = machine_load()["load_1m"], time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     with open(cell_dir / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -190,9 +193,14 @@ def run_cell(cell: GridCell, checkout: Path, label: str, work: Path, data_dir: s
             "base_seconds": round(stored.get("timings", {}).get("base", 0.0), 2),
             **{m: metrics.get(m, "") for m in METRICS}, "metrics": json.dumps(metrics, sort_keys=True),
             "git_sha": stored.get("environment", {}).get("git_sha", ""),
-            "load_1m_start": round(load0, 2), "load_1m_end": round(_load1(), 2), "started_at": started,
+            "load_1m_start": _rounded(load0), "load_1m_end": _rounded(machine_load()["load_1m"]),
+            "started_at": started,
             "error": "" if ok else (stored.get("error") or f"exit {os.waitstatus_to_exitcode(status)}; "
                                     f"see {cell_dir / 'log.txt'}")}
+
+
+def _rounded(load: float | None) -> float | str:
+    return "" if load is None else round(load, 2)
 
 
 def _done(path: Path) -> set[str]:
@@ -211,7 +219,7 @@ def run_grid(args: argparse.Namespace) -> int:
         if not label or not checkout or not Path(checkout).is_dir():
             raise SystemExit(f"--run expects LABEL=CHECKOUT with an existing folder, got {item!r}")
         done = _done(args.out / f"grid-{label}.csv")
-        for rank, unit in enumerate(units(cells)):
+        for rank, unit in enumerate(units(cells, tuple(args.first))):
             unit = [c for c in unit if c.ident not in done]
             if unit:
                 jobs.append((rank, order, label, Path(checkout).resolve(), unit))
@@ -306,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--dataset", default="yelp-lightgnn")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--first", nargs="*", default=[], metavar="METHOD",
+                   help="methods whose cells start first, longest first (e.g. legcf lerg)")
     r.add_argument("--work", type=Path, required=True, help="scratch folder: cell configs, stores, caches")
     r.add_argument("--data-dir", default=default_data_dir())
     r.add_argument("--out", type=Path, default=Path("reports/performance/grid"))
