@@ -145,6 +145,21 @@ def test_cells_that_shared_the_machine_are_noted_for_their_dataset():
     assert notes == [{"dataset": "a", "variant": "all", "note": SHARED_MACHINE_NOTE.format(n=2), "cells": 2}]
 
 
+def test_scoring_memory_measured_in_two_ways_is_noted_for_its_dataset():
+    from bench.report import MIXED_MEMORY_NOTE
+
+    def cell(dataset, method):
+        info = {"training_stages": []} | ({"mem_scoring_method": method} if method else {})
+        return {"status": "ok", "dataset": dataset, "method": "magnitude", "seed": 0, "spec": {"options": {}},
+                "settings": {}, "info": info, "measurements": {"mem_scoring_bytes": 1.0}}
+
+    notes = _notes([cell("a", "cpu_tensor_allocations"), cell("a", None), cell("a", None),
+                    cell("b", "cpu_tensor_allocations"), cell("b", "cpu_tensor_allocations")])
+    methods = "cpu_tensor_allocations: 1, not recorded: 2"
+    assert notes == [{"dataset": "a", "variant": "all", "cells": 3,
+                      "note": MIXED_MEMORY_NOTE.format(n=2, methods=methods)}]
+
+
 def test_a_models_notes_are_stored_where_the_report_reads_them():
     import torch
 

@@ -99,13 +99,30 @@ SHARED_MACHINE_NOTE = (
     "memory figures were measured while other cells ran and are not those of an idle machine")
 
 
+MIXED_MEMORY_NOTE = (
+    "scoring memory was measured in {n} ways across these cells ({methods}): figures of different "
+    "methods are not comparable (cells that predate the record of the method measured the resident-set "
+    "increment on CPU); rerun the older cells to compare their memory")
+
+
+def _memory_methods(cells: list[dict[str, Any]]) -> dict[str, Counter]:
+    """Per dataset, how many successful cells measured their scoring need by each method
+    (``info["mem_scoring_method"]``, "not recorded" for cells that predate it)."""
+    found: dict[str, Counter] = {}
+    for c in cells:
+        if c["status"] == "ok" and (c.get("measurements") or {}).get("mem_scoring_bytes") is not None:
+            method = (c.get("info") or {}).get("mem_scoring_method", "not recorded")
+            found.setdefault(c["dataset"], Counter())[method] += 1
+    return found
+
+
 def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
     budget cut short (``info["training_stages"]``, or no record of them), with how many cells carry
-    each; a cut stage of the dense reference, cells run several at once on one machine, and an
-    evaluation split with many cold pairs (``info["cold_pairs"]``) add a note for the whole dataset
-    (variant ``all``)."""
+    each; a cut stage of the dense reference, cells run several at once on one machine, an
+    evaluation split with many cold pairs (``info["cold_pairs"]``) and scoring memory measured by
+    more than one method add a note for the whole dataset (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
@@ -131,6 +148,11 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         concurrent = (c.get("environment") or {}).get("concurrent_cells")
         if concurrent is not None and concurrent > 1:
             counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
+    for dataset, methods in _memory_methods(cells).items():
+        if len(methods) > 1:
+            listed = ", ".join(f"{m}: {k}" for m, k in sorted(methods.items()))
+            counter[(dataset, "all", MIXED_MEMORY_NOTE.format(n=len(methods), methods=listed))] += sum(
+                methods.values())
     return [{"dataset": d, "variant": v, "note": n, "cells": k} for (d, v, n), k in sorted(counter.items())]
 
 
