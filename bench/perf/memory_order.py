@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     md = (
         "# Memory per cell against the order of cells\n\n"
         f"Matrix `{config.name}`, every cell run twice in one process (planned order, then reversed), "
-        f"{env['torch_threads']} torch threads, git {env.get('git_sha')}. Figures: what the phase needed "
+        f"{env['torch_threads']} torch thread(s), git {env.get('git_sha')}. Figures: what the phase needed "
         f"(`mem_<phase>_bytes`, by {_methods(results)}), MiB; the last two columns are the absolute "
         f"scoring peaks for contrast. Largest difference {worst:.2f} MiB "
         f"(tolerance {args.tolerance_mib} MiB).\n\n"
