@@ -148,14 +148,17 @@ def test_cells_that_shared_the_machine_are_noted_for_their_dataset():
 def test_scoring_memory_measured_in_two_ways_is_noted_for_its_dataset():
     from bench.report import MIXED_MEMORY_NOTE
 
-    def cell(dataset, method):
-        info = {"training_stages": []} | ({"mem_scoring_method": method} if method else {})
+    def cell(dataset, info):
         return {"status": "ok", "dataset": dataset, "method": "magnitude", "seed": 0, "spec": {"options": {}},
-                "settings": {}, "info": info, "measurements": {"mem_scoring_bytes": 1.0}}
+                "settings": {}, "info": {"training_stages": [], **info},
+                "measurements": {"mem_scoring_bytes": 1.0}}
 
-    notes = _notes([cell("a", "cpu_tensor_allocations"), cell("a", None), cell("a", None),
-                    cell("b", "cpu_tensor_allocations"), cell("b", "cpu_tensor_allocations")])
-    methods = "cpu_tensor_allocations: 1, not recorded: 2"
+    counted = {"mem_scoring_method": "cpu_tensor_allocations", "peak_mem_method": "cpu_peak_rss_vmhwm"}
+    cuda = {"peak_mem_method": "cuda_max_memory_allocated"}  # older: no mem_scoring_method
+    old_cpu = {"peak_mem_method": "cpu_peak_rss_vmhwm"}
+    notes = _notes([cell("a", counted), cell("a", old_cpu), cell("a", old_cpu),
+                    cell("b", counted), cell("b", cuda)])  # the CPU count and CUDA's agree: no note
+    methods = "cpu_rss_increment: 2, cpu_tensor_allocations: 1"
     assert notes == [{"dataset": "a", "variant": "all", "cells": 3,
                       "note": MIXED_MEMORY_NOTE.format(n=2, methods=methods)}]
 

@@ -229,8 +229,8 @@ class PhaseMemory:
     in bytes (a repeated name overwrites), and :meth:`increments` what each phase needed, by the
     method ``need_methods`` names (``cpu_tensor_allocations`` for ``phase(name, tensors=True)`` on
     CPU, else ``cpu_rss_increment``; on CUDA always the allocator's own counters). Phases do not
-    nest. ``force_sampler`` uses the
-    sampling thread on CPU even where the exact ``VmHWM`` reset works (for tests and comparison).
+    nest. ``force_sampler`` uses the sampling thread on CPU even where the exact ``VmHWM`` reset
+    works (for tests and comparison).
     """
 
     def __init__(self, device: torch.device | str, force_sampler: bool = False,

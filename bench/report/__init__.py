@@ -100,19 +100,32 @@ SHARED_MACHINE_NOTE = (
 
 
 MIXED_MEMORY_NOTE = (
-    "scoring memory was measured in {n} ways across these cells ({methods}): figures of different "
-    "methods are not comparable (cells that predate the record of the method measured the resident-set "
-    "increment on CPU); rerun the older cells to compare their memory")
+    "scoring memory was measured in {n} ways across these cells ({methods}): tensor allocations "
+    "(counted on CPU, the allocator's on GPU) and the resident-set increment are not comparable; "
+    "rerun the older cells to compare their memory")
+
+# what each way of measuring a phase's need counts: CUDA's allocator and the CPU count agree
+NEED_KINDS = {"cuda_max_memory_allocated": "tensor allocations",
+              "cpu_tensor_allocations": "tensor allocations", "cpu_rss_increment": "resident set"}
+
+
+def _scoring_need_method(info: dict[str, Any]) -> str:
+    """How a cell measured its scoring need: ``mem_scoring_method``, or for cells that predate that
+    record, what their ``peak_mem_method`` implies (the resident-set increment on CPU)."""
+    if "mem_scoring_method" in info:
+        return str(info["mem_scoring_method"])
+    peak = info.get("peak_mem_method")
+    if peak is None:
+        return "not recorded"
+    return "cuda_max_memory_allocated" if peak == "cuda_max_memory_allocated" else "cpu_rss_increment"
 
 
 def _memory_methods(cells: list[dict[str, Any]]) -> dict[str, Counter]:
-    """Per dataset, how many successful cells measured their scoring need by each method
-    (``info["mem_scoring_method"]``, "not recorded" for cells that predate it)."""
+    """Per dataset, how many successful cells measured their scoring need by each method."""
     found: dict[str, Counter] = {}
     for c in cells:
         if c["status"] == "ok" and (c.get("measurements") or {}).get("mem_scoring_bytes") is not None:
-            method = (c.get("info") or {}).get("mem_scoring_method", "not recorded")
-            found.setdefault(c["dataset"], Counter())[method] += 1
+            found.setdefault(c["dataset"], Counter())[_scoring_need_method(c.get("info") or {})] += 1
     return found
 
 
@@ -149,7 +162,7 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if concurrent is not None and concurrent > 1:
             counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
     for dataset, methods in _memory_methods(cells).items():
-        if len(methods) > 1:
+        if len({NEED_KINDS.get(m, m) for m in methods}) > 1:
             listed = ", ".join(f"{m}: {k}" for m, k in sorted(methods.items()))
             counter[(dataset, "all", MIXED_MEMORY_NOTE.format(n=len(methods), methods=listed))] += sum(
                 methods.values())
