@@ -21,7 +21,6 @@ result's ``info["log"]`` and shown by the runner after the cell's line.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -337,7 +336,7 @@ def _evaluate(spec: CellSpec, setup: _Setup, compressed: CompressedModel,
     from bench.training import TrainingDivergedError
 
     # the warm-up, discarded; under the allocation counter, whose first start in a process is slow
-    with TensorAllocations() if TensorAllocations.available() else contextlib.nullcontext():
+    with TensorAllocations():
         compressed.representations()
     with memory.phase("propagation", tensors=True):
         users, items = compressed.representations()

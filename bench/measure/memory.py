@@ -53,6 +53,7 @@ stays the resident-set increment.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -190,17 +191,17 @@ class TensorAllocations:
     """Context manager: the largest amount of CPU tensor memory allocated at any moment of the block
     over what was allocated when it began (``peak``, bytes), from the allocation and free events
     torch's profiler records (``profile_memory``; the running sum of the sizes in time order, at
-    least 0). ``available()`` is False while another profiler runs in the process."""
+    least 0). While another profiler runs in the process it counts nothing and ``counted`` stays
+    False."""
 
     def __init__(self) -> None:
         self.peak = 0
+        self.counted = False
         self._prof: Any = None
 
-    @staticmethod
-    def available() -> bool:
-        return not torch.autograd.profiler._is_profiler_enabled
-
     def __enter__(self) -> TensorAllocations:
+        if torch.autograd.profiler._is_profiler_enabled:  # profilers do not nest
+            return self
         from torch.profiler import ProfilerActivity, profile
 
         # the profiler's C++ library logs every start and stop on stderr below level 6
@@ -210,6 +211,8 @@ class TensorAllocations:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._prof is None:
+            return
         self._prof.__exit__(*exc)
         cpu = torch.autograd.DeviceType.CPU
         sizes = sorted(((e.start_ns(), e.nbytes()) for e in self._prof.profiler.kineto_results.events()
@@ -218,7 +221,7 @@ class TensorAllocations:
         for _, nbytes in sizes:
             running += nbytes
             peak = max(peak, running)
-        self.peak = peak
+        self.peak, self.counted = peak, True
         self._prof = None
 
 
@@ -274,15 +277,13 @@ class PhaseMemory:
                 yield from self._cuda(name)
                 return
             self.released_free_memory = release_free_memory()
-            counter = TensorAllocations() if tensors and TensorAllocations.available() else None
-            self.need_methods[name] = "cpu_tensor_allocations" if counter else "cpu_rss_increment"
+            self.need_methods[name] = "cpu_rss_increment"
             measure = self._vmhwm if self.method == "cpu_peak_rss_vmhwm" else self._sampled
-            if counter is None:
+            with TensorAllocations() if tensors else contextlib.nullcontext() as counter:
                 yield from measure(name)
-                return
-            with counter:
-                yield from measure(name)
-            self.needs[name] = counter.peak
+            if counter is not None and counter.counted:
+                self.needs[name] = counter.peak
+                self.need_methods[name] = "cpu_tensor_allocations"
         finally:
             self._active = None
 
