@@ -260,5 +260,9 @@ def sleeping_cell(spec, marker_dir: str):
     import os
     import time
 
-    (Path(spec.pid_dir) / f"pid-{os.getpid()}").write_text(str(os.getpid()))
+    # Written under another name and renamed, so that a reader polling for ``pid-*`` never sees
+    # the file before its content.
+    partial = Path(spec.pid_dir) / f".partial-{os.getpid()}"
+    partial.write_text(str(os.getpid()))
+    partial.rename(Path(spec.pid_dir) / f"pid-{os.getpid()}")
     time.sleep(120)
