@@ -108,6 +108,21 @@ class CellSpec:
         return f"{self.dataset}/{self.method}[{t}]/seed{self.seed}"
 
 
+#: the budget keys that fix the model's architecture (:class:`bench.training.TrainConfig`): cells
+#: that differ in them train different models, which a report neither compares nor lets one replace
+#: the other
+MODEL_SHAPE_KEYS = ("dim", "n_layers")
+
+
+def model_shape(spec: dict[str, Any]) -> dict[str, Any]:
+    """A cell spec's (as a dict) model shape: its budget's :data:`MODEL_SHAPE_KEYS`, with
+    :class:`~bench.training.TrainConfig`'s defaults where the budget leaves them out."""
+    from bench.training import TrainConfig
+
+    budget = spec.get("budget") or {}
+    return {k: budget.get(k, getattr(TrainConfig, k)) for k in MODEL_SHAPE_KEYS}
+
+
 def report_identity(spec: dict[str, Any]) -> str:
     """What a report shows one cell for: dataset, method, options, targets and seed of a cell spec
     (as a dict), not its budget or code version. The newest cell of an identity is reported."""

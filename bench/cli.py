@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--latex", action="store_true", help="also write the summary tables as LaTeX")
     p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--run", action="append", dest="runs", metavar="NAME",
+                   help="only the cells of this run (its config's name); repeatable")
 
     p = sub.add_parser("methods", help="list the registered compression methods")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -276,7 +278,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import build_report
 
     _check_out_dir(Path(args.out), "--out")
-    paths = build_report(args.results, args.out, latex=args.latex, title=args.title)
+    paths = build_report(args.results, args.out, latex=args.latex, title=args.title, runs=args.runs)
     for p in paths.values():
         print(p)
     return 0

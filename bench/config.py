@@ -31,8 +31,8 @@ TOML cannot hold both ``methods = [...]`` and ``[methods.<name>]``; to give a me
     [methods.dsl]
     update_interval = 100          # a knob of the method (``recshrink methods`` lists them)
     emb_targets = [0.5]            # per-method targets (also edge_targets, targets)
-    [methods.dsl.budget]           # per-method budget overrides
-    epochs = 200
+    [methods.dsl.budget]           # per-method budget overrides (not dim or n_layers: every
+    epochs = 200                   # method of a config trains the model shape of [budget])
 
 A method that compresses nothing (the ``lightgcn`` reference) runs once per dataset and seed at the
 full target, whatever the targets. Every error names the offending key and happens before any
@@ -50,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench.cell import DEFAULT_MEASURE, CellSpec
+from bench.cell import DEFAULT_MEASURE, MODEL_SHAPE_KEYS, CellSpec
 from bench.contract import REFERENCE, MethodError, Target
 from bench.registry import available_methods, get_method
 from bench.training import TrainConfig
@@ -259,6 +259,12 @@ def _methods(value: Any, source: str) -> list[MethodEntry]:
             entry = MethodEntry(name, {k: v for k, v in table.items() if k not in METHOD_RESERVED})
             if "budget" in table:
                 entry.budget = _budget(table["budget"], source, f"methods.{name}.budget")
+                shaped = [k for k in MODEL_SHAPE_KEYS if k in entry.budget]
+                if shaped:
+                    raise _err(source, f"methods.{name}.budget.{shaped[0]}",
+                               "a method cannot change the model's shape: every method of a config "
+                               "trains the [budget]'s dim and n_layers, so that its cells compare with "
+                               "the reference's; put another shape in another config and store")
             entry.targets = _targets(table, source, prefix, required=False)
             entries.append(entry)
     else:

@@ -391,3 +391,38 @@ def test_cells_that_recorded_no_training_stages_count_as_possible_lower_bounds(t
     md = paths["markdown"].read_text()
     notes = [line for line in md.splitlines() if "recorded no training stages" in line]
     assert len(notes) == 2 and not any("good" in line for line in notes)
+
+
+def shaped(r: CellResult, dim: int, run: str) -> CellResult:
+    """``r`` trained at model width ``dim`` by the run ``run`` (another key: another cell)."""
+    spec = {**r.spec, "budget": {**r.spec["budget"], "dim": dim}, "run": run}
+    return dataclasses.replace(r, key=f"{r.key}-d{dim}", run=run, spec=spec)
+
+
+def test_a_report_never_pairs_or_replaces_models_of_another_shape(tmp_path):
+    """A dense cell of another width in a second store would replace the first store's dense cell of
+    the same seed (the newer of an identity is reported) and become the claims' comparator: the
+    report refuses to mix shapes within a dataset, naming them, and ``runs`` picks one."""
+    from bench.report.tables import MixedShapesError
+
+    narrow = [shaped(cell("alpha", "lightgcn", s, REF["alpha"][s]), 64, "narrow") for s in SEEDS]
+    narrow += [shaped(cell("alpha", "good", s, 0.995 * REF["alpha"][s] + WOBBLE[s], emb=0.5), 64, "narrow")
+               for s in SEEDS]
+    # the wide model is far better, finished later, and would make "good" fail its claim
+    wide = [dataclasses.replace(shaped(cell("alpha", "lightgcn", s, 2 * REF["alpha"][s]), 128, "wide"),
+                                finished_at=f"2026-11-22T10:00:{s:02d}+00:00") for s in SEEDS]
+    paths = []
+    for name, cells in (("narrow", narrow), ("wide", wide)):
+        paths.append(tmp_path / f"{name}.sqlite")
+        with ResultStore(paths[-1]) as store:
+            for r in cells:
+                store.put(r)
+    claims = [claim("good-within-2pct", Arm("good", emb=0.5))]
+    with pytest.raises(MixedShapesError, match=r"the cells of alpha train models of 2 shapes \(dim 64, "
+                       r"n_layers 2 \(10 cells\); dim 128, n_layers 2 \(5 cells\)\)"):
+        build_report(paths, tmp_path / "mixed", figures=False, claims=claims)
+    got = build_report(paths, tmp_path / "narrow", figures=False, claims=claims, runs=["narrow"])
+    row = pd.read_csv(got["claims"]).set_index("claim").loc["good-within-2pct"]
+    assert row["verdict"] == "holds" and row["comparator_mean"] == pytest.approx(np.mean(REF["alpha"]))
+    with pytest.raises(ValueError, match="no cells of run 'nope' in these stores; their runs: narrow, wide"):
+        build_report(paths, tmp_path / "none", figures=False, claims=claims, runs=["nope"])

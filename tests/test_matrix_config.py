@@ -84,6 +84,10 @@ def test_edge_targets_cross_emb_targets(tiny_root):
      "methods.toy-truncate: method 'toy-truncate' cannot compress edge"),
     ('emb_targets = [0.5]\n[methods.toy-truncate.budget]\nepoch = 3\n',
      "methods.toy-truncate.budget.epoch: unknown budget option"),
+    ('emb_targets = [0.5]\n[methods.toy-truncate.budget]\ndim = 32\n',
+     "methods.toy-truncate.budget.dim: a method cannot change the model's shape"),
+    ('emb_targets = [0.5]\n[methods.toy-truncate.budget]\nepochs = 3\nn_layers = 1\n',
+     "methods.toy-truncate.budget.n_layers: a method cannot change the model's shape"),
     ('methods = ["lightgcn"]\nemb_targets = [0.5]\nworkers = 0\n', "workers: must be an integer >= 1, got 0"),
     ('methods = ["lightgcn"]\nemb_targets = [0.5]\nworkers = "2"\n', "workers: must be an integer >= 1"),
 ])

@@ -171,10 +171,11 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
                  keys: Iterable[str] | None = None, latex: bool = False, title: str | None = None,
-                 figures: bool = True, claims: Sequence[Claim] | None = None) -> dict[str, Path]:
+                 figures: bool = True, claims: Sequence[Claim] | None = None,
+                 runs: Sequence[str] | None = None) -> dict[str, Path]:
     """Write ``cells.csv``, ``summary.csv``, ``claims.csv``, ``index.html``, ``summary.md`` (and
     ``summary-<dataset>.tex``) to ``out``. ``claims``: the claims to check (default: every registered
-    method's, :func:`bench.report.claims.registered_claims`)."""
+    method's, :func:`bench.report.claims.registered_claims`); ``runs``: only these runs' cells."""
     from bench.report.html import dataset_table, headline_metrics, render
     from bench.report.markdown import summary_markdown
 
@@ -182,7 +183,7 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     opened = [s if isinstance(s, ResultStore) else ResultStore(_existing(s), create=False) for s in stores]
     try:
-        cells = load_cells(opened, keys)
+        cells = load_cells(opened, keys, runs)
         runs = [r for s in opened for r in s.runs()]
         sources = [str(s.path) for s in opened]
     finally:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cell import report_identity
+from bench.cell import model_shape, report_identity
 from bench.contract import REFERENCE
 from bench.result import CellResult, columns
 from bench.store import ResultStore
@@ -54,19 +54,54 @@ def variant_label(method: str, options: dict[str, Any]) -> str:
     return f"{method}[{','.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
 
 
-def load_cells(stores: Sequence[ResultStore], keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Cells of several stores merged: one per key, and one per identity (the latest finished).
+class MixedShapesError(ValueError):
+    """The cells of one dataset train models of more than one shape (:func:`bench.cell.model_shape`)."""
+
+
+def check_one_shape(cells: Iterable[dict[str, Any]]) -> None:
+    """Raise :class:`MixedShapesError` when one dataset's cells (as stores give them) span more than one
+    model shape: their figures relative to dense, their comparisons and their claims would pair
+    models of different sizes, and a newer cell would replace an older one of another shape."""
+    shapes: dict[str, dict[tuple[tuple[str, Any], ...], int]] = {}
+    for cell in cells:
+        shape = tuple(model_shape(cell["spec"]).items())
+        per = shapes.setdefault(cell["dataset"], {})
+        per[shape] = per.get(shape, 0) + 1
+    for dataset, per in sorted(shapes.items()):
+        if len(per) > 1:
+            listed = "; ".join(", ".join(f"{k} {v}" for k, v in shape) + f" ({n} cells)"
+                               for shape, n in sorted(per.items()))
+            raise MixedShapesError(
+                f"the cells of {dataset} train models of {len(per)} shapes ({listed}): a report "
+                "compares one shape per dataset; report each shape's stores (or runs, --run) separately")
+
+
+def load_cells(stores: Sequence[ResultStore], keys: Iterable[str] | None = None,
+               runs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Cells of several stores merged: one per key, and one per identity (the latest finished);
+    ``runs``: only the cells of these runs (a name no cell has is an error).
 
     The same identity (dataset, method, options, targets, seed) under another key means the cell was
-    rerun with another code version or budget; the most recently finished one is reported.
+    rerun with another code version or budget; the most recently finished one is reported. One
+    dataset's cells must share one model shape (:func:`check_one_shape`).
     """
     by_key: dict[str, dict[str, Any]] = {}
     wanted = list(keys) if keys is not None else None
     for store in stores:
         for cell in store.cells(wanted):
+            if runs is not None and cell["run"] not in runs:
+                continue
             old = by_key.get(cell["key"])
             if old is None or (cell["finished_at"] or "") > (old["finished_at"] or ""):
                 by_key[cell["key"]] = cell
+    if runs is not None:
+        found = {c["run"] for c in by_key.values()}
+        unknown = [r for r in runs if r not in found]
+        if unknown:
+            held = sorted({c["run"] for s in stores for c in s.cells(wanted)})
+            raise ValueError(f"no cells of run {unknown[0]!r} in these stores; their runs: "
+                             f"{', '.join(held) or 'none'}")
+    check_one_shape(by_key.values())
     by_identity: dict[str, dict[str, Any]] = {}
     for cell in by_key.values():
         ident = report_identity(cell["spec"])
