@@ -87,8 +87,10 @@ def load_cells(stores: Sequence[ResultStore], keys: Iterable[str] | None = None,
     """
     by_key: dict[str, dict[str, Any]] = {}
     wanted = list(keys) if keys is not None else None
+    held: set[str] = set()  # every run the stores hold, for the error naming them
     for store in stores:
         for cell in store.cells(wanted):
+            held.add(cell["run"])
             if runs is not None and cell["run"] not in runs:
                 continue
             old = by_key.get(cell["key"])
@@ -98,9 +100,8 @@ def load_cells(stores: Sequence[ResultStore], keys: Iterable[str] | None = None,
         found = {c["run"] for c in by_key.values()}
         unknown = [r for r in runs if r not in found]
         if unknown:
-            held = sorted({c["run"] for s in stores for c in s.cells(wanted)})
             raise ValueError(f"no cells of run {unknown[0]!r} in these stores; their runs: "
-                             f"{', '.join(held) or 'none'}")
+                             f"{', '.join(sorted(held)) or 'none'}")
     check_one_shape(by_key.values())
     by_identity: dict[str, dict[str, Any]] = {}
     for cell in by_key.values():
