@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench import live
 from bench.contract import CompressedModel, Method, Target, TrainingCost
 from bench.registry import get_method
 from bench.result import CellResult, now
@@ -84,13 +85,15 @@ class CellSpec:
     data_dir: str | None = None
     checkpoint_dir: str | None = None
     progress: bool = False
+    # where the cell keeps its live progress file while it runs (bench.live; None: nowhere)
+    live_dir: str | None = None
     threads: int | None = None  # torch CPU threads for this cell (None: leave as is)
     # cells the executor runs at once (recorded with the result, not part of the key; None: unknown)
     concurrent_cells: int | None = 1
 
     def identity(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("run", "data_dir", "checkpoint_dir", "progress", "threads", "concurrent_cells"):
+        for k in ("run", "data_dir", "checkpoint_dir", "progress", "live_dir", "threads", "concurrent_cells"):
             d.pop(k)
         return d
 
@@ -215,7 +218,8 @@ def run_cell(spec: CellSpec) -> CellResult:
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     try:
-        device = _execute(spec, result)
+        with live.watching(spec.live_dir, spec.key, spec.label()):
+            device = _execute(spec, result)
         result.status = "ok"
     except KeyboardInterrupt:
         raise

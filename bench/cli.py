@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", dest="runs", metavar="NAME",
                    help="only the cells of this run (its config's name); repeatable")
 
+    p = sub.add_parser("status", help="where a run's output folder stands: the run writing there, the "
+                                      "stored cells, and each cell in training (stage, epoch, validation)")
+    p.add_argument("out", nargs="*", default=None,
+                   help="output folder(s) of `recshrink run` (default: the quick matrix's, reports/quick)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("methods", help="list the registered compression methods")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -284,6 +290,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.status import describe, folder_status
+
+    found = [folder_status(out) for out in (args.out or [Path("reports") / "quick"])]
+    if args.json:
+        print(json.dumps([s.to_json() for s in found], indent=2))
+    else:
+        print("\n".join(describe(s) for s in found))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.executors import DaskExecutor, ProcessExecutor, SequentialExecutor
@@ -335,7 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"datasets": cmd_datasets, "train": cmd_train, "methods": cmd_methods, "run": cmd_run,
-                "report": cmd_report}
+                "report": cmd_report, "status": cmd_status}
     try:
         try:
             status = handlers[args.command](args)

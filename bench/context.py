@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import live
 from bench.backbone.graph import NormalizedGraph, normalized_adjacency
 from bench.backbone.lightgcn import LightGCN
 from bench.contract import TrainingCost
@@ -259,7 +260,7 @@ class BaseCheckpoints:
         model = build_lightgcn(data, config, device)
         memory = PhaseMemory(device)
         t0 = time.perf_counter()
-        with memory.phase("training"):
+        with memory.phase("training"), live.stage("base LightGCN"):
             result = fit_bpr(model, data, config, progress=progress, resume=resume)
         seconds = time.perf_counter() - t0 + result.resumed_seconds
         macs = count_train_macs_per_epoch(model, len(data.train), config.batch_size,
@@ -390,8 +391,9 @@ class MethodContext:
         resume = None if self.resume_dir is None else EpochCheckpoint(
             self.resume_dir, stage, self.resume_every_seconds, self.log)
         t0 = time.perf_counter()
-        result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler,
-                         resume=resume)
+        with live.stage(stage):
+            result = fit_bpr(model, self.data, config, progress=self.progress, hooks=hooks, sampler=sampler,
+                             resume=resume)
         seconds = time.perf_counter() - t0 + result.resumed_seconds
         n_triples = len(self.data.train) if sampler is None else sampler.triples_per_epoch
         batch = config.batch_size if sampler is None else sampler.batch_triples(config.batch_size)

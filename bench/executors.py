@@ -49,6 +49,7 @@ def failed_result(spec: CellSpec, error: str) -> CellResult:
 class SequentialExecutor:
     name = "sequential"
     concurrent_cells = 1
+    in_process = True  # cells run in the caller's process (their output can go to its terminal)
 
     def run(self, specs: Sequence[CellSpec]) -> Iterator[CellResult]:
         for spec in specs:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from bench.cell import CellSpec, report_identity
 from bench.config import MatrixConfig
+from bench.live import LIVE_DIR, clear_live
 from bench.result import CellResult
 from bench.store import UNSTORED_DIR, ResultStore, StoreError, keep_unstored, run_lock, take_unstored
 
@@ -188,7 +189,8 @@ def run_matrix(
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     executor = executor or SequentialExecutor()
     with run_lock(out), _sigterm_as_interrupt():
-        cells = _plan_for(executor, config, device, checkpoint_dir)
+        clear_live(out)
+        cells = _plan_for(executor, config, device, checkpoint_dir, out, progress)
         store = ResultStore(out / "results.sqlite")
         _take_unstored(store, out, log)
         summary, todo = _resume(config, cells, store, retry_failed, executor.name, out, log)
@@ -256,13 +258,18 @@ def _take_unstored(store: ResultStore, out: Path, log: Callable[[str], None]) ->
             f"{store.path} (kept in {out / UNSTORED_DIR})")
 
 
-def _plan_for(executor: Any, config: MatrixConfig, device: str | None,
-              checkpoint_dir: Path | None) -> list[CellSpec]:
+def _plan_for(executor: Any, config: MatrixConfig, device: str | None, checkpoint_dir: Path | None,
+              out: Path, progress: bool) -> list[CellSpec]:
     """The matrix's cells (:func:`plan`; base checkpoints in ``checkpoint_dir`` or the default), each
-    recording how many cells ``executor`` runs at once."""
+    recording how many cells ``executor`` runs at once and keeping its live progress in
+    ``out/.live`` (:mod:`bench.live`). Cells run in this process show their epoch bars under the
+    run's bar when ``progress`` is on; worker processes would garble a terminal with theirs."""
     ckpt = checkpoint_dir if checkpoint_dir is not None else default_checkpoint_dir(config)
     concurrent = getattr(executor, "concurrent_cells", None)
-    return [dataclasses.replace(c, concurrent_cells=concurrent) for c in plan(config, device, ckpt)]
+    epoch_bars = progress and getattr(executor, "in_process", False)
+    return [dataclasses.replace(c, concurrent_cells=concurrent, live_dir=str(out.resolve() / LIVE_DIR),
+                                progress=epoch_bars)
+            for c in plan(config, device, ckpt)]
 
 
 def _resume(config: MatrixConfig, cells: list[CellSpec], store: ResultStore, retry_failed: bool,

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from bench import live
 from bench.backbone.graph import BACKENDS, normalized_adjacency
 from bench.backbone.lightgcn import INITS, REG_FORMS, LightGCN
 from bench.data.dataset import EmptySplitError, InteractionData
@@ -328,9 +329,11 @@ def fit_bpr(
     run = _Resumable.start(resume, model, data, config, hooks, sampler)
     start = run.restore(model, loop, best, history, gen, hooks) if run else 0
     epoch = start
+    t0 = time.perf_counter()
+    _report_live(start, config, best, history, loop, run, t0, start)
     finished = start > 0 and (best.since >= config.patience or start >= config.epochs)
-    bar = tqdm(range(start + 1, config.epochs + 1), desc=f"train {data.name}", unit="ep",
-               disable=not progress or finished, leave=False, initial=start, total=config.epochs)
+    bar = tqdm(range(start + 1, config.epochs + 1), desc=live.current_stage() or f"train {data.name}",
+               unit="ep", disable=not progress or finished, leave=False, initial=start, total=config.epochs)
     for epoch in bar:
         row = loop.run(epoch, gen)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -342,6 +345,7 @@ def fit_bpr(
         stop = best.since >= config.patience
         if run:
             run.save_if_due(epoch, stop or epoch == config.epochs, model, loop, best, history, gen, hooks)
+        _report_live(epoch, config, best, history, loop, run, t0, start)
         if on_epoch is not None:
             on_epoch(row)
         if stop:
@@ -366,6 +370,7 @@ class _Resumable:
     checkpoint: EpochCheckpoint
     started: float
     seconds_before: float = 0.0
+    saved_epoch: int = 0  # the last epoch in the checkpoint file (0: none yet)
 
     @classmethod
     def start(cls, checkpoint: EpochCheckpoint | None, model: BPRModel, data: InteractionData,
@@ -403,7 +408,8 @@ class _Resumable:
         set_random_states(snap["random"])
         set_generator_states(model, snap["model_generators"])
         self.seconds_before = snap["seconds"]
-        return int(snap["epoch"])
+        self.saved_epoch = int(snap["epoch"])
+        return self.saved_epoch
 
     def save_if_due(self, epoch: int, final: bool, model: BPRModel, loop: _EpochLoop, best: _BestState,
                     history: list[dict[str, float]], gen: torch.Generator,
@@ -419,6 +425,24 @@ class _Resumable:
             "generator": gen.get_state(), "hooks": [h.state_dict() for h in hooks],
             "random": random_states(), "model_generators": generator_states(model),
         })
+        if not self.checkpoint.failed:
+            self.saved_epoch = epoch
+
+
+def _report_live(epoch: int, config: TrainConfig, best: _BestState, history: list[dict[str, float]],
+                 loop: _EpochLoop, run: _Resumable | None, t0: float, start: int) -> None:
+    """Tell :mod:`bench.live` where the run stands after ``epoch`` (0 or the restored epoch: before
+    the first epoch of this process)."""
+    key = f"valid_{config.valid_metric}"
+    last = next((row[key] for row in reversed(history) if key in row), None)
+    live.report(live.EpochProgress(
+        epoch=epoch, epochs=config.epochs, valid_metric=config.valid_metric, last_valid=last,
+        best_valid=best.value if best.epoch else None, best_epoch=best.epoch,
+        validations_since_best=best.since, patience=config.patience,
+        seconds=(run.seconds_before + time.perf_counter() - run.started) if run else time.perf_counter() - t0,
+        last_epoch_seconds=loop.epoch_seconds[-1] if loop.epoch_seconds else None,
+        checkpoint_epoch=run.saved_epoch if run and not run.checkpoint.failed else None,
+        resumed_from=start))
 
 
 def _check_trainable(data: InteractionData, config: TrainConfig) -> None:

@@ -117,10 +117,12 @@ def test_every_command_line_runs(tiny_root, tmp_path, monkeypatch, capsys):
             args += ["--no-progress"]
         if args[0] == "train":
             args += ["--epochs", "2", "--no-progress"]
-        if args[0] == "report":  # the quick matrix's report: the store of the matrix run just above
+        if args[0] in ("report", "status"):  # the quick matrix's folder: the matrix run just above
             args[1] = "reports/my-matrix"
         assert main(args) == 0, (line, capsys.readouterr().err)
-        capsys.readouterr()
+        out = capsys.readouterr().out
+        if args[0] == "status":
+            assert "reports/my-matrix: no run is writing here" in out and " ok" in out
     assert (tmp_path / "reports" / "quick-report" / "index.html").is_file()
 
 

@@ -1,0 +1,179 @@
+"""Live progress of a run's cells, readable from another shell while the run goes on.
+
+A gowalla cell trains for hours; the run's progress bar counts finished cells only. So while a
+cell runs, it keeps ``<out>/.live/<cell key>.json`` up to date: the training stage it is in, the
+epoch and the stage's epoch budget, the last and best validation values, the stage's wall time
+(including the part before a resume), the last epoch saved to an epoch checkpoint (where a
+stopped run would resume), its process and host. The file is written atomically after each epoch
+(at most once every :data:`MIN_INTERVAL_SECONDS`, and always at a stage's first report) and
+removed when the cell ends, finished or failed. ``recshrink status OUT`` reads the files
+(:func:`read_live`); a file whose process is gone is shown as stopped.
+
+Training reports here without knowing about cells: :func:`watching` installs a cell's board for
+the duration of the cell, :func:`stage` names the stage that trains, and
+:func:`bench.training.fit_bpr` calls :func:`report` after each epoch (a no-op outside
+:func:`watching`). This module imports neither torch nor the training stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.files import write_atomically
+
+LIVE_DIR = ".live"
+#: the least wall time between two writes of a cell's file (a stage's first report always writes)
+MIN_INTERVAL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """Where one training run stands after an epoch (``epoch = 0``: not started; after a resume,
+    the first report is the restored epoch with ``resumed_from`` set to it)."""
+
+    epoch: int
+    epochs: int  # the stage's epoch budget
+    valid_metric: str
+    last_valid: float | None  # the latest validation value (None before the first validation)
+    best_valid: float | None
+    best_epoch: int
+    validations_since_best: int
+    patience: int
+    seconds: float  # the run's wall time so far, including the part before a resume
+    last_epoch_seconds: float | None
+    checkpoint_epoch: int | None  # the last epoch in an epoch checkpoint (None: not checkpointed)
+    resumed_from: int = 0
+
+
+@dataclass
+class _Board:
+    path: Path
+    label: str
+    key: str
+    started: float = field(default_factory=time.time)
+    stages: list[str] = field(default_factory=list)
+    written: float = -float("inf")
+    fresh_stage: bool = True
+
+    def write(self, progress: EpochProgress) -> None:
+        now = time.monotonic()
+        if not self.fresh_stage and now - self.written < MIN_INTERVAL_SECONDS:
+            return
+        body = {"key": self.key, "label": self.label, "pid": os.getpid(), "host": socket.gethostname(),
+                "cell_started": self.started, "updated": time.time(),
+                "stage": self.stages[-1] if self.stages else "training", **asdict(progress)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(body), encoding="utf-8"))
+        except OSError:
+            return  # progress is a convenience: a full disk must not fail the cell
+        self.written, self.fresh_stage = now, False
+
+
+_board: ContextVar[_Board | None] = ContextVar("recshrink_live_board", default=None)
+
+
+@contextlib.contextmanager
+def watching(live_dir: Path | str | None, key: str, label: str) -> Iterator[None]:
+    """Report the training inside the block as cell ``key`` (``label``: how it is shown) to
+    ``<live_dir>/<key>.json``, removed when the block ends; ``live_dir`` None: report nowhere."""
+    if live_dir is None:
+        yield
+        return
+    board = _Board(Path(live_dir) / f"{key}.json", label, key)
+    token = _board.set(board)
+    try:
+        yield
+    finally:
+        _board.reset(token)
+        with contextlib.suppress(OSError):
+            board.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the training stage that runs inside the block (stages nest: the innermost is shown)."""
+    board = _board.get()
+    if board is None:
+        yield
+        return
+    board.stages.append(name)
+    board.fresh_stage = True
+    try:
+        yield
+    finally:
+        board.stages.pop()
+        board.fresh_stage = True
+
+
+def current_stage() -> str | None:
+    """The innermost stage name of the cell being watched, or None."""
+    board = _board.get()
+    return board.stages[-1] if board is not None and board.stages else None
+
+
+def report(progress: EpochProgress) -> None:
+    """Record ``progress`` for the cell being watched (nothing outside :func:`watching`)."""
+    board = _board.get()
+    if board is not None:
+        board.write(progress)
+
+
+@dataclass(frozen=True)
+class LiveCell:
+    """One cell's live file as read back, with whether its process still runs."""
+
+    data: dict[str, Any]
+    alive: bool
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def process_alive(pid: int, host: str) -> bool:
+    """Whether process ``pid`` runs on ``host`` (another host's process is taken to run: it cannot be
+    checked from here)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_live(out_dir: Path | str) -> list[LiveCell]:
+    """The live files under ``out_dir`` (unreadable or partial ones skipped), oldest cell first."""
+    folder = Path(out_dir) / LIVE_DIR
+    cells = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            alive = process_alive(int(data["pid"]), str(data["host"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        cells.append(LiveCell(data, alive))
+    return sorted(cells, key=lambda c: c.data.get("cell_started", 0.0))
+
+
+def clear_live(out_dir: Path | str) -> None:
+    """Remove the live files under ``out_dir``: a run starting there (holding its lock) is the only
+    writer, so any file left is from a run that was killed."""
+    folder = Path(out_dir) / LIVE_DIR
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            path.unlink()
