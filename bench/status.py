@@ -100,6 +100,10 @@ def describe_live(cell: LiveCell, now: float | None = None) -> list[str]:
         parts.append(f"best {_value(d['best_valid'])} at epoch {d['best_epoch']} "
                      f"({d['validations_since_best']}/{d['patience']} validations since)")
     parts.append(f"stage time {_duration(d['seconds'])}")
+    if d["epoch"] and d["epoch"] < d["epochs"]:
+        # early stopping may end it sooner; the budget bounds it at the stage's pace so far
+        left = (d["epochs"] - d["epoch"]) * d["seconds"] / d["epoch"]
+        parts.append(f"at most {_duration(left)} to the epoch budget")
     if d.get("last_epoch_seconds") is not None:
         parts.append(f"last epoch {d['last_epoch_seconds']:.1f} s")
     ck = d.get("checkpoint_epoch")

@@ -156,7 +156,8 @@ def test_status_describes_the_store_the_run_and_each_cell_in_training(tiny_root,
     assert ("gowalla/dsl[emb=0.5]/seed0: training, stage 'dsl-sparse', epoch 120/600 (resumed from epoch 40)"
             in text)
     assert ("valid recall@20 0.1702; best 0.1711 at epoch 110 (2/60 validations since); stage time 2.0 h; "
-            "last epoch 64.2 s; checkpoint at epoch 118; updated 30 s ago") in text
+            "at most 7.9 h to the epoch budget; last epoch 64.2 s; checkpoint at epoch 118; "
+            "updated 30 s ago") in text
 
 
 def test_status_of_a_killed_run(tmp_path):
