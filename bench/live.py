@@ -115,10 +115,12 @@ def stage(name: str) -> Iterator[None]:
         board.fresh_stage = True
 
 
-def current_stage() -> str | None:
-    """The innermost stage name of the cell being watched, or None."""
+def current_title() -> str | None:
+    """``"<cell label> <stage>"`` for the cell being watched (what its epoch bar is titled), or None."""
     board = _board.get()
-    return board.stages[-1] if board is not None and board.stages else None
+    if board is None:
+        return None
+    return f"{board.label} {board.stages[-1]}" if board.stages else board.label
 
 
 def report(progress: EpochProgress) -> None:

@@ -332,7 +332,7 @@ def fit_bpr(
     t0 = time.perf_counter()
     _report_live(start, config, best, history, loop, run, t0, start)
     finished = start > 0 and (best.since >= config.patience or start >= config.epochs)
-    bar = tqdm(range(start + 1, config.epochs + 1), desc=live.current_stage() or f"train {data.name}",
+    bar = tqdm(range(start + 1, config.epochs + 1), desc=live.current_title() or f"train {data.name}",
                unit="ep", disable=not progress or finished, leave=False, initial=start, total=config.epochs)
     for epoch in bar:
         row = loop.run(epoch, gen)

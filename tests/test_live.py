@@ -50,9 +50,9 @@ def test_each_epoch_is_in_the_cells_file_and_the_file_goes_at_the_end(tmp_path):
     seen = []
     with live.watching(tmp_path / "live", "k1", "tiny/lightgcn/seed3"), live.stage("outer"), \
             live.stage("the stage"):
-        assert live.current_stage() == "the stage"
+        assert live.current_title() == "tiny/lightgcn/seed3 the stage"
         result = _fit(config, on_epoch=lambda row: seen.append((row, _read(path))))
-    assert not path.exists() and live.current_stage() is None
+    assert not path.exists() and live.current_title() is None
     assert [d["epoch"] for _, d in seen] == [1, 2, 3, 4, 5, 6]
     best, best_epoch, last = None, 0, None
     for row, d in seen:
