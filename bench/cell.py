@@ -171,7 +171,8 @@ def training_stages(base: dict[str, Any] | None, stages: list[dict[str, Any]]) -
     rows = []
     if base is not None:
         rows.append({"stage": "base", "epochs": base["training"].epochs, "best_epoch": base["best_epoch"],
-                     "budget_epochs": base.get("budget_epochs"), "cached": True})
+                     "budget_epochs": base.get("budget_epochs"), "cached": True,
+                     "shared_epochs": base.get("shared_epochs")})
     rows.extend(dict(s) for s in stages)
     for r in rows:
         r["at_budget"] = bool(r["budget_epochs"] and r["best_epoch"] == r["budget_epochs"])
@@ -442,7 +443,19 @@ def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: T
     stages = training_stages(base, ctx.stages)
     result.info["training_stages"] = stages
     m["stages_at_budget"] = sum(s["at_budget"] for s in stages)
+    shared = [s.get("shared_epochs") for s in stages]
+    m["train_shared_epochs"] = float("nan") if None in shared else float(sum(shared))
+    if sum(x or 0 for x in shared):
+        compressed.notes.append(shared_training_note(stages))
     return m
+
+
+def shared_training_note(stages: list[dict[str, Any]]) -> str:
+    """The cell's note when some of its training epochs ran beside other work on the machine."""
+    parts = [f"{s['stage']} {s['shared_epochs']} of {s['epochs']}" for s in stages if s.get("shared_epochs")]
+    return ("training time measured while other work ran on the machine (epochs whose 1-minute load "
+            f"exceeded the training's own threads: {', '.join(parts)}): its training seconds are not "
+            "an idle machine's")
 
 
 def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class BaseModel(TrainedModel):
     training: TrainingCost
     path: Path | None
     budget_epochs: int | None = None  # the epoch budget it was trained under (None: not recorded)
+    shared_epochs: int | None = None  # its epochs that ended beside other work (None: not recorded)
 
 
 @contextmanager
@@ -195,6 +196,7 @@ class BaseCheckpoints:
         return {"key": key, "state_hash": meta["state_hash"], "training": TrainingCost(**meta["training"]),
                 "valid": meta["valid"], "test": meta["test"], "best_epoch": meta["best_epoch"],
                 "budget_epochs": meta.get("budget_epochs", meta.get("config", {}).get("epochs")),
+                "shared_epochs": meta.get("shared_epochs"),
                 "path": self._path(data, key)}
 
     def _path(self, data: InteractionData, key: str) -> Path | None:
@@ -271,7 +273,8 @@ class BaseCheckpoints:
             "training": {"seconds": seconds, "epochs": result.epochs, "macs_per_epoch": macs,
                          "peak_mem_bytes": memory.peaks["training"]},
             "valid": result.valid, "test": result.test, "best_epoch": result.best_epoch,
-            "budget_epochs": config.epochs, "config": config_dict(config), "dataset": data.name,
+            "budget_epochs": config.epochs, "shared_epochs": result.shared_epochs,
+            "config": config_dict(config), "dataset": data.name,
             "dataset_fingerprint": data.fingerprint(),
         }
         return state, meta
@@ -358,7 +361,8 @@ class MethodContext:
                                                   build, self.log)
         if len(self.stages) == n_before and "best_epoch" in meta:
             self.stages.append({"stage": name, "epochs": meta.get("epochs"), "best_epoch": meta["best_epoch"],
-                                "budget_epochs": meta.get("budget_epochs"), "cached": True})
+                                "budget_epochs": meta.get("budget_epochs"), "cached": True,
+                                "shared_epochs": meta.get("shared_epochs")})
         elif len(self.stages) > n_before:
             self.stages[-1]["stage"] = name
         return state, meta, hit
@@ -401,6 +405,7 @@ class MethodContext:
         extra = extra_macs_per_epoch(result) if callable(extra_macs_per_epoch) else extra_macs_per_epoch
         self.stages.append({"stage": stage, "epochs": result.epochs,
                             "best_epoch": result.best_epoch, "budget_epochs": config.epochs, "cached": False,
+                            "shared_epochs": result.shared_epochs,
                             **({"resumed_from_epoch": result.resumed_from_epoch}
                                if result.resumed_from_epoch else {})})
         return TrainingCost(seconds, result.epochs, macs + extra), result
@@ -410,4 +415,4 @@ def stage_meta(cost: TrainingCost, result: TrainResult, **extra: Any) -> dict[st
     """The JSON meta of a cached training stage: its cost, metrics and epochs (plus ``extra``)."""
     return {"training": dataclasses.asdict(cost), "valid": result.valid, "test": result.test,
             "best_epoch": result.best_epoch, "epochs": result.epochs,
-            "budget_epochs": result.config.epochs, **extra}
+            "budget_epochs": result.config.epochs, "shared_epochs": result.shared_epochs, **extra}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -233,6 +234,8 @@ class TrainResult(TrainedModel):
     #: seconds it had spent before that (part of its training cost)
     resumed_from_epoch: int = 0
     resumed_seconds: float = 0.0
+    #: the epochs that ended with other work on the machine (:func:`shared_epochs`; None: unknown)
+    shared_epochs: int | None = None
 
     @property
     def train_seconds_per_epoch(self) -> float:
@@ -341,6 +344,9 @@ def fit_bpr(
             row[f"valid_{config.valid_metric}"] = value
             bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
                             best=best.epoch)
+        load = machine_load_1m()
+        if load is not None:
+            row["load_1m"] = load
         history.append(row)
         stop = best.since >= config.patience
         if run:
@@ -359,7 +365,8 @@ def fit_bpr(
     return TrainResult(model=model, config=config, epochs=epoch, best_epoch=best.epoch,
                        best_valid=best.value, valid=best.valid, test=test,
                        epoch_seconds=loop.epoch_seconds, history=history, resumed_from_epoch=start,
-                       resumed_seconds=run.seconds_before if run else 0.0)
+                       resumed_seconds=run.seconds_before if run else 0.0,
+                       shared_epochs=shared_epochs(history, torch.get_num_threads()))
 
 
 @dataclass
@@ -427,6 +434,31 @@ class _Resumable:
         })
         if not self.checkpoint.failed:
             self.saved_epoch = epoch
+
+
+#: how far the 1-minute load may exceed a training's own threads before other work counts as running
+SHARED_LOAD_MARGIN = 0.75
+
+
+def machine_load_1m() -> float | None:
+    """The machine's 1-minute load average (runnable threads, this process's included), or None
+    where the platform has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def shared_epochs(history: Sequence[dict[str, float]], threads: int) -> int | None:
+    """How many of a run's epochs ended with other work on the machine: the 1-minute load recorded
+    after the epoch (``load_1m``) above the training's own ``threads`` by more than
+    :data:`SHARED_LOAD_MARGIN`: those epochs' times are not an idle machine's. None when an epoch
+    has no reading (a platform without load averages, or history resumed from a checkpoint written
+    before loads were recorded)."""
+    loads = [row.get("load_1m") for row in history]
+    if not loads or any(x is None for x in loads):
+        return None
+    return sum(x > threads + SHARED_LOAD_MARGIN for x in loads)
 
 
 def _report_live(epoch: int, config: TrainConfig, best: _BestState, history: list[dict[str, float]],

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 import bench.context as context_module
+import bench.training as training_module
 from bench.backbone.lightgcn import LightGCN
 from bench.cell import training_stages
 from bench.context import TrainingCost, stage_meta
 from bench.report import BUDGET_NOTE, _notes
-from bench.training import TrainResult, build_lightgcn
-from tests.helpers import method_context
+from bench.training import TrainResult, build_lightgcn, shared_epochs
+from tests.helpers import method_context, run_single_cell
 
 
 def fake_fit(best_epoch: int, epochs: int):
@@ -38,7 +39,7 @@ def test_fit_stage_records_the_stage_and_whether_the_budget_cut_it(monkeypatch, 
     ctx.fit_stage(small_model(ctx))
     (stage,) = training_stages(None, ctx.stages)
     assert stage == {"stage": "training", "epochs": ran, "best_epoch": best, "budget_epochs": budget,
-                     "cached": False, "at_budget": at_budget}
+                     "cached": False, "shared_epochs": None, "at_budget": at_budget}
 
 
 def test_a_cached_stage_is_recorded_once_when_built_and_from_its_meta_when_reused(monkeypatch):
@@ -182,3 +183,39 @@ def test_a_models_notes_are_stored_where_the_report_reads_them():
         model("a", {})
     with pytest.raises(MethodError, match="notes must be a list of non-empty strings"):
         model([""], {})
+
+
+def test_shared_epochs_counts_epochs_that_ended_beside_other_work():
+    rows = [{"load_1m": x} for x in (0.9, 1.7, 1.8, 3.2)]
+    assert shared_epochs(rows, threads=1) == 2  # above 1 + 0.75
+    assert shared_epochs(rows, threads=2) == 1
+    assert shared_epochs([*rows, {"epoch": 5}], threads=1) is None  # an epoch without a reading
+    assert shared_epochs([], threads=1) is None
+
+
+def test_a_training_records_each_epochs_load_and_the_stage_its_shared_epochs(monkeypatch):
+    loads = iter([0.5, 3.0, 3.0, 0.5, 0.5, 3.0])
+    monkeypatch.setattr(training_module, "machine_load_1m", lambda: next(loads))
+    ctx = method_context(epochs=6, patience=100)
+    _, result = ctx.fit_stage(small_model(ctx), stage="s")
+    assert [row["load_1m"] for row in result.history] == [0.5, 3.0, 3.0, 0.5, 0.5, 3.0]
+    assert result.shared_epochs == 3 and ctx.stages[-1]["shared_epochs"] == 3
+    assert stage_meta(TrainingCost(), result)["shared_epochs"] == 3
+
+
+def test_a_cell_trained_beside_other_work_says_so(tiny_root, tmp_path, monkeypatch):
+    body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nemb_targets = [1.0]\nseeds = [0]\n'
+    monkeypatch.setenv("RECSHRINK_CACHE", str(tmp_path / "cache"))  # base models trained here, not reused
+    monkeypatch.setattr(training_module, "machine_load_1m", lambda: 0.2)
+    quiet = run_single_cell(tiny_root, tmp_path / "quiet", body)
+    assert quiet["measurements"]["train_shared_epochs"] == 0
+    assert "other work" not in " ".join(quiet["settings"].get("report_note") or [])
+    monkeypatch.setattr(training_module, "machine_load_1m", lambda: 9.0)
+    busy = run_single_cell(tiny_root, tmp_path / "busy", body.replace("seeds = [0]", "seeds = [1]"))
+    epochs = busy["measurements"]["train_epochs"]
+    assert busy["measurements"]["train_shared_epochs"] == epochs
+    (stage,) = busy["info"]["training_stages"]
+    assert (stage["stage"], stage["shared_epochs"]) == ("base", epochs)
+    assert (f"training time measured while other work ran on the machine (epochs whose 1-minute load "
+            f"exceeded the training's own threads: base {epochs} of {epochs}): its training seconds are "
+            "not an idle machine's") in busy["settings"]["report_note"]
