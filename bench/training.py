@@ -452,11 +452,12 @@ def machine_load_1m() -> float | None:
 def shared_epochs(history: Sequence[dict[str, float]], threads: int) -> int | None:
     """How many of a run's epochs ended with other work on the machine: the 1-minute load recorded
     after the epoch (``load_1m``) above the training's own ``threads`` by more than
-    :data:`SHARED_LOAD_MARGIN`: those epochs' times are not an idle machine's. None when an epoch
-    has no reading (a platform without load averages, or history resumed from a checkpoint written
-    before loads were recorded)."""
-    loads = [row.get("load_1m") for row in history]
-    if not loads or any(x is None for x in loads):
+    :data:`SHARED_LOAD_MARGIN`: those epochs' times are not an idle machine's. Epochs without a
+    reading (history resumed from a checkpoint written before loads were recorded) are not counted,
+    so the count is a lower bound then; None when no epoch has a reading (a platform without load
+    averages)."""
+    loads = [row["load_1m"] for row in history if row.get("load_1m") is not None]
+    if not loads:
         return None
     return sum(x > threads + SHARED_LOAD_MARGIN for x in loads)
 

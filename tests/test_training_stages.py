@@ -189,8 +189,8 @@ def test_shared_epochs_counts_epochs_that_ended_beside_other_work():
     rows = [{"load_1m": x} for x in (0.9, 1.7, 1.8, 3.2)]
     assert shared_epochs(rows, threads=1) == 2  # above 1 + 0.75
     assert shared_epochs(rows, threads=2) == 1
-    assert shared_epochs([*rows, {"epoch": 5}], threads=1) is None  # an epoch without a reading
-    assert shared_epochs([], threads=1) is None
+    assert shared_epochs([{"epoch": 0}, *rows], threads=1) == 2  # an epoch without a reading: not counted
+    assert shared_epochs([{"epoch": 1}], threads=1) is None and shared_epochs([], threads=1) is None
 
 
 def test_a_training_records_each_epochs_load_and_the_stage_its_shared_epochs(monkeypatch):
