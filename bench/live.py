@@ -6,8 +6,10 @@ epoch and the stage's epoch budget, the last and best validation values, the sta
 (including the part before a resume), the last epoch saved to an epoch checkpoint (where a
 stopped run would resume), its process and host. The file is written atomically after each epoch
 (at most once every :data:`MIN_INTERVAL_SECONDS`, and always at a stage's first report) and
-removed when the cell ends, finished or failed. ``recshrink status OUT`` reads the files
-(:func:`read_live`); a file whose process is gone is shown as stopped.
+removed when the cell ends, finished or failed. The run itself keeps ``run.json`` there: the
+cells it had to run and how many have finished (:func:`write_run`). ``recshrink status OUT``
+reads the files (:func:`read_live`, :func:`read_run`); a file whose process is gone is shown as
+stopped.
 
 Training reports here without knowing about cells: :func:`watching` installs a cell's board for
 the duration of the cell, :func:`stage` names the stage that trains, and
@@ -163,6 +165,8 @@ def read_live(out_dir: Path | str) -> list[LiveCell]:
     folder = Path(out_dir) / LIVE_DIR
     cells = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.name == RUN_FILE:
+            continue
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             alive = process_alive(int(data["pid"]), str(data["host"]))
@@ -172,9 +176,41 @@ def read_live(out_dir: Path | str) -> list[LiveCell]:
     return sorted(cells, key=lambda c: c.data.get("cell_started", 0.0))
 
 
+RUN_FILE = "run.json"
+
+
+def write_run(out_dir: Path | str, progress: dict[str, Any]) -> None:
+    """Record the run's own progress (cells to run, finished so far) in ``<out_dir>/.live/run.json``,
+    atomically; a failed write is ignored, as for the cells' files."""
+    path = Path(out_dir) / LIVE_DIR / RUN_FILE
+    body = {**progress, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(body), encoding="utf-8"))
+    except OSError:
+        pass
+
+
+def end_run(out_dir: Path | str) -> None:
+    """Remove the run's file when the run ends, however it ends (a killed run leaves it)."""
+    with contextlib.suppress(OSError):
+        (Path(out_dir) / LIVE_DIR / RUN_FILE).unlink(missing_ok=True)
+
+
+def read_run(out_dir: Path | str) -> dict[str, Any] | None:
+    """The run's progress as :func:`write_run` left it, with ``alive`` (whether its process still
+    runs), or None (no run has written one, or it is unreadable)."""
+    try:
+        data = json.loads((Path(out_dir) / LIVE_DIR / RUN_FILE).read_text(encoding="utf-8"))
+        data["alive"] = process_alive(int(data["pid"]), str(data["host"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data
+
+
 def clear_live(out_dir: Path | str) -> None:
-    """Remove the live files under ``out_dir``: a run starting there (holding its lock) is the only
-    writer, so any file left is from a run that was killed."""
+    """Remove the live files under ``out_dir`` (the cells' and the run's): a run starting there
+    (holding its lock) is the only writer, so any file left is from a run that was killed."""
     folder = Path(out_dir) / LIVE_DIR
     for path in folder.glob("*.json") if folder.is_dir() else []:
         with contextlib.suppress(OSError):

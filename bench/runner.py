@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from bench.cell import CellSpec, report_identity
 from bench.config import MatrixConfig
-from bench.live import LIVE_DIR, clear_live
+from bench.live import LIVE_DIR, clear_live, end_run, write_run
 from bench.result import CellResult
 from bench.store import UNSTORED_DIR, ResultStore, StoreError, keep_unstored, run_lock, take_unstored
 
@@ -201,9 +201,11 @@ def run_matrix(
         # differ in cost by 100x or more, and a moving average swung the ETA from minutes to hours
         bar = tqdm(total=len(todo), desc=f"{config.name}", unit="cell", disable=not progress,
                    dynamic_ncols=True, smoothing=0)
+        _write_run_progress(out, config, summary, len(todo))
         try:
             for result in executor.run(todo):
                 _store_result(result, store, summary)
+                _write_run_progress(out, config, summary, len(todo))
                 bar.update(1)
                 for line in [_fmt_cell(result), *(f"  {msg}" for msg in result.info.get("log", []))]:
                     (bar.write if progress else log)(line)
@@ -223,9 +225,17 @@ def run_matrix(
         finally:
             bar.close()
             executor.close()
+            end_run(out)
             summary.wall_seconds = time.perf_counter() - t_start
             _finish(config, store, run_id, summary, outcome, report, log)
     return summary
+
+
+def _write_run_progress(out: Path, config: MatrixConfig, summary: RunSummary, to_run: int) -> None:
+    """What ``recshrink status`` shows of the run itself (:func:`bench.live.write_run`)."""
+    write_run(out, {"name": config.name, "cells": summary.total, "already_done": summary.already_done,
+                    "to_run": to_run, "finished": summary.ran, "ok": summary.ok, "failed": summary.failed,
+                    "cell_seconds": summary.cell_seconds})
 
 
 class Terminated(KeyboardInterrupt):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.live import LiveCell, process_alive, read_live
+from bench.live import LiveCell, process_alive, read_live, read_run
 from bench.store import LOCK_FILE, ResultStore
 
 _HOLDER = re.compile(r"PID (\d+) on (\S+), started (\S+)")
@@ -28,11 +28,12 @@ class FolderStatus:
     holder: str | None  # "PID n on host, started t" of the run writing here, None when none is
     statuses: dict[str, int] = field(default_factory=dict)  # cells in the store by status
     latest_run: dict[str, Any] | None = None
+    run_progress: dict[str, Any] | None = None  # the run's own live file (bench.live.read_run)
     live: list[LiveCell] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "running": self.holder is not None, "holder": self.holder,
-                "cells": self.statuses, "latest_run": self.latest_run,
+                "cells": self.statuses, "latest_run": self.latest_run, "run_progress": self.run_progress,
                 "live": [{**c.data, "alive": c.alive} for c in self.live]}
 
 
@@ -69,6 +70,7 @@ def folder_status(out: Path | str) -> FolderStatus:
                                                               "outcome")}
         finally:
             store.close()
+    status.run_progress = read_run(out)
     status.live = read_live(out)
     return status
 
@@ -113,6 +115,20 @@ def describe_live(cell: LiveCell, now: float | None = None) -> list[str]:
     return [head, "    " + "; ".join(parts)]
 
 
+def describe_run_progress(run: dict[str, Any]) -> str:
+    """One line on the run's own progress: its cells to run, those finished, and a rough time
+    for the rest at the mean time of a finished cell (cells can differ in cost by 100x)."""
+    done = run["finished"]
+    head = "this run" if run["alive"] else f"the run of process {run['pid']} (now gone)"
+    line = (f"  {head}: {run['to_run']} of its {run['cells']} cells to run ({run['already_done']} already "
+            f"stored), {done} finished ({run['ok']} ok, {run['failed']} failed)")
+    left = run["to_run"] - done
+    if run["alive"] and done and left > 0:
+        rest = _duration(left * run["cell_seconds"] / done)
+        line += f"; the other {left} take about {rest} at the mean so far"
+    return line
+
+
 def describe(status: FolderStatus, now: float | None = None) -> str:
     """The text ``recshrink status`` prints for one folder."""
     lines = [f"{status.out}: " + (f"a run is writing here ({status.holder})" if status.holder
@@ -127,6 +143,8 @@ def describe(status: FolderStatus, now: float | None = None) -> str:
         end = (f"ended {run['finished_at']} ({run['outcome']})" if run.get("finished_at")
                else "still running" if status.holder else "did not finish (stopped or killed)")
         lines.append(f"  latest run: {run['name']}, started {run['started_at']}, {end}")
+    if status.run_progress:
+        lines.append(describe_run_progress(status.run_progress))
     if status.live:
         lines.append(f"  cells in training: {len(status.live)}")
         for cell in status.live:

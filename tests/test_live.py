@@ -166,7 +166,14 @@ def test_status_of_a_killed_run(tmp_path):
     pid = _dead_pid()
     (out / LOCK_FILE).write_text(f"PID {pid} on {socket.gethostname()}, started 2026-11-29T04:37:45+00:00\n")
     _live_file(out, pid=pid, checkpoint_epoch=0)
-    text = describe(folder_status(out))
+    tally = {"name": "m", "cells": 3, "already_done": 0, "to_run": 3, "finished": 1, "ok": 1, "failed": 0,
+             "cell_seconds": 60.0, "pid": pid, "host": socket.gethostname(), "updated": time.time()}
+    (out / live.LIVE_DIR / live.RUN_FILE).write_text(json.dumps(tally))
+    status = folder_status(out)
+    assert len(status.live) == 1 and status.run_progress["finished"] == 1  # run.json is not a cell
+    text = describe(status)
+    assert (f"  the run of process {pid} (now gone): 3 of its 3 cells to run (0 already stored), 1 finished "
+            "(1 ok, 0 failed)\n") in text
     assert text.startswith(f"{out}: no run is writing here")
     assert "store: no cells yet" in text
     assert f"STOPPED (process {pid} is gone)" in text and "no checkpoint saved yet" in text
@@ -218,3 +225,30 @@ def test_epoch_bars_only_for_cells_in_the_runs_process(tiny_root, tmp_path, in_p
     run_matrix(config, out, executor=executor, **{**QUIET, "progress": progress})
     (spec,) = executor.specs
     assert spec.progress is bars and spec.live_dir == str(out.resolve() / live.LIVE_DIR)
+
+
+def test_the_run_keeps_its_own_tally_while_it_runs_and_removes_it_at_the_end(tiny_root, tmp_path):
+    out = tmp_path / "out"
+    seen = []
+    config = matrix(tiny_root, methods='["lightgcn"]', targets="[0.5]", seeds="[0, 1]")
+    run_matrix(config, out, on_result=lambda r: seen.append(live.read_run(out)), **QUIET)
+    assert [(r["finished"], r["ok"], r["failed"], r["to_run"], r["cells"], r["alive"]) for r in seen] == [
+        (1, 1, 0, 2, 2, True), (2, 2, 0, 2, 2, True)]
+    assert seen[0]["name"] == "m" and seen[0]["cell_seconds"] > 0
+    assert live.read_run(out) is None  # ended
+    # a rerun has nothing left to run
+    run_matrix(config, out, on_result=lambda r: seen.append(r), **QUIET)
+    assert len(seen) == 2 and live.read_run(out) is None
+
+
+def test_status_tells_the_runs_tally_and_a_rough_time_for_the_rest():
+    from bench.status import describe_run_progress
+
+    run = {"name": "m", "cells": 12, "already_done": 2, "to_run": 10, "finished": 4, "ok": 3, "failed": 1,
+           "cell_seconds": 1200.0, "pid": 1, "alive": True}
+    assert describe_run_progress(run) == (
+        "  this run: 10 of its 12 cells to run (2 already stored), 4 finished (3 ok, 1 failed); the other 6 "
+        "take about 30 min at the mean so far")
+    gone = describe_run_progress({**run, "alive": False, "pid": 77})
+    assert gone == ("  the run of process 77 (now gone): 10 of its 12 cells to run (2 already stored), "
+                    "4 finished (3 ok, 1 failed)")
