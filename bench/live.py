@@ -33,6 +33,7 @@ from typing import Any
 from bench.files import write_atomically
 
 LIVE_DIR = ".live"
+RUN_FILE = "run.json"  # the run's own file there (the others are cells', named by cell key)
 #: the least wall time between two writes of a cell's file (a stage's first report always writes)
 MIN_INTERVAL_SECONDS = 1.0
 
@@ -70,15 +71,33 @@ class _Board:
         now = time.monotonic()
         if not self.fresh_stage and now - self.written < MIN_INTERVAL_SECONDS:
             return
-        body = {"key": self.key, "label": self.label, "pid": os.getpid(), "host": socket.gethostname(),
-                "cell_started": self.started, "updated": time.time(),
+        body = {"key": self.key, "label": self.label, "cell_started": self.started,
                 "stage": self.stages[-1] if self.stages else "training", **asdict(progress)}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.path, lambda tmp: tmp.write_text(json.dumps(body), encoding="utf-8"))
-        except OSError:
-            return  # progress is a convenience: a full disk must not fail the cell
-        self.written, self.fresh_stage = now, False
+        if _write(self.path, body):
+            self.written, self.fresh_stage = now, False
+
+
+def _write(path: Path, body: dict[str, Any]) -> bool:
+    """``body`` with this process, its host and the time as ``path``'s JSON, atomically; False when
+    the write failed (progress is a convenience: a full disk must not fail a cell or a run)."""
+    body = {**body, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(body), encoding="utf-8"))
+    except OSError:
+        return False
+    return True
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """A file :func:`_write` wrote, with ``alive`` (whether its process still runs); None when it
+    cannot be read or is incomplete."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["alive"] = process_alive(int(data["pid"]), str(data["host"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data
 
 
 _board: ContextVar[_Board | None] = ContextVar("recshrink_live_board", default=None)
@@ -132,20 +151,6 @@ def report(progress: EpochProgress) -> None:
         board.write(progress)
 
 
-@dataclass(frozen=True)
-class LiveCell:
-    """One cell's live file as read back, with whether its process still runs."""
-
-    data: dict[str, Any]
-    alive: bool
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 def process_alive(pid: int, host: str) -> bool:
     """Whether process ``pid`` runs on ``host`` (another host's process is taken to run: it cannot be
     checked from here)."""
@@ -160,35 +165,19 @@ def process_alive(pid: int, host: str) -> bool:
     return True
 
 
-def read_live(out_dir: Path | str) -> list[LiveCell]:
-    """The live files under ``out_dir`` (unreadable or partial ones skipped), oldest cell first."""
+def read_live(out_dir: Path | str) -> list[dict[str, Any]]:
+    """The cells' live files under ``out_dir`` as dicts with ``alive`` (unreadable or partial ones
+    skipped), oldest cell first."""
     folder = Path(out_dir) / LIVE_DIR
-    cells = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name == RUN_FILE:
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            alive = process_alive(int(data["pid"]), str(data["host"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        cells.append(LiveCell(data, alive))
-    return sorted(cells, key=lambda c: c.data.get("cell_started", 0.0))
-
-
-RUN_FILE = "run.json"
+    paths = sorted(p for p in folder.glob("*.json") if p.name != RUN_FILE) if folder.is_dir() else []
+    cells = [c for c in map(_read, paths) if c is not None]
+    return sorted(cells, key=lambda c: c.get("cell_started", 0.0))
 
 
 def write_run(out_dir: Path | str, progress: dict[str, Any]) -> None:
     """Record the run's own progress (cells to run, finished so far) in ``<out_dir>/.live/run.json``,
     atomically; a failed write is ignored, as for the cells' files."""
-    path = Path(out_dir) / LIVE_DIR / RUN_FILE
-    body = {**progress, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(body), encoding="utf-8"))
-    except OSError:
-        pass
+    _write(Path(out_dir) / LIVE_DIR / RUN_FILE, progress)
 
 
 def end_run(out_dir: Path | str) -> None:
@@ -200,12 +189,7 @@ def end_run(out_dir: Path | str) -> None:
 def read_run(out_dir: Path | str) -> dict[str, Any] | None:
     """The run's progress as :func:`write_run` left it, with ``alive`` (whether its process still
     runs), or None (no run has written one, or it is unreadable)."""
-    try:
-        data = json.loads((Path(out_dir) / LIVE_DIR / RUN_FILE).read_text(encoding="utf-8"))
-        data["alive"] = process_alive(int(data["pid"]), str(data["host"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return data
+    return _read(Path(out_dir) / LIVE_DIR / RUN_FILE)
 
 
 def clear_live(out_dir: Path | str) -> None:

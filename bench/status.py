@@ -8,16 +8,13 @@ best validation, wall time, and the epoch a stopped run would resume from.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.live import LiveCell, process_alive, read_live, read_run
-from bench.store import LOCK_FILE, ResultStore
-
-_HOLDER = re.compile(r"PID (\d+) on (\S+), started (\S+)")
+from bench.live import process_alive, read_live, read_run
+from bench.store import ResultStore, lock_holder
 
 
 @dataclass
@@ -29,25 +26,18 @@ class FolderStatus:
     statuses: dict[str, int] = field(default_factory=dict)  # cells in the store by status
     latest_run: dict[str, Any] | None = None
     run_progress: dict[str, Any] | None = None  # the run's own live file (bench.live.read_run)
-    live: list[LiveCell] = field(default_factory=list)
+    live: list[dict[str, Any]] = field(default_factory=list)  # the cells' live files (read_live)
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "running": self.holder is not None, "holder": self.holder,
                 "cells": self.statuses, "latest_run": self.latest_run, "run_progress": self.run_progress,
-                "live": [{**c.data, "alive": c.alive} for c in self.live]}
+                "live": self.live}
 
 
 def _holder(out: Path) -> str | None:
-    """The lock file's holder line while its process runs (an ended run empties the file; a killed
-    one leaves its line, and its process is gone)."""
-    try:
-        text = (out / LOCK_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    m = _HOLDER.match(text)
-    if m is None or not process_alive(int(m.group(1)), m.group(2)):
-        return None
-    return text
+    """The holder line of the run writing ``out`` while its process runs."""
+    found = lock_holder(out)
+    return found[0] if found and process_alive(found[1], found[2]) else None
 
 
 def folder_status(out: Path | str) -> FolderStatus:
@@ -88,11 +78,10 @@ def _value(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def describe_live(cell: LiveCell, now: float | None = None) -> list[str]:
-    """Two lines for one cell in training: what it is and where it stands."""
+def describe_live(d: dict[str, Any], now: float | None = None) -> list[str]:
+    """Two lines for one cell in training (its live file ``d``): what it is and where it stands."""
     now = time.time() if now is None else now
-    d = cell.data
-    state = "training" if cell.alive else f"STOPPED (process {d['pid']} is gone)"
+    state = "training" if d["alive"] else f"STOPPED (process {d['pid']} is gone)"
     head = f"  {d['label']}: {state}, stage {d['stage']!r}, epoch {d['epoch']}/{d['epochs']}"
     if d.get("resumed_from"):
         head += f" (resumed from epoch {d['resumed_from']})"

@@ -36,6 +36,7 @@ import functools
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -262,6 +263,21 @@ def take_unstored(store: ResultStore, out_dir: Path) -> list[str]:
         path.unlink()
         taken.append(result.key)
     return taken
+
+
+_HOLDER = re.compile(r"PID (\d+) on (\S+), started (\S+)")
+
+
+def lock_holder(out_dir: Path | str) -> tuple[str, int, str] | None:
+    """What :func:`run_lock` wrote in ``out_dir``'s lock file: the holder's line, process id and
+    host; None when no run holds it or ever did (an ended run empties the file; a killed one
+    leaves its line, so check that the process still runs)."""
+    try:
+        text = (Path(out_dir) / LOCK_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    m = _HOLDER.match(text)
+    return (text, int(m.group(1)), m.group(2)) if m else None
 
 
 @contextmanager

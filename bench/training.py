@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from bench.evaluation import (
     evaluate_embeddings,
     excluded_splits,
 )
+from bench.measure.latency import machine_load
 from bench.metrics import METRIC_NAMES
 from bench.resume import (
     EpochCheckpoint,
@@ -344,7 +344,7 @@ def fit_bpr(
             row[f"valid_{config.valid_metric}"] = value
             bar.set_postfix(loss=f"{row['loss']:.4f}", **{config.valid_metric: f"{value:.4f}"},
                             best=best.epoch)
-        load = machine_load_1m()
+        load = machine_load()["load_1m"]
         if load is not None:
             row["load_1m"] = load
         history.append(row)
@@ -438,15 +438,6 @@ class _Resumable:
 
 #: how far the 1-minute load may exceed a training's own threads before other work counts as running
 SHARED_LOAD_MARGIN = 0.75
-
-
-def machine_load_1m() -> float | None:
-    """The machine's 1-minute load average (runnable threads, this process's included), or None
-    where the platform has none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def shared_epochs(history: Sequence[dict[str, float]], threads: int) -> int | None:

@@ -138,7 +138,7 @@ def test_read_live_tells_a_stopped_cell_and_skips_a_damaged_file(tmp_path):
     _live_file(tmp_path, key="c" * 32, host="another-host", pid=1, cell_started=3.0)
     (tmp_path / live.LIVE_DIR / ("d" * 32 + ".json")).write_text('{"key": "d", "pid"')  # cut short
     cells = live.read_live(tmp_path)
-    assert [(c.key[0], c.alive) for c in cells] == [("a", True), ("b", False), ("c", True)]
+    assert [(c["key"][0], c["alive"]) for c in cells] == [("a", True), ("b", False), ("c", True)]
 
 
 def test_status_describes_the_store_the_run_and_each_cell_in_training(tiny_root, tmp_path):
@@ -150,7 +150,7 @@ def test_status_describes_the_store_the_run_and_each_cell_in_training(tiny_root,
     (out / LOCK_FILE).write_text(holder + "\n")
     status = folder_status(out)
     assert status.statuses == {"ok": 2} and status.latest_run["name"] == "m"
-    text = describe(status, now=status.live[0].updated + 30)
+    text = describe(status, now=status.live[0]["updated"] + 30)
     assert f"a run is writing here (PID {os.getpid()} on" in text
     assert "store: 2 ok" in text and "latest run: m, started" in text and "(finished)" in text
     assert ("gowalla/dsl[emb=0.5]/seed0: training, stage 'dsl-sparse', epoch 120/600 (resumed from epoch 40)"

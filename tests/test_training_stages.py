@@ -195,7 +195,7 @@ def test_shared_epochs_counts_epochs_that_ended_beside_other_work():
 
 def test_a_training_records_each_epochs_load_and_the_stage_its_shared_epochs(monkeypatch):
     loads = iter([0.5, 3.0, 3.0, 0.5, 0.5, 3.0])
-    monkeypatch.setattr(training_module, "machine_load_1m", lambda: next(loads))
+    monkeypatch.setattr(training_module, "machine_load", lambda: {"load_1m": next(loads), "cpus": 2})
     ctx = method_context(epochs=6, patience=100)
     _, result = ctx.fit_stage(small_model(ctx), stage="s")
     assert [row["load_1m"] for row in result.history] == [0.5, 3.0, 3.0, 0.5, 0.5, 3.0]
@@ -206,11 +206,11 @@ def test_a_training_records_each_epochs_load_and_the_stage_its_shared_epochs(mon
 def test_a_cell_trained_beside_other_work_says_so(tiny_root, tmp_path, monkeypatch):
     body = 'datasets = ["tiny"]\nmethods = ["lightgcn"]\nemb_targets = [1.0]\nseeds = [0]\n'
     monkeypatch.setenv("RECSHRINK_CACHE", str(tmp_path / "cache"))  # base models trained here, not reused
-    monkeypatch.setattr(training_module, "machine_load_1m", lambda: 0.2)
+    monkeypatch.setattr(training_module, "machine_load", lambda: {"load_1m": 0.2, "cpus": 2})
     quiet = run_single_cell(tiny_root, tmp_path / "quiet", body)
     assert quiet["measurements"]["train_shared_epochs"] == 0
     assert "other work" not in " ".join(quiet["settings"].get("report_note") or [])
-    monkeypatch.setattr(training_module, "machine_load_1m", lambda: 9.0)
+    monkeypatch.setattr(training_module, "machine_load", lambda: {"load_1m": 9.0, "cpus": 2})
     busy = run_single_cell(tiny_root, tmp_path / "busy", body.replace("seeds = [0]", "seeds = [1]"))
     epochs = busy["measurements"]["train_epochs"]
     assert busy["measurements"]["train_shared_epochs"] == epochs
