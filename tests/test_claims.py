@@ -276,13 +276,19 @@ def test_registered_claims_are_gathered_and_ids_unique(monkeypatch):
 
 def test_the_report_has_a_claims_section_and_claims_csv(store_path, tmp_path):
     claims = [claim("good-within-2pct", Arm("good", emb=0.5), paper={"subject": 0.0712, "comparator": 0.073}),
-              claim("good-above-random", Arm("good", emb=0.5), Arm("random-drop", emb=0.5), relation="above")]
+              claim("good-above-random", Arm("good", emb=0.5), Arm("random-drop", emb=0.5), relation="above"),
+              # made on datasets the store does not hold: counted per dataset, not listed one by one
+              claim("far-a", Arm("ghost", emb=0.5), datasets=("gamma", "delta")),
+              claim("far-b", Arm("phantom", emb=0.5), datasets=("gamma",))]
     paths = build_report([store_path], tmp_path / "rep", figures=False, claims=claims)
     got = pd.read_csv(paths["claims"])
     assert list(got.columns) == CLAIM_COLUMNS
     assert got[["claim", "dataset", "transferred", "verdict"]].values.tolist() == [
         ["good-within-2pct", "alpha", False, "holds"], ["good-within-2pct", "beta", True, "holds"],
-        ["good-above-random", "alpha", False, "not run"]]
+        ["good-above-random", "alpha", False, "not run"], ["far-a", "gamma", False, "not run"],
+        ["far-a", "delta", False, "not run"], ["far-b", "gamma", False, "not run"]]
+    elsewhere = ("Not run, on datasets these results do not hold (3 claims; every row is in claims.csv): "
+                 "delta 1 (ghost); gamma 2 (ghost, phantom).")
     page = paths["html"].read_text()
     section = page[page.index('<section id="claims">'):page.index('<section id="problems">')]
     # the two checked rows in the table (and its header); the claim not run here listed apart
@@ -290,8 +296,10 @@ def test_the_report_has_a_claims_section_and_claims_csv(store_path, tmp_path):
     assert "0.0712 vs 0.0730" in section and "(n = 5)" in section
     assert ("<summary>Not run here (1)</summary>" in section and "<code>good-above-random</code> on alpha: "
             "missing comparator (random-drop at emb=0.5) on alpha: no cells" in section)
+    assert elsewhere in section and "far-a" not in section
     md = paths["markdown"].read_text()
     assert "## Claims" in md and "Not run here (1):" in md
+    assert elsewhere in md and "far-" not in md
     assert ("- `good-above-random` on alpha: missing comparator (random-drop at emb=0.5) on alpha: no cells"
             in md)
     lines = [line for line in md.splitlines() if line.startswith("| good-")]

@@ -206,7 +206,7 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     claim_rows = evaluate_claims(frame, claims, cut_short=cut_short_keys(cells))
     paths["claims"] = out / "claims.csv"
     write_atomically(paths["claims"], lambda tmp: claim_rows.to_csv(tmp, index=False))
-    claim_table = claims_table(claim_rows)
+    claim_table = claims_table(claim_rows, sorted(frame["dataset"].unique()) if not frame.empty else [])
 
     datasets = []
     for dataset in sorted(frame["dataset"].unique()) if not frame.empty else []:

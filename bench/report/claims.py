@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -286,15 +286,30 @@ def _ours(r: pd.Series) -> str:
             f"{side(r['comparator_mean'], r['comparator_std'])} (n = {int(r['n_seeds'])})")
 
 
-def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
+def claims_table(rows: pd.DataFrame, datasets: Iterable[str] | None = None) -> dict[str, Any]:
     """Header and rows (text per column) of the report's Claims table, from :func:`evaluate_claims`:
     the claim rows that were checked (``rows``; the paper's figures on the claim's own datasets only)
     and, apart and short, those not run here (``not_run``: claim, dataset, what is missing), so a
-    report on other data is not a wall of empty rows. ``declared``: whether any claim was given."""
+    report on other data is not a wall of empty rows. ``datasets``: the datasets the results hold
+    (None: every claim's dataset counts as held); a claim not run on a dataset outside them is only
+    counted, per dataset, in ``elsewhere`` (dataset, claims, methods) and the sentence
+    ``elsewhere_text``, since every one of its arms is missing there. ``declared``: whether any claim
+    was given."""
     header = ["claim", "method", "source", "statement", "dataset", "paper", "ours", "p (Holm)", "verdict"]
     out: list[dict[str, Any]] = []
-    not_run = [{"claim": r["claim"], "dataset": r["dataset"], "reason": r["reason"]}
-               for _, r in rows.iterrows() if r["verdict"] == "not run"]
+    held = None if datasets is None else set(datasets)
+    not_run: list[dict[str, Any]] = []
+    elsewhere: dict[str, dict[str, Any]] = {}
+    for _, r in rows.iterrows():
+        if r["verdict"] != "not run":
+            continue
+        if held is None or r["dataset"] in held:
+            not_run.append({"claim": r["claim"], "dataset": r["dataset"], "reason": r["reason"]})
+            continue
+        entry = elsewhere.setdefault(r["dataset"], {"dataset": r["dataset"], "claims": [], "methods": []})
+        entry["claims"].append(r["claim"])
+        if r["method"] not in entry["methods"]:
+            entry["methods"].append(r["method"])
     for _, r in rows.iterrows():
         if r["verdict"] == "not run":
             continue
@@ -309,7 +324,20 @@ def claims_table(rows: pd.DataFrame) -> dict[str, Any]:
             "" if pd.isna(r["p_holm"]) else f"{r['p_holm']:.3g}",
             f"{r['verdict']}: {r['reason']}" if r["reason"] else r["verdict"],
         ]})
-    return {"header": header, "rows": out, "not_run": not_run, "declared": not rows.empty}
+    away = [elsewhere[d] for d in sorted(elsewhere)]
+    return {"header": header, "rows": out, "not_run": not_run, "elsewhere": away,
+            "elsewhere_text": _elsewhere_text(away), "declared": not rows.empty}
+
+
+def _elsewhere_text(elsewhere: list[dict[str, Any]]) -> str:
+    """One sentence counting the claims made on datasets the results do not hold, per dataset with
+    the methods that declare them ("" when there are none)."""
+    if not elsewhere:
+        return ""
+    total = sum(len(e["claims"]) for e in elsewhere)
+    per = "; ".join(f"{e['dataset']} {len(e['claims'])} ({', '.join(e['methods'])})" for e in elsewhere)
+    return (f"Not run, on datasets these results do not hold ({total} claim{'s' if total != 1 else ''}; "
+            f"every row is in claims.csv): {per}.")
 
 
 __all__ = ["CLAIM_COLUMNS", "VERDICTS", "claims_table", "criterion", "cut_short_keys", "evaluate_claims",

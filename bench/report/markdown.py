@@ -62,7 +62,10 @@ def claims_markdown(table: dict[str, Any] | None) -> list[str]:
     if not_run:
         parts += ["", f"Not run here ({len(not_run)}):", ""]
         parts += [f"- `{r['claim']}` on {r['dataset']}: {_escape(str(r['reason']))}" for r in not_run]
+    if table.get("elsewhere_text"):
+        parts += ["", _escape(table["elsewhere_text"])]
     return [*parts, ""]
+
 
 
 def summary_markdown(title: str, datasets: list[dict[str, Any]], notes: list[dict[str, Any]],
