@@ -396,7 +396,7 @@ def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: Compresse
     """Sizes and achieved ratios, then (as ``spec.measure`` asks) FLOPs and latency; the latency
     timer's description goes to ``result.info``."""
     from bench.measure.flops import count_inference_flops
-    from bench.measure.latency import busy_note, latency_info, load_between, machine_load, measure_latency
+    from bench.measure.latency import latency_info, load_between, machine_load, measure_latency
     from bench.measure.size import achieved_compression
 
     data = setup.data
@@ -412,8 +412,6 @@ def _inference_measurements(spec: CellSpec, setup: _Setup, compressed: Compresse
                                  seed=spec.seed))
         load = load_between(before, machine_load())
         result.info["latency"] = {**latency_info(setup.device), "machine_load": load}
-        if load["busy"]:
-            compressed.notes.append(busy_note(load))
     return m
 
 
@@ -445,17 +443,7 @@ def _measure(spec: CellSpec, setup: _Setup, compressed: CompressedModel, cost: T
     m["stages_at_budget"] = sum(s["at_budget"] for s in stages)
     shared = [s.get("shared_epochs") for s in stages]
     m["train_shared_epochs"] = float("nan") if None in shared else float(sum(shared))
-    if sum(x or 0 for x in shared):
-        compressed.notes.append(shared_training_note(stages))
     return m
-
-
-def shared_training_note(stages: list[dict[str, Any]]) -> str:
-    """The cell's note when some of its training epochs ran beside other work on the machine."""
-    parts = [f"{s['stage']} {s['shared_epochs']} of {s['epochs']}" for s in stages if s.get("shared_epochs")]
-    return ("training time measured while other work ran on the machine (epochs whose 1-minute load "
-            f"exceeded the training's own threads: {', '.join(parts)}): its training seconds are not "
-            "an idle machine's")
 
 
 def _training_measurements(cost: TrainingCost, memory: PhaseMemory) -> dict[str, Any]:

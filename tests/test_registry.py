@@ -119,8 +119,8 @@ def test_plugin_runs_through_the_matrix(toy_plugin, tiny_root, tmp_path):
         cells = {(c["method"], c["emb_target"]): c for c in store.cells()}
     ref = cells[("lightgcn", 1.0)]
     half = cells[("toy-truncate", 0.5)]
-    # the plugin's own settings (a busy machine may add the harness's latency note beside them)
-    assert {k: v for k, v in half["settings"].items() if k != "report_note"} == {"dims": 4}
+    # the plugin's own settings, nothing else (the harness's timing notes are the report's to make)
+    assert half["settings"] == {"dims": 4}
     assert half["measurements"]["emb_achieved"] == 0.5
     assert cells[("toy-truncate", 0.25)]["measurements"]["params"] == 2 * (60 + 40)
     # the plugin starts from the very base checkpoint the reference is

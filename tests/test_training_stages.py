@@ -209,13 +209,43 @@ def test_a_cell_trained_beside_other_work_says_so(tiny_root, tmp_path, monkeypat
     monkeypatch.setattr(training_module, "machine_load", lambda: {"load_1m": 0.2, "cpus": 2})
     quiet = run_single_cell(tiny_root, tmp_path / "quiet", body)
     assert quiet["measurements"]["train_shared_epochs"] == 0
-    assert "other work" not in " ".join(quiet["settings"].get("report_note") or [])
+    assert "other work" not in " ".join(n["note"] for n in _notes([quiet]))
     monkeypatch.setattr(training_module, "machine_load", lambda: {"load_1m": 9.0, "cpus": 2})
     busy = run_single_cell(tiny_root, tmp_path / "busy", body.replace("seeds = [0]", "seeds = [1]"))
     epochs = busy["measurements"]["train_epochs"]
     assert busy["measurements"]["train_shared_epochs"] == epochs
     (stage,) = busy["info"]["training_stages"]
     assert (stage["stage"], stage["shared_epochs"]) == ("base", epochs)
-    assert (f"training time measured while other work ran on the machine (epochs whose 1-minute load "
-            f"exceeded the training's own threads: base {epochs} of {epochs}): its training seconds are "
-            "not an idle machine's") in busy["settings"]["report_note"]
+    assert "other work" not in " ".join(busy["settings"].get("report_note") or [])  # the report's to say
+    assert {"dataset": "tiny", "variant": "lightgcn", "cells": 1, "note": (
+        f"training time measured while other work ran on the machine (epochs whose 1-minute load exceeded "
+        f"the training's own threads, summed over these cells: base {epochs} of {epochs}): their training "
+        "seconds are not an idle machine's")} in _notes([busy])
+
+
+def test_the_timing_notes_are_one_per_variant_over_its_cells():
+    """Busy-machine latency and shared training epochs: one note per variant, the loads as a range and
+    the epochs summed per stage; an older store's per-cell text of the same note is left out when the
+    cell has the record the report builds it from, and kept when it has not."""
+    def cell(seed, load, shared, note=None):
+        stages = [{"stage": "base", "epochs": 100, "shared_epochs": shared[0], "at_budget": False},
+                  {"stage": "fit", "epochs": 10, "shared_epochs": shared[1], "at_budget": False}]
+        machine = {"cpus": 2, "load_1m_max": load, "busy": load > 2}
+        return {"status": "ok", "dataset": "d", "method": "m", "seed": seed, "spec": {"options": {}},
+                "settings": {"report_note": note} if note else {},
+                "info": {"training_stages": stages, "latency": {"machine_load": machine}}}
+
+    old_text = "latency measured on a busy machine (1-minute load 2.6 on 2 CPUs): its latency figures ..."
+    notes = _notes([cell(0, 2.04, (100, 0), [old_text, "own note"]), cell(1, 2.6, (40, 10)),
+                    cell(2, 1.5, (0, 0))])
+    assert [(n["note"], n["cells"]) for n in notes] == [
+        ("latency measured on a busy machine (1-minute load 2.0-2.6 on 2 CPUs): its latency figures are not "
+         "those of an idle machine", 2),
+        ("own note", 1),
+        ("training time measured while other work ran on the machine (epochs whose 1-minute load exceeded "
+         "the training's own threads, summed over these cells: base 140 of 200, fit 10 of 10): their "
+         "training seconds are not an idle machine's", 2)]
+    # a cell without the record keeps its text
+    bare = cell(3, 2.6, (0, 0), [old_text])
+    del bare["info"]["latency"]
+    assert [(n["note"], n["cells"]) for n in _notes([bare])] == [(old_text, 1)]

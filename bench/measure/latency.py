@@ -192,10 +192,17 @@ def load_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
             "load_1m_max": peak, "busy": peak is not None and peak > before["cpus"]}
 
 
-def busy_note(load: dict[str, Any]) -> str:
-    """The cell's note for timings taken on a busy machine."""
-    return (f"latency measured on a busy machine (1-minute load {load['load_1m_max']:.1f} on {load['cpus']} "
-            "CPUs): its latency figures are not those of an idle machine")
+BUSY_NOTE_START = "latency measured on a busy machine"
+
+
+def busy_note(loads: Sequence[dict[str, Any]]) -> str:
+    """The report's note for cells whose latency was timed on a busy machine: their
+    :func:`load_between` records (``busy`` true), the 1-minute loads as a range over them."""
+    peaks = sorted(x["load_1m_max"] for x in loads)
+    cpus = sorted({x["cpus"] for x in loads})
+    load = f"{peaks[0]:.1f}" if f"{peaks[0]:.1f}" == f"{peaks[-1]:.1f}" else f"{peaks[0]:.1f}-{peaks[-1]:.1f}"
+    return (f"{BUSY_NOTE_START} (1-minute load {load} on {'/'.join(map(str, cpus))} CPUs): its latency "
+            "figures are not those of an idle machine")
 
 
 def latency_info(device: torch.device | str) -> dict[str, Any]:

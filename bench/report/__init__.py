@@ -21,6 +21,7 @@ import pandas as pd
 from bench.claims import Claim
 from bench.data.dataset import COLD_PAIR_WARN_SHARE
 from bench.files import write_atomically
+from bench.measure.latency import BUSY_NOTE_START, busy_note
 from bench.registry import available_methods
 from bench.report.claims import claims_table, cut_short_keys, evaluate_claims
 from bench.report.stats import add_to_summary, comparisons
@@ -82,6 +83,18 @@ UNCONVERGED_REFERENCE_NOTE = (
     "that trains longer from the base checkpoint can pass it without being better")
 
 
+SHARED_TRAINING_START = "training time measured while other work ran on the machine"
+
+
+def shared_training_note(stages: dict[str, list[int]]) -> str:
+    """The note for cells with training epochs that ran beside other work: per stage name, the
+    epochs whose 1-minute load exceeded the training's own threads and all its epochs, summed over
+    the cells (``stages``: name -> [shared, epochs])."""
+    parts = ", ".join(f"{name} {shared:,} of {epochs:,}" for name, (shared, epochs) in stages.items())
+    return (f"{SHARED_TRAINING_START} (epochs whose 1-minute load exceeded the training's own threads, "
+            f"summed over these cells: {parts}): their training seconds are not an idle machine's")
+
+
 UNRECORDED_NOTE = (
     "these cells recorded no training stages (their store predates the record): whether their "
     "training converged is unknown, so a claim verdict that a lower bound could overturn is not given")
@@ -133,20 +146,38 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per variant, the notes its cells ask the report to show (``settings["report_note"]``, a
     string or a list of them, e.g. "not comparable to the paper") and the training stages the epoch
     budget cut short (``info["training_stages"]``, or no record of them), with how many cells carry
-    each; a cut stage of the dense reference, cells run several at once on one machine, an
-    evaluation split with many cold pairs (``info["cold_pairs"]``) and scoring memory measured by
-    more than one method add a note for the whole dataset (variant ``all``)."""
+    each; one note for its cells whose latency was timed on a busy machine
+    (``info["latency"]["machine_load"]``) and one for those with training epochs run beside other
+    work (the stages' ``shared_epochs``), each aggregated over the cells; a cut stage of the dense
+    reference, cells run several at once on one machine, an evaluation split with many cold pairs
+    (``info["cold_pairs"]``) and scoring memory measured by more than one method add a note for the
+    whole dataset (variant ``all``)."""
     from bench.report.tables import REFERENCE, variant_label
 
     counter: Counter = Counter()
+    busy: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    shared: dict[tuple[str, str], list[dict[str, list[int]]]] = {}
     for c in cells:
         if c["status"] != "ok":
             continue
         variant = variant_label(c["method"], c["spec"].get("options", {}))
+        info = c.get("info") or {}
+        load = (info.get("latency") or {}).get("machine_load")
+        stages = info.get("training_stages")
+        own = {s["stage"]: [s["shared_epochs"], s["epochs"]] for s in stages or []
+               if s.get("shared_epochs")}
+        # the timing notes are built below from these records, one per variant; older stores also
+        # kept them as per-cell text, which is then left out
+        made_here = ((BUSY_NOTE_START,) if load else ()) + (
+            (SHARED_TRAINING_START,) if stages and all("shared_epochs" in s for s in stages) else ())
         notes = (c.get("settings") or {}).get("report_note") or []
         for note in [notes] if isinstance(notes, str) else notes:
-            counter[(c["dataset"], variant, note)] += 1
-        stages = (c.get("info") or {}).get("training_stages")
+            if not note.startswith(made_here):
+                counter[(c["dataset"], variant, note)] += 1
+        if load and load.get("busy"):
+            busy.setdefault((c["dataset"], variant), []).append(load)
+        if own:
+            shared.setdefault((c["dataset"], variant), []).append(own)
         if stages is None:
             counter[(c["dataset"], variant, UNRECORDED_NOTE)] += 1
         # a stage name counts once per cell: LightGNN's pruning runs are all stage "lightgnn-run"
@@ -161,6 +192,16 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         concurrent = (c.get("environment") or {}).get("concurrent_cells")
         if concurrent is not None and concurrent > 1:
             counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
+    for (dataset, variant), loads in busy.items():
+        counter[(dataset, variant, busy_note(loads))] += len(loads)
+    for (dataset, variant), per_cell in shared.items():
+        total: dict[str, list[int]] = {}
+        for own in per_cell:
+            for name, (n_shared, epochs) in own.items():
+                acc = total.setdefault(name, [0, 0])
+                acc[0] += n_shared
+                acc[1] += epochs
+        counter[(dataset, variant, shared_training_note(total))] += len(per_cell)
     for dataset, methods in _memory_methods(cells).items():
         if len({NEED_KINDS.get(m, m) for m in methods}) > 1:
             listed = ", ".join(f"{m}: {k}" for m, k in sorted(methods.items()))
