@@ -156,7 +156,7 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     counter: Counter = Counter()
     busy: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    shared: dict[tuple[str, str], list[dict[str, list[int]]]] = {}
+    shared: dict[tuple[str, str], tuple[list[int], dict[str, list[int]]]] = {}  # [cells], stage totals
     for c in cells:
         if c["status"] != "ok":
             continue
@@ -164,8 +164,7 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         info = c.get("info") or {}
         load = (info.get("latency") or {}).get("machine_load")
         stages = info.get("training_stages")
-        own = {s["stage"]: [s["shared_epochs"], s["epochs"]] for s in stages or []
-               if s.get("shared_epochs")}
+        own = [s for s in stages or [] if s.get("shared_epochs")]
         # the timing notes are built below from these records, one per variant; older stores also
         # kept them as per-cell text, which is then left out
         made_here = ((BUSY_NOTE_START,) if load else ()) + (
@@ -177,7 +176,12 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if load and load.get("busy"):
             busy.setdefault((c["dataset"], variant), []).append(load)
         if own:
-            shared.setdefault((c["dataset"], variant), []).append(own)
+            n_cells, totals = shared.setdefault((c["dataset"], variant), ([0], {}))
+            n_cells[0] += 1
+            for stage in own:
+                acc = totals.setdefault(stage["stage"], [0, 0])
+                acc[0] += stage["shared_epochs"]
+                acc[1] += stage["epochs"]
         if stages is None:
             counter[(c["dataset"], variant, UNRECORDED_NOTE)] += 1
         # a stage name counts once per cell: LightGNN's pruning runs are all stage "lightgnn-run"
@@ -194,14 +198,8 @@ def _notes(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             counter[(c["dataset"], "all", SHARED_MACHINE_NOTE.format(n=concurrent))] += 1
     for (dataset, variant), loads in busy.items():
         counter[(dataset, variant, busy_note(loads))] += len(loads)
-    for (dataset, variant), per_cell in shared.items():
-        total: dict[str, list[int]] = {}
-        for own in per_cell:
-            for name, (n_shared, epochs) in own.items():
-                acc = total.setdefault(name, [0, 0])
-                acc[0] += n_shared
-                acc[1] += epochs
-        counter[(dataset, variant, shared_training_note(total))] += len(per_cell)
+    for (dataset, variant), ([n_cells], totals) in shared.items():
+        counter[(dataset, variant, shared_training_note(totals))] += n_cells
     for dataset, methods in _memory_methods(cells).items():
         if len({NEED_KINDS.get(m, m) for m in methods}) > 1:
             listed = ", ".join(f"{m}: {k}" for m, k in sorted(methods.items()))
@@ -247,10 +245,11 @@ def build_report(stores: Sequence[ResultStore | str | Path], out: str | Path,
     claim_rows = evaluate_claims(frame, claims, cut_short=cut_short_keys(cells))
     paths["claims"] = out / "claims.csv"
     write_atomically(paths["claims"], lambda tmp: claim_rows.to_csv(tmp, index=False))
-    claim_table = claims_table(claim_rows, sorted(frame["dataset"].unique()) if not frame.empty else [])
+    held = sorted(frame["dataset"].unique()) if not frame.empty else []
+    claim_table = claims_table(claim_rows, held)
 
     datasets = []
-    for dataset in sorted(frame["dataset"].unique()) if not frame.empty else []:
+    for dataset in held:
         sub = summary[summary["dataset"] == dataset]
         figs = []
         if figures:
